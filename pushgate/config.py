@@ -1,0 +1,434 @@
+"""pushgate.toml: pydantic models, job matrix expansion, cross-checks.
+
+Every error is a ConfigError whose text names the file, the line (when the
+key can be found in the file) and the dotted key, on one line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import os
+import re
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+DEFAULT_CONFIG = "pushgate.toml"
+
+
+class ConfigError(Exception):
+    """A config problem, located as precisely as we can."""
+
+    def __init__(self, path: Path | str, key: str, message: str, line: int | None = None):
+        self.path = str(path)
+        self.key = key
+        self.line = line
+        self.message = message
+        where = f"{self.path}:{line}" if line else self.path
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError(f"invalid name {v!r} (letters, digits, '.', '_', '+', '-')")
+    return v
+
+
+class TreeConfig(_Model):
+    url: str
+    input_ref: str = "master"
+    tested_ref: str = "tested"
+    # Where the tested ref is pushed; the input repository by default.
+    push_url: str | None = None
+
+
+class StepConfig(_Model):
+    testid: str
+    # An argument list, or a string run by /bin/sh -c (the config author's own text).
+    command: list[str] | str
+    timeout: float = 3600.0
+    # Runs even after a fatal failure (log capture), like osstest's `!` steps.
+    always: bool = False
+    # A non-fatal step (a probe) records its failure without failing the job.
+    fatal: bool = True
+    # Status of a failure of this step: the thing under test (fail) or the harness (broken).
+    iffail: Literal["fail", "broken"] = "fail"
+    # Run in the checkout of this tree instead of the job's artifact dir.
+    cwd: str | None = None
+
+    @field_validator("testid")
+    @classmethod
+    def _testid(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v) or not v.isprintable():
+            raise ValueError(f"invalid testid {v!r} (no spaces or control characters)")
+        return v
+
+
+class JobConfig(_Model):
+    steps: list[StepConfig] = Field(min_length=1)
+    # Prerequisite builds: runvar name (`buildjob`, `xenbuildjob`, ...) -> job name.
+    buildjobs: dict[str, str] = Field(default_factory=dict)
+    buildjob: str | None = None
+    trees: list[str] | None = None
+    artifacts: list[str] = Field(default_factory=list)
+    hostflags: list[str] = Field(default_factory=list)
+    runvars: dict[str, str] = Field(default_factory=dict)
+    matrix: dict[str, list[str]] = Field(default_factory=dict)
+
+    def all_buildjobs(self) -> dict[str, str]:
+        refs = dict(self.buildjobs)
+        if self.buildjob:
+            refs["buildjob"] = self.buildjob
+        return refs
+
+
+class BranchConfig(_Model):
+    tree: str
+    other_trees: list[str] = Field(default_factory=list)
+    # Job names or fnmatch patterns; each must select at least one job.
+    jobs: list[str] = Field(min_length=1)
+    # Allow-list patterns, "<job> <testid>" (osstest §4.7).
+    allow: list[str] = Field(default_factory=list)
+    blessing: str = "real"
+    push: bool = True
+    schedule: str | None = None
+    retest_max_fraction: float = 0.1
+    mail_to: list[str] = Field(default_factory=list)
+    mail_cc: list[str] = Field(default_factory=list)
+    mail_bcc: list[str] = Field(default_factory=list)
+    bisect_mail_to: list[str] | None = None
+
+
+class HostConfig(_Model):
+    executor: Literal["local"] = "local"
+    slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
+    flags: list[str] = Field(default_factory=list)
+
+
+class StateConfig(_Model):
+    dir: str = "state"
+    database: str | None = None
+    logs: str | None = None
+    artifacts: str | None = None
+    git: str | None = None
+    worktrees: str | None = None
+
+
+class RunnerConfig(_Model):
+    broken_exit_code: int = 125
+    heartbeat_s: float = 5.0
+    lease_s: float = 30.0
+
+
+class ReportConfig(_Model):
+    logs_url: str = "file://{logs}"
+
+
+class MailConfig(_Model):
+    mode: Literal["mbox", "smtp"] = "mbox"
+    mbox: str | None = None
+    host: str = "localhost"
+    port: int = 25
+    security: Literal["none", "starttls", "tls"] = "none"
+    user: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    from_addr: str = "pushgate@localhost"
+    domain: str = "pushgate.invalid"
+
+
+class Config(_Model):
+    trees: dict[Annotated[str, Field()], TreeConfig]
+    branches: dict[str, BranchConfig] = Field(default_factory=dict)
+    jobs: dict[str, JobConfig]
+    hosts: dict[str, HostConfig] = Field(default_factory=lambda: {"localhost": HostConfig()})
+    state: StateConfig = Field(default_factory=StateConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    mail: MailConfig = Field(default_factory=MailConfig)
+
+
+class Loaded:
+    """A validated config with its matrix expanded and paths resolved."""
+
+    def __init__(self, path: Path, cfg: Config, jobs: dict[str, JobConfig]):
+        self.path = path
+        self.cfg = cfg
+        self.jobs = jobs
+        base = path.parent
+        st = cfg.state
+        self.state_dir = (base / st.dir).resolve()
+        self.database_url = st.database or f"sqlite:///{self.state_dir / 'pushgate.db'}"
+        if self.database_url.startswith("sqlite:///") and not self.database_url.startswith(
+            "sqlite:////"
+        ):
+            rel = self.database_url[len("sqlite:///") :]
+            self.database_url = f"sqlite:///{(base / rel).resolve()}"
+        self.logs_dir = (base / (st.logs or str(self.state_dir / "logs"))).resolve()
+        self.artifacts_dir = (base / (st.artifacts or str(self.state_dir / "artifacts"))).resolve()
+        self.git_dir = (base / (st.git or str(self.state_dir / "git"))).resolve()
+        self.worktrees_dir = (base / (st.worktrees or str(self.state_dir / "work"))).resolve()
+
+    @property
+    def trees(self) -> dict[str, TreeConfig]:
+        return self.cfg.trees
+
+    @property
+    def branches(self) -> dict[str, BranchConfig]:
+        return self.cfg.branches
+
+    def branch(self, name: str) -> BranchConfig:
+        try:
+            return self.cfg.branches[name]
+        except KeyError:
+            known = ", ".join(sorted(self.cfg.branches)) or "none"
+            raise ConfigError(self.path, f"branches.{name}", f"no such branch (known: {known})") from None
+
+    def branch_jobs(self, name: str) -> list[str]:
+        """The jobs of a branch, in config order."""
+        return select_jobs(self.jobs, self.branch(name).jobs)
+
+    def branch_trees(self, name: str) -> list[str]:
+        b = self.branch(name)
+        return [b.tree, *[t for t in b.other_trees if t != b.tree]]
+
+    def job_trees(self, branch: str, job: str) -> list[str]:
+        j = self.jobs[job]
+        return j.trees if j.trees is not None else self.branch_trees(branch)
+
+
+def select_jobs(jobs: dict[str, JobConfig], patterns: list[str]) -> list[str]:
+    return [j for j in jobs if any(fnmatch.fnmatchcase(j, p) for p in patterns)]
+
+
+def find_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line of a dotted key in TOML text (tomllib keeps no positions).
+
+    Walk the table headers (counting `[[array]]` entries) and `key =` lines;
+    return the line that matches the longest prefix of `loc`.
+    """
+    parts = [str(p) for p in loc]
+    if not parts:
+        return None
+    header_re = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    key_re = re.compile(r'^\s*([A-Za-z0-9_."-]+?)\s*=')
+    counters: dict[tuple[str, ...], int] = {}
+    best: int | None = None
+    best_depth = 0
+    table: list[str] = []
+    for no, line in enumerate(text.splitlines(), 1):
+        m = header_re.match(line)
+        if m:
+            names = [p.strip().strip('"') for p in m.group(2).split(".")]
+            if m.group(1) == "[[":
+                counters[tuple(names)] = counters.get(tuple(names), -1) + 1
+                names = names + [str(counters[tuple(names)])]
+            table = names
+            depth = _prefix_len(table, parts)
+            if depth == len(table) and depth > best_depth:
+                best, best_depth = no, depth
+            continue
+        m = key_re.match(line)
+        if m and _prefix_len(table, parts) == len(table):
+            keypath = table + [p.strip('"') for p in m.group(1).split(".")]
+            depth = _prefix_len(keypath, parts)
+            if depth > len(table) and depth > best_depth:
+                best, best_depth = no, depth
+    return best
+
+
+def _prefix_len(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _expand_matrix(name: str, raw: dict[str, Any], path: Path, text: str) -> dict[str, Any]:
+    """Expand `build-{arch}` with `matrix = {arch = [...]}` into concrete jobs."""
+    matrix = raw.get("matrix") or {}
+    fields = {f for _, f, _, _ in string.Formatter().parse(name) if f}
+    if not matrix and not fields:
+        return {name: raw}
+    if set(matrix) != fields:
+        raise ConfigError(
+            path,
+            f"jobs.{name}.matrix",
+            f"matrix keys {sorted(matrix)} must match the name's placeholders {sorted(fields)}",
+            find_line(text, ("jobs", name)),
+        )
+    keys = sorted(matrix)
+    out: dict[str, Any] = {}
+    for values in itertools.product(*(matrix[k] for k in keys)):
+        subst = dict(zip(keys, values, strict=True))
+        job = {k: v for k, v in raw.items() if k != "matrix"}
+        job = _substitute(job, subst)
+        runvars = dict(job.get("runvars", {}))
+        for k, v in subst.items():
+            runvars.setdefault(k, v)
+        job["runvars"] = runvars
+        out[name.format(**subst)] = job
+    return out
+
+
+def _substitute(value: Any, subst: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        # Only replace known placeholders; leave other braces (shell ${x}) alone.
+        for k, v in subst.items():
+            value = value.replace("{" + k + "}", v)
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, subst) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, subst) for k, v in value.items()}
+    return value
+
+
+def config_path(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("PUSHGATE_CONFIG")
+    if env:
+        return Path(env)
+    return Path.cwd() / DEFAULT_CONFIG
+
+
+def load(path: Path | str) -> Loaded:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "", "config file not found") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read config: {e.strerror}") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> Loaded:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ConfigError(path, "", f"invalid TOML: {e}", int(m.group(1)) if m else None) from None
+    raw_jobs = raw.get("jobs")
+    if isinstance(raw_jobs, dict):
+        expanded: dict[str, Any] = {}
+        for name, job in raw_jobs.items():
+            if not isinstance(job, dict):
+                continue
+            for jname, jraw in _expand_matrix(name, job, path, text).items():
+                if jname in expanded:
+                    raise ConfigError(path, f"jobs.{jname}", "job defined twice",
+                                      find_line(text, ("jobs", name)))
+                expanded[jname] = jraw
+        raw = {**raw, "jobs": expanded}
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        # Matrix jobs are renamed; point at the template when the expanded name is absent.
+        line = find_line(text, loc)
+        key = ".".join(str(p) for p in loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        raise ConfigError(path, key, msg, line) from None
+    _cross_check(cfg, path, text)
+    return Loaded(path, cfg, dict(cfg.jobs))
+
+
+def _cross_check(cfg: Config, path: Path, text: str) -> None:
+    def err(loc: tuple[str, ...], msg: str) -> ConfigError:
+        return ConfigError(path, ".".join(loc), msg, find_line(text, loc))
+
+    for name in [*cfg.trees, *cfg.jobs, *cfg.branches, *cfg.hosts]:
+        try:
+            _check_name(name)
+        except ValueError as e:
+            raise err((name,), str(e)) from None
+    for tname, tree in cfg.trees.items():
+        if not tree.url.strip():
+            raise err(("trees", tname, "url"), "empty url")
+    for jname, job in cfg.jobs.items():
+        for var, dep in job.all_buildjobs().items():
+            if not re.fullmatch(r"(\w+_)?\w*buildjob", var):
+                raise err(("jobs", jname, "buildjobs", var), "runvar name must end in 'buildjob'")
+            if dep not in cfg.jobs:
+                raise err(("jobs", jname, "buildjob" if var == "buildjob" else "buildjobs"),
+                          f"buildjob {dep!r} does not exist")
+        for t in job.trees or []:
+            if t not in cfg.trees:
+                raise err(("jobs", jname, "trees"), f"tree {t!r} does not exist")
+        for i, step in enumerate(job.steps):
+            if step.cwd is not None and step.cwd not in cfg.trees:
+                raise err(("jobs", jname, "steps", str(i), "cwd"), f"tree {step.cwd!r} does not exist")
+        testids = [s.testid for s in job.steps]
+        dup = {t for t in testids if testids.count(t) > 1}
+        if dup:
+            raise err(("jobs", jname, "steps"), f"duplicate testid {sorted(dup)[0]!r}")
+    cycle = _find_cycle({j: list(c.all_buildjobs().values()) for j, c in cfg.jobs.items()})
+    if cycle:
+        raise err(("jobs", cycle[0]), "buildjob cycle: " + " -> ".join(cycle))
+    for bname, br in cfg.branches.items():
+        for t in [br.tree, *br.other_trees]:
+            if t not in cfg.trees:
+                raise err(("branches", bname, "tree" if t == br.tree else "other_trees"),
+                          f"tree {t!r} does not exist")
+        for pat in br.jobs:
+            if not select_jobs(cfg.jobs, [pat]):
+                raise err(("branches", bname, "jobs"), f"no job matches {pat!r}")
+        selected = set(select_jobs(cfg.jobs, br.jobs))
+        for j in selected:
+            for dep in cfg.jobs[j].all_buildjobs().values():
+                if dep not in selected:
+                    raise err(("branches", bname, "jobs"),
+                              f"job {j!r} needs buildjob {dep!r}, which the branch does not run")
+        if br.schedule:
+            try:
+                from croniter import croniter
+
+                croniter(br.schedule)
+            except (ValueError, KeyError) as e:
+                raise err(("branches", bname, "schedule"), f"invalid cron expression: {e}") from None
+        if not 0 <= br.retest_max_fraction <= 1:
+            raise err(("branches", bname, "retest_max_fraction"), "must be between 0 and 1")
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in graph.get(n, []):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in graph:
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None

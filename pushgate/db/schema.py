@@ -1,0 +1,225 @@
+"""The one place the tables live (SQLAlchemy Core).
+
+Alembic migrations in db/migrations must produce exactly this schema; a test
+compares them. Times are epoch seconds (float) so SQLite and PostgreSQL agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+flights = Table(
+    "flights",
+    metadata,
+    Column("flight", Integer, primary_key=True, autoincrement=True),
+    Column("branch", String(200), nullable=False),
+    # constructing -> running -> the final blessing (real, real-retest, ...).
+    Column("blessing", String(50), nullable=False),
+    Column("intended", String(50), nullable=False),
+    # The blessing the flight takes when it finishes (real, real-retest, play, ...).
+    Column("bless_as", String(50), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("started", Float),
+    Column("finished", Float),
+    # The flight this one retests or bisects for (reports and threading).
+    Column("parent_flight", Integer),
+    Index("ix_flights_branch_blessing", "branch", "blessing", "flight"),
+)
+
+# The targeted tuple: one revision per tree of the flight.
+flight_revisions = Table(
+    "flight_revisions",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("tree", String(200), primary_key=True),
+    Column("revision", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
+)
+
+# Built tuple over the transitive buildjob closure, computed when the flight
+# finishes, so "flights that tested revision R of tree t" is one indexed lookup.
+# revision is NULL when the flight's jobs built different revisions (mismatch).
+flight_built = Table(
+    "flight_built",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("tree", String(200), primary_key=True),
+    Column("revision", String(64)),
+    ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
+    Index("ix_flight_built_tree_revision", "tree", "revision", "flight"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("job", String(200), primary_key=True),
+    Column("status", String(20), nullable=False),
+    # Order of the job in the flight (config order), for grids and reports.
+    Column("ordinal", Integer, nullable=False, default=0),
+    Column("started", Float),
+    Column("finished", Float),
+    # Who runs it and until when the claim holds without a heartbeat.
+    Column("runner", String(200)),
+    Column("lease_until", Float),
+    # Attempts after a crash, so a job that kills its runner is not retried forever.
+    Column("attempts", Integer, nullable=False, default=0),
+    # Process group of the running step, so a restarted runner can kill orphans.
+    Column("pgid", Integer),
+    ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
+    Index("ix_jobs_job_flight", "job", "flight"),
+    Index("ix_jobs_status", "status"),
+)
+
+runvars = Table(
+    "runvars",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("job", String(200), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+    # False: input set at construction; True: written while the job ran.
+    Column("synth", Boolean, nullable=False, default=False),
+    ForeignKeyConstraint(["flight", "job"], ["jobs.flight", "jobs.job"], ondelete="CASCADE"),
+)
+
+# `*buildjob` runvars as real references, possibly into another flight.
+job_deps = Table(
+    "job_deps",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("job", String(200), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("dep_flight", Integer, nullable=False),
+    Column("dep_job", String(200), nullable=False),
+    ForeignKeyConstraint(["flight", "job"], ["jobs.flight", "jobs.job"], ondelete="CASCADE"),
+    ForeignKeyConstraint(["dep_flight", "dep_job"], ["jobs.flight", "jobs.job"]),
+    Index("ix_job_deps_dep", "dep_flight", "dep_job"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("job", String(200), primary_key=True),
+    Column("stepno", Integer, primary_key=True),
+    Column("testid", String(400), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("fatal", Boolean, nullable=False, default=True),
+    Column("started", Float),
+    Column("finished", Float),
+    # Path of the step's log, relative to the logs dir.
+    Column("log", Text),
+    Column("reason", Text),
+    ForeignKeyConstraint(["flight", "job"], ["jobs.flight", "jobs.job"], ondelete="CASCADE"),
+    # History: "did (job, testid) ever pass / what was its status in flight C".
+    Index("ix_steps_job_testid_status", "job", "testid", "status", "flight"),
+)
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("host", String(200), primary_key=True),
+    Column("executor", String(50), nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("flags", Text, nullable=False, default=""),
+    # idle / allocated is derived from host_slots; state is for the operator.
+    Column("state", String(20), nullable=False, default="idle"),
+    Column("health", String(20), nullable=False, default="unknown"),
+    Column("updated", Float, nullable=False),
+)
+
+# One row per slot: a claim is an UPDATE of a free row, so no slot is ever
+# held by two jobs (invariant 2). Expired leases are reclaimable.
+host_slots = Table(
+    "host_slots",
+    metadata,
+    Column("host", String(200), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("flight", Integer),
+    Column("job", String(200)),
+    Column("runner", String(200)),
+    Column("lease_until", Float),
+    ForeignKeyConstraint(["host"], ["hosts.host"], ondelete="CASCADE"),
+    Index("ix_host_slots_flight_job", "flight", "job"),
+)
+
+host_allocations = Table(
+    "host_allocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", String(200), nullable=False),
+    Column("slot", Integer, nullable=False),
+    Column("flight", Integer, nullable=False),
+    Column("job", String(200), nullable=False),
+    Column("allocated", Float, nullable=False),
+    Column("released", Float),
+    Index("ix_host_allocations_flight_job", "flight", "job"),
+)
+
+pushes = Table(
+    "pushes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("branch", String(200), nullable=False),
+    Column("tree", String(200), nullable=False),
+    # One push decision per flight: never twice for one decision (invariant 1).
+    Column("flight", Integer, nullable=False, unique=True),
+    Column("revision", String(64), nullable=False),
+    Column("expected_old", String(64)),
+    # pending -> pushed | refused | failed | uptodate
+    Column("status", String(20), nullable=False),
+    Column("output", Text, nullable=False, default=""),
+    Column("created", Float, nullable=False),
+    Column("finished", Float),
+)
+
+gate_state = Table(
+    "gate_state",
+    metadata,
+    Column("branch", String(200), primary_key=True),
+    Column("blocked_why", Text),
+    Column("force", Boolean, nullable=False, default=False),
+    Column("force_revision", String(64)),
+    Column("updated", Float, nullable=False),
+)
+
+mail_queue = Table(
+    "mail_queue",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(400), nullable=False, unique=True),
+    Column("kind", String(50), nullable=False),
+    Column("flight", Integer),
+    Column("recipients", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    # queued -> sent | failed
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt", Float, nullable=False),
+    Column("last_error", Text),
+    Column("created", Float, nullable=False),
+    Column("sent", Float),
+    Index("ix_mail_queue_status_next", "status", "next_attempt"),
+)
