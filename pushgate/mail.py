@@ -1,0 +1,427 @@
+"""Building and delivering pushgate's report mails (SMTP or a local mbox).
+
+The retry queue (DB-backed, elsewhere) stores ``serialize(msg)`` plus the envelope
+recipients, calls ``deliver`` and, on ``TransientMailError``, schedules another attempt
+``next_attempt_delay(attempts)`` seconds later for ``err.recipients``. Message-IDs are
+deterministic (``make_message_id``) so a retry re-sends the very same message.
+
+Secrets: the SMTP password is read only when connecting (``MailSettings.read_password``)
+and is scrubbed from every error text; it is never stored on the settings object.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.policy
+import email.utils
+import logging
+import mailbox
+import os
+import re
+import smtplib
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.generator import BytesGenerator
+from email.message import EmailMessage
+from email.parser import BytesParser
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from pushgate.config import MailConfig
+
+log = logging.getLogger(__name__)
+
+# refold_source="none": headers we pre-fold (osstest's 4-space item lists) and headers of a
+# parsed message keep their exact folding, so serialize(parse(b)) == b.
+POLICY = email.policy.default.clone(refold_source="none", max_line_length=78, cte_type="8bit")
+
+RFC_LINE_MAX = 998  # RFC 5322 hard limit on a line, without CRLF
+BACKOFF_BASE_S = 30.0
+BACKOFF_CAP_S = 3600.0
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_DOMAIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_OWN_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "In-Reply-To",
+        "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+    )
+)
+
+
+class MailError(Exception):
+    """Delivery failed. ``recipients`` are the addresses the failure concerns."""
+
+    def __init__(self, text: str, recipients: Sequence[str] = ()) -> None:
+        super().__init__(text)
+        self.recipients = list(recipients)
+
+
+class TransientMailError(MailError):
+    """Worth retrying later: connection refused, timeout, 4xx reply, mbox locked."""
+
+
+class PermanentMailError(MailError):
+    """Retrying will not help: 5xx reply, authentication failure, bad configuration."""
+
+
+@dataclass
+class MailSettings:
+    mode: Literal["smtp", "mbox"] = "mbox"
+    host: str = "localhost"
+    port: int = 0  # 0: the usual port for ``security`` (25, 587, 465)
+    security: Literal["none", "starttls", "tls"] = "none"
+    user: str | None = None
+    password_env: str | None = None  # name of an environment variable, not the password
+    password_file: str | None = None  # path of a file holding the password
+    from_addr: str = "pushgate@localhost"
+    mbox_path: str | None = None
+    timeout: float = 30.0
+    tls_verify: bool = True
+    ca_file: str | None = None  # extra CA bundle, e.g. a farm's own mail relay cert
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("smtp", "mbox"):
+            raise ValueError(f"mail mode must be 'smtp' or 'mbox', not {self.mode!r}")
+        if self.security not in ("none", "starttls", "tls"):
+            raise ValueError(f"mail security must be none/starttls/tls, not {self.security!r}")
+        if self.password_env and self.password_file:
+            raise ValueError("give only one of mail password_env and password_file")
+        if self.mode == "mbox" and not self.mbox_path:
+            raise ValueError("mail mode 'mbox' needs mbox_path")
+        if self.port == 0:
+            self.port = {"none": 25, "starttls": 587, "tls": 465}[self.security]
+
+    @classmethod
+    def from_config(cls, cfg: MailConfig) -> MailSettings:
+        """Settings from the ``[mail]`` table of pushgate.toml."""
+        return cls(
+            mode=cfg.mode, host=cfg.host, port=cfg.port, security=cfg.security,
+            user=cfg.user, password_env=cfg.password_env, password_file=cfg.password_file,
+            from_addr=cfg.from_addr, mbox_path=cfg.mbox,
+        )
+
+    def read_password(self) -> str | None:
+        """The SMTP password, read now (not cached); None when no login is configured."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise PermanentMailError(
+                    f"mail password environment variable {self.password_env} is not set"
+                )
+            return value
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as e:
+                raise PermanentMailError(
+                    f"cannot read mail password file {self.password_file}: {e.strerror}"
+                ) from None
+        return None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if not self.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+# ---------------------------------------------------------------- building
+
+
+def make_message_id(kind: str, flight: int, domain: str) -> str:
+    """Deterministic Message-ID, e.g. ``<pushgate-report-123@example.org>``.
+
+    ``kind`` names the mail of the flight (``report``, ``retest``, ``bisect``, a job name...).
+    """
+    if not _TOKEN_RE.match(kind):
+        raise ValueError(f"bad Message-ID kind {kind!r}")
+    if not _DOMAIN_RE.match(domain):
+        raise ValueError(f"bad Message-ID domain {domain!r}")
+    if flight < 0:
+        raise ValueError(f"bad flight number {flight}")
+    return f"<pushgate-{kind}-{int(flight)}@{domain}>"
+
+
+def report_message_id(flight: int, domain: str) -> str:
+    """Message-ID of a flight's main report: the root of its mail thread."""
+    return make_message_id("report", flight, domain)
+
+
+def reply_headers(
+    parent_id: str, parent_references: Sequence[str] = ()
+) -> tuple[str, list[str]]:
+    """(In-Reply-To, References) for a mail answering ``parent_id`` (RFC 5322 3.6.4)."""
+    refs = [r for r in parent_references if r != parent_id]
+    return parent_id, [*refs, parent_id]
+
+
+def thread_to_report(report_flight: int, domain: str) -> tuple[str, list[str]]:
+    """(In-Reply-To, References) of a retest or bisection mail about ``report_flight``."""
+    return reply_headers(report_message_id(report_flight, domain))
+
+
+def envelope_recipients(
+    to: Sequence[str], cc: Sequence[str] = (), bcc: Sequence[str] = ()
+) -> list[str]:
+    """Bare addresses for the SMTP envelope, de-duplicated, in order; Bcc included here
+    (and only here: Bcc never appears in the headers)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for _name, addr in email.utils.getaddresses([*to, *cc, *bcc]):
+        if not addr or "@" not in addr:
+            raise ValueError(f"bad mail address {addr!r}")
+        if addr.lower() not in seen:
+            seen.add(addr.lower())
+            out.append(addr)
+    return out
+
+
+def _set_address_header(msg: EmailMessage, name: str, addrs: Sequence[str]) -> None:
+    msg[name] = ", ".join(addrs)
+    header = msg[name]
+    if header.defects or any(not a.addr_spec or "@" not in a.addr_spec for a in header.addresses):
+        raise ValueError(f"bad address in {name}: {', '.join(addrs)!r}")
+
+
+def _set_extra_header(msg: EmailMessage, name: str, value: str) -> None:
+    if not _HEADER_NAME_RE.match(name) or name.lower() in _OWN_HEADERS:
+        raise ValueError(f"bad or reserved extra header name {name!r}")
+    if "\r" in value:
+        raise ValueError(f"carriage return in header {name}")
+    items = [line.strip() for line in value.split("\n") if line.strip()]
+    if len(items) > 1 and all(i.isascii() and len(i) + 4 <= RFC_LINE_MAX for i in items):
+        # osstest's shape: name alone, then one 4-space-indented item per line; stored raw
+        # so the policy keeps these lines exactly (header_items() reads both shapes).
+        msg.set_raw(name, "".join(f"\n    {i}" for i in items))
+    else:
+        msg[name] = " ".join(items)
+
+
+def header_items(msg: EmailMessage, name: str) -> list[str]:
+    """Items of a multi-item header (``X-Pushgate-Failures``), folded either way."""
+    value = msg.get(name)
+    return str(value).split() if value is not None else []
+
+
+def _choose_cte(body: str) -> str:
+    lines = body.splitlines()
+    if body.isascii() and all(len(line) <= RFC_LINE_MAX for line in lines):
+        return "8bit"  # as osstest labels it; the content is in fact 7-bit clean
+    # Non-ASCII or overlong lines: quoted-printable survives any relay, decodes exactly.
+    return "quoted-printable"
+
+
+def build_message(
+    *,
+    subject: str,
+    body: str,
+    from_addr: str,
+    to: list[str],
+    cc: list[str],
+    message_id: str,
+    in_reply_to: str | None,
+    references: list[str],
+    extra_headers: dict[str, str],
+    date: datetime | None = None,
+) -> EmailMessage:
+    """A text/plain utf-8 mail. The body's lines are kept exactly (it gets a final newline
+    if it lacks one; CRLF becomes LF). A multi-line ``extra_headers`` value is a list of
+    items, written osstest-style one per 4-space-indented line. Bcc is for the envelope
+    (``envelope_recipients``), never a header."""
+    if not to and not cc:
+        raise ValueError("a mail needs at least one To or Cc address")
+    msg = EmailMessage(policy=POLICY)
+    _set_address_header(msg, "From", [from_addr])
+    if to:
+        _set_address_header(msg, "To", to)
+    if cc:
+        _set_address_header(msg, "Cc", cc)
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.format_datetime(date or datetime.now(UTC))
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if references:
+        msg["References"] = " ".join(references)
+    for name, value in extra_headers.items():
+        _set_extra_header(msg, name, value)
+    if not body.endswith("\n"):
+        body += "\n"
+    msg.set_content(body, charset="utf-8", cte=_choose_cte(body))
+    return msg
+
+
+def serialize(msg: EmailMessage, linesep: str = "\n") -> bytes:
+    """The exact bytes of ``msg`` (LF line ends by default), for storing in the queue."""
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, policy=POLICY.clone(linesep=linesep)).flatten(msg)
+    return out.getvalue()
+
+
+def parse(data: bytes) -> EmailMessage:
+    """Inverse of ``serialize``: serialize(parse(b)) == b for what serialize produced.
+    Also reads a mail as it travels (CRLF line ends), e.g. as an SMTP server got it."""
+    msg = BytesParser(policy=POLICY).parsebytes(data.replace(b"\r\n", b"\n"))
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def next_attempt_delay(attempts: int) -> float:
+    """Seconds to wait after ``attempts`` failed attempts: 0, 30 s, 1 min, 2 min ... 1 h."""
+    if attempts <= 0:
+        return 0.0
+    if attempts > 20:  # 2**20 * 30 s is far past the cap; avoid huge integers
+        return BACKOFF_CAP_S
+    return min(BACKOFF_BASE_S * 2 ** (attempts - 1), BACKOFF_CAP_S)
+
+
+# ---------------------------------------------------------------- delivery
+
+
+def deliver(settings: MailSettings, msg: EmailMessage, recipients: list[str]) -> None:
+    """Deliver ``msg`` to the envelope ``recipients`` (To, Cc and Bcc addresses).
+
+    Raises ``TransientMailError`` (retry later) or ``PermanentMailError``. When some
+    recipients were refused, the error's ``recipients`` are only those, so a retry does
+    not mail the others twice.
+    """
+    if not recipients:
+        raise PermanentMailError("no recipients")
+    if "Bcc" in msg:
+        msg = parse(serialize(msg))
+        del msg["Bcc"]
+    if settings.mode == "mbox":
+        _deliver_mbox(settings, msg)
+    else:
+        _deliver_smtp(settings, msg, recipients)
+    log.info("mail %s delivered (%s) to %d recipient(s)",
+             msg.get("Message-ID"), settings.mode, len(recipients))
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    """Remove the password, raw or base64'd (AUTH PLAIN/LOGIN), from a server's text."""
+    if not secret:
+        return text
+    for s in (secret, base64.b64encode(secret.encode()).decode()):
+        text = text.replace(s, "***")
+    return text
+
+
+def _reply_text(code: int, resp: bytes | str, secret: str | None) -> str:
+    raw = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
+    return f"{code} {_scrub(raw, secret)}"
+
+
+def _deliver_smtp(settings: MailSettings, msg: EmailMessage, recipients: list[str]) -> None:
+    where = f"{settings.host}:{settings.port}"
+    password = settings.read_password() if settings.user else None
+    # Each failure is raised outside the except clauses: the library's exception (whose
+    # text may quote the password back) must not even ride along as __context__.
+    failure: MailError | None = None
+    refused: dict[str, tuple[int, bytes]] = {}
+    try:
+        smtp: smtplib.SMTP
+        if settings.security == "tls":
+            smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
+                                    context=settings.ssl_context())
+        else:
+            smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
+        with smtp:
+            smtp.ehlo()
+            if settings.security == "starttls":
+                smtp.starttls(context=settings.ssl_context())
+                smtp.ehlo()
+            if settings.user:
+                smtp.login(settings.user, password or "")
+            # not send_message(): its generator mangles body lines starting "From "
+            refused = smtp.sendmail(settings.from_addr, recipients, serialize(msg, "\r\n"))
+    except smtplib.SMTPAuthenticationError as e:
+        failure = PermanentMailError(
+            f"SMTP authentication as {settings.user!r} at {where} failed: "
+            f"{_reply_text(e.smtp_code, e.smtp_error, password)}", recipients)
+    except smtplib.SMTPRecipientsRefused as e:
+        refused = e.recipients
+    except smtplib.SMTPResponseException as e:
+        text = f"SMTP {where}: {_reply_text(e.smtp_code, e.smtp_error, password)}"
+        cls = TransientMailError if 400 <= e.smtp_code < 500 else PermanentMailError
+        failure = cls(text, recipients)
+    except smtplib.SMTPNotSupportedError as e:
+        failure = PermanentMailError(f"SMTP {where}: {_scrub(str(e), password)}", recipients)
+    except ssl.SSLCertVerificationError as e:
+        failure = PermanentMailError(
+            f"SMTP {where}: TLS certificate not trusted: {e.verify_message}", recipients)
+    except UnicodeError:
+        failure = PermanentMailError(
+            f"SMTP {where}: non-ASCII envelope address needs SMTPUTF8", recipients)
+    except (smtplib.SMTPException, OSError) as e:
+        # refused, reset, timeout, DNS failure, TLS handshake trouble: try again later
+        kind = "timed out" if isinstance(e, TimeoutError) else "failed"
+        failure = TransientMailError(
+            f"SMTP {where} {kind}: {_scrub(str(e) or type(e).__name__, password)}", recipients)
+    if failure is not None:
+        raise failure
+    if refused:
+        _raise_refused(refused, where, password)
+
+
+def _raise_refused(refused: dict[str, tuple[int, bytes]], where: str, secret: str | None) -> None:
+    detail = "; ".join(f"{a}: {_reply_text(c, r, secret)}" for a, (c, r) in refused.items())
+    transient = [a for a, (c, _r) in refused.items() if 400 <= c < 500]
+    if transient:
+        raise TransientMailError(f"SMTP {where} refused recipients: {detail}", transient)
+    raise PermanentMailError(f"SMTP {where} refused recipients: {detail}", list(refused))
+
+
+def _mbox_safe(msg: EmailMessage) -> bytes:
+    """The bytes to store in an mbox. A body line starting "From " would be mangled to
+    ">From " (mboxo); instead re-encode the body quoted-printable with "=46rom", which
+    decodes back exactly."""
+    data = serialize(msg)
+    body = msg.get_content() if msg.get_content_type() == "text/plain" else None
+    if body is None or not re.search(r"(?m)^From ", body):
+        return data
+    copy = parse(data)
+    copy.set_content(body, charset="utf-8", cte="quoted-printable")
+    raw = copy.get_payload()
+    assert isinstance(raw, str)
+    copy.set_payload(re.sub(r"(?m)^From ", "=46rom ", raw))  # no charset: stays as encoded
+    return serialize(copy)
+
+
+def _deliver_mbox(settings: MailSettings, msg: EmailMessage) -> None:
+    assert settings.mbox_path
+    data = _mbox_safe(msg)
+    stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime())
+    sender = email.utils.parseaddr(settings.from_addr)[1] or "MAILER-DAEMON"
+    box = mailbox.mbox(settings.mbox_path, create=True)
+    try:
+        deadline = time.monotonic() + settings.timeout
+        while True:
+            try:
+                box.lock()
+                break
+            except mailbox.ExternalClashError:
+                if time.monotonic() > deadline:
+                    raise TransientMailError(
+                        f"mbox {settings.mbox_path} stayed locked by another process"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            # bytes starting "From " give the envelope line of the mbox entry
+            box.add(f"From {sender} {stamp}\n".encode() + data)
+            box.flush()
+        finally:
+            box.unlock()
+    except OSError as e:
+        raise TransientMailError(f"mbox {settings.mbox_path}: {e.strerror or e}") from None
+    finally:
+        box.close()
