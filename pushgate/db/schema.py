@@ -54,6 +54,8 @@ flight_revisions = Table(
     Column("tree", String(200), primary_key=True),
     Column("revision", String(64), nullable=False),
     Column("url", Text, nullable=False),
+    # The tested-ref tip of this tree when the flight was made (the report's "that").
+    Column("baseline", String(64)),
     ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
 )
 

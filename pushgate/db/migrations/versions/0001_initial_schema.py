@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 12:21:18.481057
+Create Date: 2026-11-26 12:22:22.529983
 """
 
 from alembic import op
@@ -111,6 +111,7 @@ def upgrade() -> None:
     sa.Column('tree', sa.String(length=200), nullable=False),
     sa.Column('revision', sa.String(length=64), nullable=False),
     sa.Column('url', sa.Text(), nullable=False),
+    sa.Column('baseline', sa.String(length=64), nullable=True),
     sa.ForeignKeyConstraint(['flight'], ['flights.flight'], name=op.f('fk_flight_revisions_flight_flights'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('flight', 'tree', name=op.f('pk_flight_revisions'))
     )
