@@ -22,14 +22,14 @@ import smtplib
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.parser import BytesParser
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from pushgate.config import MailConfig
@@ -43,6 +43,7 @@ POLICY = email.policy.default.clone(refold_source="none", max_line_length=78, ct
 RFC_LINE_MAX = 998  # RFC 5322 hard limit on a line, without CRLF
 BACKOFF_BASE_S = 30.0
 BACKOFF_CAP_S = 3600.0
+DOTLOCK_STALE_S = 300.0
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _DOMAIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -397,6 +398,18 @@ def _mbox_safe(msg: EmailMessage) -> bytes:
     return serialize(copy)
 
 
+def _break_stale_dotlock(path: str) -> None:
+    """A dot-lock left by a crashed writer would block the mbox forever; lock holders keep
+    it for milliseconds, so one older than DOTLOCK_STALE_S is taken to be stale."""
+    lock = Path(path + ".lock")
+    try:
+        if time.time() - lock.stat().st_mtime > DOTLOCK_STALE_S:
+            lock.unlink()
+            log.warning("removed stale mbox lock %s", lock)
+    except FileNotFoundError:
+        pass
+
+
 def _deliver_mbox(settings: MailSettings, msg: EmailMessage) -> None:
     assert settings.mbox_path
     data = _mbox_safe(msg)
@@ -410,6 +423,7 @@ def _deliver_mbox(settings: MailSettings, msg: EmailMessage) -> None:
                 box.lock()
                 break
             except mailbox.ExternalClashError:
+                _break_stale_dotlock(settings.mbox_path)
                 if time.monotonic() > deadline:
                     raise TransientMailError(
                         f"mbox {settings.mbox_path} stayed locked by another process"
@@ -425,3 +439,50 @@ def _deliver_mbox(settings: MailSettings, msg: EmailMessage) -> None:
         raise TransientMailError(f"mbox {settings.mbox_path}: {e.strerror or e}") from None
     finally:
         box.close()
+
+
+# ---------------------------------------------------------------- interface for callers
+
+
+class Mailer(Protocol):
+    """What the queue and the report/bisect stages call; swap in MemoryMailer in tests."""
+
+    def send(self, msg: EmailMessage, recipients: list[str]) -> None: ...
+
+
+class SettingsMailer:
+    """The real mailer: ``deliver`` with fixed settings."""
+
+    def __init__(self, settings: MailSettings) -> None:
+        self.settings = settings
+
+    def send(self, msg: EmailMessage, recipients: list[str]) -> None:
+        deliver(self.settings, msg, recipients)
+
+
+@dataclass
+class Sent:
+    data: bytes  # serialize(msg), Bcc removed, as a real delivery would write it
+    recipients: list[str]
+
+    @property
+    def message(self) -> EmailMessage:
+        return parse(self.data)
+
+
+@dataclass
+class MemoryMailer:
+    """A fake that keeps what it was sent. ``failures`` are raised, in order, by the next
+    sends (to exercise retries); a failed send records nothing."""
+
+    sent: list[Sent] = field(default_factory=list)
+    failures: list[MailError] = field(default_factory=list)
+
+    def send(self, msg: EmailMessage, recipients: list[str]) -> None:
+        if not recipients:
+            raise PermanentMailError("no recipients")
+        if self.failures:
+            raise self.failures.pop(0)
+        copy = parse(serialize(msg))
+        del copy["Bcc"]
+        self.sent.append(Sent(serialize(copy), list(recipients)))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import mailbox
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -13,9 +17,12 @@ from pathlib import Path
 import pytest
 
 from pushgate.mail import (
+    Mailer,
     MailError,
     MailSettings,
+    MemoryMailer,
     PermanentMailError,
+    SettingsMailer,
     TransientMailError,
     build_message,
     deliver,
@@ -347,3 +354,54 @@ def test_settings_validation_and_config() -> None:
                                             password_env="X"))
     assert (s.mode, s.host, s.port, s.user, s.password_env) == ("smtp", "relay", 2525, "u", "X")
     assert issubclass(TransientMailError, MailError) and issubclass(PermanentMailError, MailError)
+
+
+def test_bcc_header_set_by_a_caller_is_stripped(server: SmtpServer, tmp_path: Path) -> None:
+    msg = report()
+    msg["Bcc"] = "sneaky@example.org"
+    mbox = str(tmp_path / "m.mbox")
+    deliver(smtp(server.port), msg, ["admin@example.org", "sneaky@example.org"])
+    deliver(MailSettings(mode="mbox", mbox_path=mbox), msg, ["sneaky@example.org"])
+    assert server.received[0].rcpt_tos == ["admin@example.org", "sneaky@example.org"]
+    assert b"sneaky" not in server.received[0].data
+    assert b"sneaky" not in Path(mbox).read_bytes()
+    assert msg["Bcc"] == "sneaky@example.org"  # the caller's object is left alone
+
+
+def test_logs_name_message_not_password(cert: Cert, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PG_TEST_SMTP_PW", "log-secret-77")
+    caplog.set_level(logging.DEBUG)
+    with SmtpServer(tls=cert, users={"u": "log-secret-77"}) as srv:
+        deliver(smtp(srv.port, security="starttls", user="u", password_env="PG_TEST_SMTP_PW",
+                     tls_verify=False), report(), ["admin@example.org"])
+    assert "<pushgate-report-123@example.org>" in caplog.text
+    assert "log-secret-77" not in caplog.text
+
+
+def test_stale_dotlock_is_broken(tmp_path: Path) -> None:
+    path = tmp_path / "box"
+    lock = tmp_path / "box.lock"
+    lock.write_text("")  # left by a writer that crashed
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    deliver(MailSettings(mode="mbox", mbox_path=str(path), timeout=2.0), report(),
+            ["a@example.org"])
+    assert len(mailbox.mbox(str(path))) == 1
+    assert not lock.exists()
+
+
+def test_memory_mailer_is_a_faithful_fake(server: SmtpServer) -> None:
+    real: Mailer = SettingsMailer(smtp(server.port))
+    fake = MemoryMailer(failures=[TransientMailError("451 later", ["a@example.org"])])
+    assert inspect.signature(fake.send) == inspect.signature(real.send)
+    assert inspect.signature(Mailer.send) == inspect.signature(MemoryMailer.send)
+    msg = report()
+    with pytest.raises(TransientMailError):
+        fake.send(msg, ["a@example.org"])
+    assert fake.sent == []
+    fake.send(msg, ["a@example.org"])
+    real.send(msg, ["a@example.org"])
+    assert fake.sent[0].recipients == server.received[0].rcpt_tos
+    assert fake.sent[0].message.get_content() == parse(server.received[0].data).get_content()
+    assert fake.sent[0].data == serialize(msg)
