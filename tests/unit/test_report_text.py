@@ -225,8 +225,8 @@ People who touched revisions under test:
   Andrew Cooper <andrew.cooper3@citrix.com>
 
 jobs:
- build-amd64                                                  pass    
- test-amd64-amd64-xl                                          fail    
+ build-amd64                                                  {'pass':<8}
+ test-amd64-amd64-xl                                          {'fail':<8}
 
 
 {'-' * 60}
