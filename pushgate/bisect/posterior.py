@@ -1,0 +1,339 @@
+"""Posterior over "which node introduced the failure" (spec/flake-aware-bisection.md §3-§5.1).
+
+Candidates with the same evidence signature share a likelihood, so the posterior is kept per
+*segment* of the candidate linearisation rather than per node: a run at x only separates the
+candidates that are ancestors of x from the others, and for a culprit hypothesis only the counts
+(fails, passes) at observed descendants matter. A step therefore costs O(K log K + S·G) for K
+observed nodes, S segments and G grid points, whatever N is. Pbad(x) is the posterior mass of an
+interval set over the linearisation, read off a cumulative table.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pushgate.bisect.graph import GraphError, Node, RevGraph
+
+Result = Literal["pass", "fail", "broken"]
+Kind = Literal["probe", "trigger", "history"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One run of the bisected step at a tuple, in flight order.
+
+    kind: `trigger` is the failure that reported the regression (its prior already conditions on
+    it, §3: no likelihood term); `history` runs pre-date the bisection (evidence, no budget);
+    `probe` runs were made by the bisection (evidence and budget).
+    """
+
+    node: Node
+    result: Result
+    host: str = "h0"
+    kind: Kind = "probe"
+
+
+# ---------------------------------------------------------------- flake rate (§4.2)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    # Continued fraction for the regularised incomplete beta (Lentz's method).
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-12:
+            break
+    return h
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbt + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def beta_ppf(q: float, a: float, b: float) -> float:
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if beta_cdf(mid, a, b) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class FlakeGrid:
+    points: tuple[float, ...]
+    weights: tuple[float, ...]
+    conf: float  # f_conf: drives the confirmation count
+    too_flaky: bool
+
+
+def flake_grid(
+    passes: float,
+    fails: float,
+    *,
+    parent_rate: float = 0.02,
+    strength: float = 10.0,
+    f_min: float = 0.1,
+    f_max: float = 0.5,
+) -> FlakeGrid:
+    """Beta posterior of the step's flake rate from known-good runs, as a 3-point grid."""
+    a = strength * parent_rate + fails
+    b = strength * (1.0 - parent_rate) + passes
+    p10, p50, p90 = (beta_ppf(q, a, b) for q in (0.1, 0.5, 0.9))
+    pts: list[float] = []
+    for p in (p10, p50, p90):
+        c = round(min(max(p, f_min), f_max), 6)
+        if c not in pts:
+            pts.append(c)
+    w = 1.0 / len(pts)
+    return FlakeGrid(tuple(pts), tuple(w for _ in pts), max(f_min, min(p90, f_max)), p10 > f_max)
+
+
+def fixed_grid(f: float) -> FlakeGrid:
+    return FlakeGrid((f,), (1.0,), f, False)
+
+
+# ---------------------------------------------------------------- candidate index
+
+
+@dataclass
+class Index:
+    """Candidates V* in lin order with ancestor sets as intervals over that order."""
+
+    graph: RevGraph
+    basis: Node
+    latest: Node
+    cands: list[Node]
+    pos: dict[Node, int]
+    anc: dict[Node, list[tuple[int, int]]]  # per relevant node, ancestors within V*
+    is_chain: bool
+    weights_prefix: list[float] = field(default_factory=list)
+
+
+def build_index(graph: RevGraph, basis: Node, latest: Node) -> Index:
+    key = ("bisect-index", basis, latest)
+    hit = graph.cache.get(key)
+    if isinstance(hit, Index):
+        return hit
+    cands = graph.candidates(basis, latest)
+    pos = {n: i for i, n in enumerate(cands)}
+    anc: dict[Node, list[tuple[int, int]]] = {basis: []}
+    is_chain = True
+    for i, n in enumerate(cands):
+        ps = [p for p in graph.parents(n) if p in pos or p == basis]
+        if len(ps) != 1 or (ps[0] != basis and pos[ps[0]] != i - 1) or (i == 0) != (
+            ps[0] == basis
+        ):
+            is_chain = False
+        if is_chain:
+            anc[n] = [(0, i)]
+        else:
+            anc[n] = _union([(i, i)] + [iv for p in ps for iv in anc[p]])
+    if not cands:
+        raise GraphError("no candidate nodes between basis and latest")
+    idx = Index(graph, basis, latest, cands, pos, anc, is_chain)
+    idx.weights_prefix = [float(i) for i in range(len(cands) + 1)]
+    graph.cache[key] = idx
+    return idx
+
+
+def _union(ivs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ivs):
+        if out and a <= out[-1][1] + 1:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+# ---------------------------------------------------------------- posterior
+
+
+def _term(n: int, logp: float) -> float:
+    return 0.0 if n == 0 else n * logp
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+@dataclass
+class Posterior:
+    """Marginal posterior: flake, env, and culprit mass per segment of lin."""
+
+    idx: Index
+    p_flake: float
+    p_env: float
+    seg_start: list[int]  # segment i covers positions [seg_start[i], seg_start[i+1])
+    seg_mass: list[float]
+    seg_cum: list[float]  # mass before segment i
+    eps_mean: float
+    f_mean: float
+
+    def mass_range(self, a: int, b: int) -> float:
+        """Culprit mass of positions a..b inclusive."""
+        return self._cum(b + 1) - self._cum(a)
+
+    def _cum(self, p: int) -> float:
+        if p <= 0:
+            return 0.0
+        i = bisect.bisect_right(self.seg_start, p - 1) - 1
+        start = self.seg_start[i]
+        end = self.seg_start[i + 1]
+        w = self.idx.weights_prefix
+        span = w[end] - w[start]
+        frac = (w[p] - w[start]) / span if span > 0 else 0.0
+        return self.seg_cum[i] + self.seg_mass[i] * frac
+
+    def node_mass(self, node: Node) -> float:
+        p = self.idx.pos[node]
+        return self.mass_range(p, p)
+
+    def pbad(self, node: Node) -> float:
+        """Mass predicting a true failure at node: culprits at or before it, plus env."""
+        return sum(self.mass_range(a, b) for a, b in self.idx.anc[node]) + self.p_env
+
+    def top_candidate(self) -> tuple[Node, float]:
+        # The best node lies in the segment with the highest density.
+        w = self.idx.weights_prefix
+        best_i = max(
+            range(len(self.seg_mass)),
+            key=lambda i: self.seg_mass[i] / max(w[self.seg_start[i + 1]] - w[self.seg_start[i]],
+                                                 1e-300),
+        )
+        p = self.seg_start[best_i]
+        node = self.idx.cands[p]
+        return node, self.node_mass(node)
+
+
+def node_counts(
+    idx: Index, observations: Iterable[Observation]
+) -> tuple[dict[Node, list[int]], int, int]:
+    """Per relevant node [fails, passes] over evidence runs (trigger and broken excluded)."""
+    counts: dict[Node, list[int]] = {}
+    ftot = ptot = 0
+    for o in observations:
+        if o.kind == "trigger" or o.result == "broken":
+            continue
+        if o.node != idx.basis and o.node not in idx.pos:
+            continue  # irrelevant tuple: not evidence (osstest skips it too)
+        c = counts.setdefault(o.node, [0, 0])
+        if o.result == "fail":
+            c[0] += 1
+            ftot += 1
+        else:
+            c[1] += 1
+            ptot += 1
+    return counts, ftot, ptot
+
+
+def compute_posterior(
+    idx: Index,
+    observations: Sequence[Observation],
+    fgrid: FlakeGrid,
+    eps_grid: Sequence[float],
+    eps_weights: Sequence[float],
+    pi_flake: float,
+    pi_env: float,
+) -> Posterior:
+    counts, ftot, ptot = node_counts(idx, observations)
+    n = len(idx.cands)
+    # Sweep: the (fails, passes) at descendants of a candidate change only at interval ends.
+    events: dict[int, list[int]] = {}
+    for node, (fc, pc) in counts.items():
+        for a, b in idx.anc[node]:
+            ev = events.setdefault(a, [0, 0])
+            ev[0] += fc
+            ev[1] += pc
+            if b + 1 < n:
+                ev = events.setdefault(b + 1, [0, 0])
+                ev[0] -= fc
+                ev[1] -= pc
+    starts = sorted(set(events) | {0})
+    seg_fp: list[tuple[int, int]] = []
+    fs = ps = 0
+    for s in starts:
+        delta = events.get(s)
+        if delta:
+            fs += delta[0]
+            ps += delta[1]
+        seg_fp.append((fs, ps))
+    starts.append(n)
+    w = idx.weights_prefix
+    wtot = w[n]
+    seg_w = [w[starts[i + 1]] - w[starts[i]] for i in range(len(seg_fp))]
+    log_cul = _log(max(0.0, 1.0 - pi_flake - pi_env))
+    # Joint log weights per (hypothesis, grid point); grid points where the test cannot tell good
+    # from bad (1 - eps - f < 0.3) are dropped (§4.3).
+    grid: list[tuple[float, float, float]] = []
+    for fj, aj in zip(fgrid.points, fgrid.weights, strict=True):
+        for ek, bk in zip(eps_grid, eps_weights, strict=True):
+            if 1.0 - ek - fj >= 0.3 and aj > 0 and bk > 0:
+                grid.append((fj, ek, math.log(aj) + math.log(bk)))
+    if not grid:
+        raise ValueError("empty f x eps grid")
+    rows: list[list[float]] = []  # rows[g] = [flake, env, seg0, seg1, ...]
+    for fj, ek, lw in grid:
+        lf, l1f, le, l1e = _log(fj), _log(1 - fj), _log(ek), _log(1 - ek)
+        good_all = _term(ftot, lf) + _term(ptot, l1f)
+        row = [
+            lw + _log(pi_flake) + good_all,
+            lw + _log(pi_env) + _term(ftot, l1e) + _term(ptot, le),
+        ]
+        for (sf, sp), sw in zip(seg_fp, seg_w, strict=True):
+            if sw <= 0:
+                row.append(-math.inf)
+                continue
+            ll = (_term(sf, l1e) + _term(sp, le) + _term(ftot - sf, lf) + _term(ptot - sp, l1f))
+            row.append(lw + log_cul + math.log(sw / wtot) + ll)
+        rows.append(row)
+    top = max(max(r) for r in rows)
+    if top == -math.inf:
+        raise ValueError("observations are impossible under every hypothesis")
+    marg = [0.0] * len(rows[0])
+    eps_acc = f_acc = 0.0
+    for (fj, ek, _), row in zip(grid, rows, strict=True):
+        for i, v in enumerate(row):
+            if v != -math.inf:
+                e = math.exp(v - top)
+                marg[i] += e
+                eps_acc += e * ek
+                f_acc += e * fj
+    z = sum(marg)
+    marg = [m / z for m in marg]
+    seg_mass = marg[2:]
+    cum = [0.0]
+    for m in seg_mass[:-1]:
+        cum.append(cum[-1] + m)
+    return Posterior(idx, marg[0], marg[1], starts, seg_mass, cum, eps_acc / z, f_acc / z)

@@ -1,0 +1,339 @@
+"""Flake-aware Bayesian bisection as a stateless step (spec/flake-aware-bisection.md §5-§7, §10).
+
+`step()` takes the graph, the endpoints and every run so far (in flight order) and returns either
+a final `Outcome` or the `Probes` to run next. It keeps no state between calls, so the real
+bisector only has to persist observations (flight results) and can crash at any point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pushgate.bisect.graph import GraphError, Node, RevGraph
+from pushgate.bisect.posterior import (
+    FlakeGrid,
+    Index,
+    Observation,
+    Posterior,
+    build_index,
+    compute_posterior,
+    fixed_grid,
+    node_counts,
+)
+
+OutcomeKind = Literal[
+    "complete", "inconclusive", "inconsistent", "unreproducible", "flake", "doubtful"
+]
+EXIT_CODES: dict[str, int] = {
+    "running": 0,
+    "complete": 4,
+    "inconclusive": 8,
+    "inconsistent": 12,
+    "unreproducible": 16,
+    "flake": 20,
+    "doubtful": 32,
+}
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Defaults from the design's parameter table (§2)."""
+
+    fgrid: FlakeGrid = field(default_factory=lambda: fixed_grid(0.1))
+    tau: float = 0.999
+    confirm_c: float = 0.999
+    confirm_min: int = 3
+    eps_grid: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
+    eps_weights: tuple[float, ...] = (0.7, 0.15, 0.1, 0.05)
+    pi_flake: float = 0.4
+    pi_env: float = 0.02
+    rho_latest: float = 0.2
+    endpoint_repro: int = 2
+    max_runs: int | None = None  # None: ceil(budget_log_factor*log2(N+1)) + 2n + 8
+    budget_log_factor: float = 4.0
+    strict_host: str | None = None  # h*: in strict mode only its runs are evidence
+    tie: float = 0.02
+    fit_alpha: float = 0.001
+    untestable_after_broken: int = 2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    culprit: Node | None
+    confidence: float
+    runs: int
+    p_flake: float = 0.0
+    p_env: float = 0.0
+    reason: str = ""
+    credible: tuple[Node, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.kind]
+
+
+@dataclass(frozen=True)
+class Probes:
+    nodes: tuple[Node, ...]
+    phase: str  # endpoint | search | confirm
+    top: Node | None = None
+    p_top: float = 0.0
+    p_flake: float = 0.0
+    p_env: float = 0.0
+
+
+Decision = Outcome | Probes
+
+
+def confirm_pairs(f_conf: float, c: float = 0.999, minimum: int = 3) -> int:
+    """n = max(confirm_min, ceil(ln(1 - C) / ln(f_conf) - 1e-9)) (§6)."""
+    return max(minimum, math.ceil(math.log(1.0 - c) / math.log(f_conf) - 1e-9))
+
+
+def budget(n_cands: int, params: SearchParams) -> int:
+    if params.max_runs is not None:
+        return params.max_runs
+    n = confirm_pairs(params.fgrid.conf, params.confirm_c, params.confirm_min)
+    return math.ceil(params.budget_log_factor * math.log2(n_cands + 1)) + 2 * n + 8
+
+
+def binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def repro_sequence(
+    obs: Sequence[Observation], firsts: Sequence[Node], second: Node, want_first: str,
+    want_second: str,
+) -> tuple[int, int, list[Node]]:
+    """Match osstest's alternating sequence: every `firsts` node gives `want_first`, then
+    `second` gives `want_second`, repeatedly, in observation (flight) order.
+
+    Returns (complete pairs, contrary results met after the sequence started, the nodes still
+    needed for the next element). Contrary results are skipped, not fatal.
+    """
+    pending = set(firsts)
+    pairs = contrary = 0
+    started = False
+    for o in obs:
+        if o.result == "broken":
+            continue
+        if o.node in firsts:
+            if o.result == want_first:
+                pending.discard(o.node)
+                started = True
+            elif started:
+                contrary += 1
+        elif o.node == second:
+            if o.result == want_second and not pending:
+                pairs += 1
+                pending = set(firsts)
+            elif o.result != want_second and started:
+                contrary += 1
+    need = sorted(pending) if pending else [second]
+    return pairs, contrary, need
+
+
+def credible_set(post: Posterior, mass: float = 0.9, limit: int = 10) -> tuple[Node, ...]:
+    w = post.idx.weights_prefix
+    order = sorted(
+        range(len(post.seg_mass)),
+        key=lambda i: -post.seg_mass[i] / max(w[post.seg_start[i + 1]] - w[post.seg_start[i]],
+                                               1e-300),
+    )
+    out: list[Node] = []
+    acc = 0.0
+    for i in order:
+        for p in range(post.seg_start[i], post.seg_start[i + 1]):
+            if acc >= mass or len(out) >= limit:
+                return tuple(out)
+            node = post.idx.cands[p]
+            out.append(node)
+            acc += post.node_mass(node)
+    return tuple(out)
+
+
+def choose_probe(
+    post: Posterior, t: float, testable: set[Node] | None, tie: float,
+    pbad_cache: dict[Node, float],
+) -> Node | None:
+    """x* = argmin |Pbad(x) - t| over testable candidates; near-ties go to the lower Pbad (§5.2)."""
+    idx = post.idx
+    lo: tuple[float, Node] | None = None
+    hi: tuple[float, Node] | None = None
+    if idx.is_chain:
+        # Pbad is monotone along a chain: binary search, then step over untestable nodes.
+        a, b = 0, len(idx.cands)
+        while a < b:
+            m = (a + b) // 2
+            if post.pbad(idx.cands[m]) < t:
+                a = m + 1
+            else:
+                b = m
+        i = a - 1
+        while i >= 0 and testable is not None and idx.cands[i] not in testable:
+            i -= 1
+        if i >= 0:
+            lo = (post.pbad(idx.cands[i]), idx.cands[i])
+        j = a
+        while j < len(idx.cands) and testable is not None and idx.cands[j] not in testable:
+            j += 1
+        if j < len(idx.cands):
+            hi = (post.pbad(idx.cands[j]), idx.cands[j])
+    else:
+        if not pbad_cache:
+            for node in idx.cands:
+                if testable is None or node in testable:
+                    pbad_cache[node] = post.pbad(node)
+        for node, pb in pbad_cache.items():
+            # Ties at equal Pbad: more candidate ancestors, then the older node.
+            size = sum(b - a + 1 for a, b in idx.anc[node])
+            if pb < t:
+                if lo is None or (pb, size, -idx.pos[node]) > (lo[0], _size(idx, lo[1]),
+                                                               -idx.pos[lo[1]]):
+                    lo = (pb, node)
+            elif hi is None or (pb, -size, idx.pos[node]) < (hi[0], -_size(idx, hi[1]),
+                                                              idx.pos[hi[1]]):
+                hi = (pb, node)
+    if lo is None:
+        return hi[1] if hi else None
+    if hi is None:
+        return lo[1]
+    d_lo, d_hi = t - lo[0], hi[0] - t
+    if abs(d_lo - d_hi) > tie:
+        return lo[1] if d_lo < d_hi else hi[1]
+    # Near-tie: prefer the lower node (passes are the strong evidence) unless it teaches much
+    # less; a node just below an almost-certain culprit has Pbad ~ 0 and would teach nothing.
+    return lo[1] if _info(post, lo[0]) >= 0.8 * _info(post, hi[0]) else hi[1]
+
+
+def _h2(p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def _info(post: Posterior, pbad: float) -> float:
+    """Expected information (bits) of one run at a node with this Pbad, at mean f and eps."""
+    f, e = post.f_mean, post.eps_mean
+    p_fail = pbad * (1 - e) + (1 - pbad) * f
+    return _h2(p_fail) - pbad * _h2(e) - (1 - pbad) * _h2(f)
+
+
+def _size(idx: Index, node: Node) -> int:
+    return sum(b - a + 1 for a, b in idx.anc[node])
+
+
+def step(
+    graph: RevGraph,
+    basis: Node,
+    latest: Node,
+    observations: Sequence[Observation],
+    params: SearchParams,
+    hosts: int = 1,
+) -> Decision:
+    """One stateless bisection step: recompute the posterior from all runs, then decide."""
+    try:
+        idx = build_index(graph, basis, latest)
+    except GraphError as e:
+        return Outcome("doubtful", None, 0.0, 0, reason=str(e))
+    runs = sum(1 for o in observations if o.kind == "probe")
+    if params.fgrid.too_flaky:
+        return Outcome("doubtful", None, 0.0, runs, reason="too flaky to bisect")
+    obs = [o for o in observations
+           if params.strict_host is None or o.host == params.strict_host]
+    recent = [o for o in observations if o.kind == "probe"][-8:]
+    if len(recent) >= 4 and 2 * sum(o.result == "broken" for o in recent) > len(recent):
+        return Outcome("doubtful", None, 0.0, runs, reason="infrastructure: probes broken")
+    post = compute_posterior(idx, obs, params.fgrid, params.eps_grid, params.eps_weights,
+                             params.pi_flake, params.pi_env)
+    top, p_top = post.top_candidate()
+    tau = params.tau
+    evid = [o for o in obs if o.kind != "trigger" and o.result != "broken"]
+    at_latest = sum(1 for o in evid if o.node == latest)
+    basis_fails = sum(1 for o in evid if o.node == basis and o.result == "fail")
+    max_runs = budget(len(idx.cands), params)
+    pf, pe = post.p_flake, post.p_env
+    if post.p_flake >= tau and at_latest >= 2:
+        return Outcome("flake", None, post.p_flake, runs, p_flake=pf, p_env=pe)
+    if post.p_env >= tau and basis_fails >= 1:
+        return Outcome("unreproducible", None, post.p_env, runs, reason="environment",
+                       p_flake=pf, p_env=pe)
+    if p_top >= tau:
+        parents = [p for p in graph.parents(top) if p == basis or p in idx.pos]
+        n = confirm_pairs(params.fgrid.conf, params.confirm_c, params.confirm_min)
+        pairs, contrary, need = repro_sequence(obs, parents, top, "pass", "fail")
+        if pairs >= n:
+            why = fit_check(post, obs, params)
+            kind: OutcomeKind = "inconsistent" if why else "complete"
+            return Outcome(kind, top, p_top, runs, reason=why or f"{contrary} contrary",
+                           p_flake=pf, p_env=pe)
+        if runs >= max_runs:
+            return Outcome("inconclusive", None, p_top, runs, reason="budget in confirmation",
+                           credible=credible_set(post), p_flake=pf, p_env=pe)
+        seq: list[Node] = list(need)
+        while len(seq) < hosts:
+            seq += parents + [top]
+        return Probes(tuple(seq[:hosts]), "confirm", top, p_top, p_flake=pf, p_env=pe)
+    if runs >= max_runs:
+        return Outcome("inconclusive", None, p_top, runs, reason="budget",
+                       credible=credible_set(post), p_flake=pf, p_env=pe)
+    testable = _testable(idx, observations, params)
+    probes: list[Node] = []
+    phase = "search"
+    pairs, _, need = repro_sequence(obs, [basis], latest, "pass", "fail")
+    if pairs < params.endpoint_repro:
+        probes.append(need[0])
+        phase = "endpoint"
+    if post.p_flake >= params.rho_latest and latest not in probes:
+        probes.append(latest)
+    free = hosts - len(probes)
+    cache: dict[Node, float] = {}
+    for i in range(1, free + 1):
+        x = choose_probe(post, i / (free + 1), testable, params.tie, cache)
+        if x is None:
+            break
+        probes.append(x)
+    if not probes:
+        return Outcome("inconclusive", None, p_top, runs, reason="mass on untestable nodes",
+                       credible=credible_set(post), p_flake=pf, p_env=pe)
+    return Probes(tuple(probes[:hosts]), phase, top, p_top, p_flake=pf, p_env=pe)
+
+
+def _testable(idx: Index, observations: Sequence[Observation],
+              params: SearchParams) -> set[Node] | None:
+    broken: dict[Node, int] = {}
+    for o in observations:
+        if o.result == "broken":
+            broken[o.node] = broken.get(o.node, 0) + 1
+    bad = {n for n, k in broken.items() if k >= params.untestable_after_broken}
+    if not bad:
+        return None
+    return {n for n in idx.cands if n not in bad}
+
+
+def fit_check(post: Posterior, obs: Sequence[Observation], params: SearchParams) -> str:
+    """One-sided binomial tests of the culprit's fit (§6); returns the failed check or ''."""
+    counts, _, _ = node_counts(post.idx, obs)
+    fg = rg = pb = rb = 0
+    for node, (fc, pc) in counts.items():
+        bad = post.pbad(node) if node != post.idx.basis else post.p_env
+        if bad <= 1 - params.tau:
+            fg += fc
+            rg += fc + pc
+        elif bad >= params.tau:
+            pb += pc
+            rb += fc + pc
+    if rg and binom_sf(fg, rg, params.fgrid.conf) < params.fit_alpha:
+        return f"{fg}/{rg} fails at nodes called good"
+    if rb and binom_sf(pb, rb, max(post.eps_mean, 1e-3)) < params.fit_alpha:
+        return f"{pb}/{rb} passes at nodes called bad"
+    return ""
