@@ -191,7 +191,9 @@ class Loaded:
             return self.cfg.branches[name]
         except KeyError:
             known = ", ".join(sorted(self.cfg.branches)) or "none"
-            raise ConfigError(self.path, f"branches.{name}", f"no such branch (known: {known})") from None
+            raise ConfigError(
+                self.path, f"branches.{name}", f"no such branch (known: {known})"
+            ) from None
 
     def branch_jobs(self, name: str) -> list[str]:
         """The jobs of a branch, in config order."""
@@ -329,8 +331,9 @@ def parse(text: str, path: Path) -> Loaded:
                 continue
             for jname, jraw in _expand_matrix(name, job, path, text).items():
                 if jname in expanded:
-                    raise ConfigError(path, f"jobs.{jname}", "job defined twice",
-                                      find_line(text, ("jobs", name)))
+                    raise ConfigError(
+                        path, f"jobs.{jname}", "job defined twice", find_line(text, ("jobs", name))
+                    )
                 expanded[jname] = jraw
         raw = {**raw, "jobs": expanded}
     try:
@@ -368,14 +371,18 @@ def _cross_check(cfg: Config, path: Path, text: str) -> None:
             if not re.fullmatch(r"(\w+_)?\w*buildjob", var):
                 raise err(("jobs", jname, "buildjobs", var), "runvar name must end in 'buildjob'")
             if dep not in cfg.jobs:
-                raise err(("jobs", jname, "buildjob" if var == "buildjob" else "buildjobs"),
-                          f"buildjob {dep!r} does not exist")
+                raise err(
+                    ("jobs", jname, "buildjob" if var == "buildjob" else "buildjobs"),
+                    f"buildjob {dep!r} does not exist",
+                )
         for t in job.trees or []:
             if t not in cfg.trees:
                 raise err(("jobs", jname, "trees"), f"tree {t!r} does not exist")
         for i, step in enumerate(job.steps):
             if step.cwd is not None and step.cwd not in cfg.trees:
-                raise err(("jobs", jname, "steps", str(i), "cwd"), f"tree {step.cwd!r} does not exist")
+                raise err(
+                    ("jobs", jname, "steps", str(i), "cwd"), f"tree {step.cwd!r} does not exist"
+                )
         testids = [s.testid for s in job.steps]
         dup = {t for t in testids if testids.count(t) > 1}
         if dup:
@@ -386,8 +393,10 @@ def _cross_check(cfg: Config, path: Path, text: str) -> None:
     for bname, br in cfg.branches.items():
         for t in [br.tree, *br.other_trees]:
             if t not in cfg.trees:
-                raise err(("branches", bname, "tree" if t == br.tree else "other_trees"),
-                          f"tree {t!r} does not exist")
+                raise err(
+                    ("branches", bname, "tree" if t == br.tree else "other_trees"),
+                    f"tree {t!r} does not exist",
+                )
         for pat in br.jobs:
             if not select_jobs(cfg.jobs, [pat]):
                 raise err(("branches", bname, "jobs"), f"no job matches {pat!r}")
@@ -395,15 +404,19 @@ def _cross_check(cfg: Config, path: Path, text: str) -> None:
         for j in selected:
             for dep in cfg.jobs[j].all_buildjobs().values():
                 if dep not in selected:
-                    raise err(("branches", bname, "jobs"),
-                              f"job {j!r} needs buildjob {dep!r}, which the branch does not run")
+                    raise err(
+                        ("branches", bname, "jobs"),
+                        f"job {j!r} needs buildjob {dep!r}, which the branch does not run",
+                    )
         if br.schedule:
             try:
                 from croniter import croniter
 
                 croniter(br.schedule)
             except (ValueError, KeyError) as e:
-                raise err(("branches", bname, "schedule"), f"invalid cron expression: {e}") from None
+                raise err(
+                    ("branches", bname, "schedule"), f"invalid cron expression: {e}"
+                ) from None
         if not 0 <= br.retest_max_fraction <= 1:
             raise err(("branches", bname, "retest_max_fraction"), "must be between 0 and 1")
 
@@ -417,7 +430,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         stack.append(n)
         for m in graph.get(n, []):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state:
                 found = visit(m)
                 if found:

@@ -1,0 +1,44 @@
+"""The executor interface: run one step's command on a host, logging its output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What the runner asks of an executor for one step."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log: Path
+    timeout: float
+    # Called with the process group id as soon as the command runs.
+    on_start: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    exit_code: int | None
+    timed_out: bool = False
+    # A harness problem (could not start the command, host gone): the step is broken.
+    error: str | None = None
+
+
+class Executor(Protocol):
+    name: str
+
+    async def run(self, req: StepRun) -> StepOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+def stamp(t: float | None = None) -> str:
+    """Timestamp prefix of a log line (UTC, milliseconds, osstest's trailing Z)."""
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d} Z"

@@ -1,0 +1,318 @@
+"""Run one job: checkouts, steps in order, statuses, logs, outputs, artifacts.
+
+Each step's row is committed as `running` before its command starts and its
+result is committed before the next step starts (invariant 3), so a runner
+that dies leaves a job that the next `flight run` can requeue or break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pushgate.config import JobConfig, Loaded, StepConfig
+from pushgate.db import flights as dbf
+from pushgate.db import hosts as dbh
+from pushgate.db.engine import Database
+from pushgate.executors.base import Executor, StepOutcome, StepRun, stamp
+from pushgate.flights import job_artifacts, job_workdir, mirror
+from pushgate.git import GitError
+from pushgate.model import Status, job_rollup
+
+BUILD_CHECK = "build-check(1)"
+
+
+class Interrupted(Exception):
+    """The runner was asked to stop; the job goes back to the queue."""
+
+
+@dataclass
+class Progress:
+    """Callbacks the CLI uses for live progress; all optional."""
+
+    job_started: Callable[[str, str], None] = lambda job, host: None
+    step_done: Callable[[str, int, str, str], None] = lambda job, no, testid, status: None
+    job_done: Callable[[str, str], None] = lambda job, status: None
+
+
+@dataclass
+class RunContext:
+    db: Database
+    loaded: Loaded
+    runner_id: str
+    executor: Executor
+    branch: str
+    flight: int
+    progress: Progress = field(default_factory=Progress)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def log_relpath(flight: int, job: str, stepno: int, testid: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._+()-]", "_", testid)
+    return f"{flight}/{job}/{stepno}.{safe}.log"
+
+
+def command_argv(step: StepConfig) -> list[str]:
+    # A string is the config author's own shell text; untrusted values reach it
+    # only through the environment, never by substitution.
+    return ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
+
+
+def block_job(ctx: RunContext, job: str, status: str, why: str) -> None:
+    """A job whose buildjob did not pass: build-check(1) blocked (or starved), nothing run."""
+    rel = log_relpath(ctx.flight, job, 1, BUILD_CHECK)
+    path = ctx.loaded.logs_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{stamp()} [pushgate] {why}\n")
+    now = time.time()
+    with ctx.db.write() as conn:
+        dbf.start_step(
+            conn, ctx.flight, job, 1, BUILD_CHECK, True, rel, status=status, finish=now, reason=why
+        )
+        dbf.set_job_status(conn, ctx.flight, job, status, final=True)
+    ctx.progress.step_done(job, 1, BUILD_CHECK, status)
+    ctx.progress.job_done(job, status)
+
+
+def starve_job(ctx: RunContext, job: str, why: str) -> None:
+    rel = log_relpath(ctx.flight, job, 1, "hosts-allocate")
+    path = ctx.loaded.logs_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{stamp()} [pushgate] {why}\n")
+    with ctx.db.write() as conn:
+        dbf.start_step(
+            conn,
+            ctx.flight,
+            job,
+            1,
+            "hosts-allocate",
+            True,
+            rel,
+            status=Status.STARVED,
+            finish=time.time(),
+            reason=why,
+        )
+        dbf.set_job_status(conn, ctx.flight, job, Status.STARVED, final=True)
+    ctx.progress.job_done(job, Status.STARVED)
+
+
+class JobRun:
+    """One attempt at one job on one claimed slot."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        job: str,
+        claim: dbh.Claim,
+        runvars: dict[str, str],
+        deps: list[tuple[str, int, str]],
+    ):
+        self.ctx = ctx
+        self.job = job
+        self.cfg: JobConfig = ctx.loaded.jobs[job]
+        self.claim = claim
+        self.runvars = runvars
+        self.deps = deps
+        self.stepno = 0
+        self.workdir = job_workdir(ctx.loaded, ctx.flight, job)
+        self.artifacts = job_artifacts(ctx.loaded, ctx.flight, job)
+        self.checkouts: dict[str, Path] = {}
+        self.results: list[tuple[str, bool]] = []
+
+    async def run(self) -> str:
+        ctx = self.ctx
+        ctx.progress.job_started(self.job, self.claim.host)
+        with ctx.db.write() as conn:
+            dbf.set_flight_running(conn, ctx.flight)
+            dbf.set_job_status(conn, ctx.flight, self.job, Status.RUNNING)
+            if self.deps:
+                # Prerequisites were checked by the scheduler before it claimed a host.
+                self.stepno = 1
+                dbf.start_step(
+                    conn,
+                    ctx.flight,
+                    self.job,
+                    1,
+                    BUILD_CHECK,
+                    True,
+                    None,
+                    status=Status.PASS,
+                    finish=time.time(),
+                )
+        try:
+            if await self._prepare():
+                await self._steps()
+            kept = await asyncio.to_thread(self._keep_artifacts)
+        finally:
+            await asyncio.to_thread(self._cleanup_checkouts)
+        status = job_rollup(self.results)
+        outputs = {"host": self.claim.host}
+        for tree, _ in self.checkouts.items():
+            outputs[f"built_revision_{tree}"] = self.runvars[f"revision_{tree}"]
+        if kept:
+            outputs["artifacts"] = ",".join(kept)
+        with ctx.db.write() as conn:
+            dbf.set_runvars(conn, ctx.flight, self.job, outputs)
+            dbf.set_job_status(conn, ctx.flight, self.job, status, final=True)
+            dbh.release_slot(conn, self.claim, ctx.flight, self.job)
+        ctx.progress.job_done(self.job, status)
+        return status
+
+    async def _prepare(self) -> bool:
+        """Fresh work and artifact dirs, and a checkout of each tree the job uses."""
+        ctx = self.ctx
+        for d in (self.workdir, self.artifacts):
+            if d.exists():
+                await asyncio.to_thread(shutil.rmtree, d)
+            d.mkdir(parents=True)
+        trees = ctx.loaded.job_trees(ctx.branch, self.job)
+        if not trees:
+            return True
+        try:
+            for t in trees:
+                dest = self.workdir / t
+                await asyncio.to_thread(
+                    mirror(ctx.loaded, t).worktree, self.runvars[f"revision_{t}"], dest
+                )
+                self.checkouts[t] = dest
+        except (GitError, OSError) as e:
+            await self._harness_step("checkout", Status.BROKEN, f"checkout failed: {e}")
+            return False
+        return True
+
+    async def _harness_step(self, testid: str, status: str, message: str) -> None:
+        self.stepno += 1
+        rel = log_relpath(self.ctx.flight, self.job, self.stepno, testid)
+        path = self.ctx.loaded.logs_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{stamp()} [pushgate] {message}\n")
+        with self.ctx.db.write() as conn:
+            dbf.start_step(
+                conn,
+                self.ctx.flight,
+                self.job,
+                self.stepno,
+                testid,
+                True,
+                rel,
+                status=status,
+                finish=time.time(),
+                reason=message,
+            )
+        self.results.append((status, True))
+
+    def env(self, step: StepConfig, stepno: int) -> dict[str, str]:
+        ctx = self.ctx
+        env = dict(os.environ)
+        for name, value in self.runvars.items():
+            if name.isidentifier():
+                env[name] = value
+        env.update(
+            {
+                "PUSHGATE_FLIGHT": str(ctx.flight),
+                "PUSHGATE_BRANCH": ctx.branch,
+                "PUSHGATE_JOB": self.job,
+                "PUSHGATE_STEPNO": str(stepno),
+                "PUSHGATE_TESTID": step.testid,
+                "PUSHGATE_HOST": self.claim.host,
+                "PUSHGATE_WORKDIR": str(self.workdir),
+                "PUSHGATE_ARTIFACTS": str(self.artifacts),
+            }
+        )
+        for tree, path in self.checkouts.items():
+            env[f"PUSHGATE_SRC_{tree.upper().replace('-', '_')}"] = str(path)
+        for t in ctx.loaded.branch_trees(ctx.branch):
+            rev = self.runvars.get(f"revision_{t}")
+            if rev:
+                env[f"PUSHGATE_REVISION_{t.upper().replace('-', '_')}"] = rev
+        for var, dflight, djob in self.deps:
+            arts = str(job_artifacts(ctx.loaded, dflight, djob))
+            env[f"PUSHGATE_{var.upper()}_ARTIFACTS"] = arts
+            if var == "buildjob" or "PUSHGATE_BUILD_ARTIFACTS" not in env:
+                env["PUSHGATE_BUILD_ARTIFACTS"] = arts
+        return env
+
+    async def _steps(self) -> None:
+        ctx = self.ctx
+        failed = False
+        for step in self.cfg.steps:
+            if failed and not step.always:
+                continue  # osstest: steps after a fatal failure get no row at all
+            if ctx.stopping.is_set():
+                raise Interrupted()
+            self.stepno += 1
+            stepno = self.stepno
+            rel = log_relpath(ctx.flight, self.job, stepno, step.testid)
+            with ctx.db.write() as conn:
+                dbf.start_step(conn, ctx.flight, self.job, stepno, step.testid, step.fatal, rel)
+            outcome = await self._run_step(step, stepno, ctx.loaded.logs_dir / rel)
+            status, reason = self._status(outcome, step)
+            with ctx.db.write() as conn:
+                dbf.finish_step(conn, ctx.flight, self.job, stepno, status, reason)
+            ctx.progress.step_done(self.job, stepno, step.testid, status)
+            self.results.append((status, step.fatal))
+            if status != Status.PASS and step.fatal:
+                failed = True
+
+    async def _run_step(self, step: StepConfig, stepno: int, log: Path) -> StepOutcome:
+        ctx = self.ctx
+        cwd = self.checkouts.get(step.cwd, self.workdir) if step.cwd else self.workdir
+
+        def started(pgid: int) -> None:
+            with ctx.db.write() as conn:
+                dbf.set_job_pgid(conn, ctx.flight, self.job, pgid)
+
+        req = StepRun(
+            argv=command_argv(step),
+            env=self.env(step, stepno),
+            cwd=cwd,
+            log=log,
+            timeout=step.timeout,
+            on_start=started,
+        )
+        try:
+            return await ctx.executor.run(req)
+        except (OSError, RuntimeError) as e:
+            return StepOutcome(None, error=f"executor failed: {e}")
+
+    def _status(self, outcome: StepOutcome, step: StepConfig) -> tuple[str, str | None]:
+        if outcome.error:
+            return Status.BROKEN, outcome.error
+        if outcome.timed_out:
+            return step.iffail, f"timed out after {step.timeout:g}s"
+        if outcome.exit_code == 0:
+            return Status.PASS, None
+        if outcome.exit_code == self.ctx.loaded.cfg.runner.broken_exit_code:
+            return Status.BROKEN, f"exit status {outcome.exit_code}"
+        return step.iffail, f"exit status {outcome.exit_code}"
+
+    def _keep_artifacts(self) -> list[str]:
+        """Copy declared paths (globs relative to the work dir) into the artifact store."""
+        kept = []
+        for pattern in self.cfg.artifacts:
+            for src in sorted(glob.glob(str(self.workdir / pattern), recursive=True)):
+                rel = os.path.relpath(src, self.workdir)
+                if rel.startswith(".."):
+                    continue
+                dest = self.artifacts / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if os.path.isdir(src):
+                    shutil.copytree(src, dest, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(src, dest)
+                kept.append(rel)
+        return kept
+
+    def _cleanup_checkouts(self) -> None:
+        for tree, dest in self.checkouts.items():
+            try:
+                mirror(self.ctx.loaded, tree).remove_worktree(dest)
+            except (GitError, OSError):
+                pass

@@ -1,0 +1,335 @@
+"""Run a flight: order jobs by their build dependencies, claim host slots, run jobs.
+
+Several `flight run` processes (or farm workers) may work on one flight: a job
+is claimed by a conditional update, a slot likewise, and both carry a lease
+kept alive by heartbeats. A run that finds jobs of a dead runner kills the
+orphaned step processes and requeues the jobs (or breaks them after repeated
+attempts), so a `kill -9` never leaves a step `running` for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from pushgate.config import Loaded
+from pushgate.db import flights as dbf
+from pushgate.db import hosts as dbh
+from pushgate.db.engine import Database
+from pushgate.executors.base import Executor
+from pushgate.executors.local import LocalExecutor, kill_group
+from pushgate.model import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, Status
+from pushgate.runner import Interrupted, JobRun, Progress, RunContext, block_job, starve_job
+
+# A job interrupted this many times is marked broken rather than retried again.
+MAX_ATTEMPTS = 3
+POLL_S = 0.5
+
+
+class FlightRunError(Exception):
+    pass
+
+
+class _NoSlot(Exception):
+    """Rolls back a job claim when no slot could be had in the same transaction."""
+
+
+def runner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{int(_proc_start())}"
+
+
+def _proc_start(pid: int | None = None) -> float:
+    """Start time of a process in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        with open(f"/proc/{pid or os.getpid()}/stat") as f:
+            return float(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def runner_dead(rid: str | None) -> bool:
+    """True when `rid` names a runner on this machine whose process is gone."""
+    if not rid:
+        return True
+    try:
+        host, pid_s, start_s = rid.rsplit(":", 2)
+        pid, start = int(pid_s), float(start_s)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False  # another machine's runner: only its lease tells
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _proc_start(pid) != start
+
+
+def sync_config_hosts(db: Database, loaded: Loaded) -> None:
+    with db.write() as conn:
+        dbh.sync_hosts(
+            conn, {n: (h.executor, h.slots, h.flags) for n, h in loaded.cfg.hosts.items()}
+        )
+
+
+def recover(db: Database, flight: int) -> list[str]:
+    """Requeue or break the jobs of dead runners; returns what was done, for the log."""
+    done = []
+    now = time.time()
+    with db.read() as conn:
+        runners = dbf.active_runners(conn, flight)
+        dead = {r for r in runners if runner_dead(r)}
+        stale = dbf.stale_jobs(conn, flight, now, dead)
+    for s in stale:
+        if s.pgid and (s.runner in dead):
+            kill_group(s.pgid)
+        with db.write() as conn:
+            dbh.release_job_slots(conn, flight, s.job)
+            if s.attempts + 1 >= MAX_ATTEMPTS:
+                dbf.break_job(
+                    conn,
+                    flight,
+                    s.job,
+                    f"runner {s.runner} died {s.attempts + 1} times running this job",
+                )
+                done.append(f"{s.job}: broken after {s.attempts + 1} interrupted attempts")
+            elif dbf.requeue_job(conn, flight, s.job, s.runner):
+                done.append(f"{s.job}: interrupted run of {s.runner} requeued")
+    return done
+
+
+@dataclass
+class _JobState:
+    status: str
+    deps: list[tuple[str, int, str]]
+    flags: frozenset[str]
+    runvars: dict[str, str]
+
+
+class FlightRunner:
+    def __init__(
+        self,
+        db: Database,
+        loaded: Loaded,
+        flight: int,
+        *,
+        progress: Progress | None = None,
+        executor: Executor | None = None,
+    ):
+        self.db = db
+        self.loaded = loaded
+        self.flight = flight
+        with db.read() as conn:
+            info = dbf.get_flight(conn, flight)
+        if info is None:
+            raise FlightRunError(f"flight {flight} does not exist")
+        self.info = info
+        self.ctx = RunContext(
+            db=db,
+            loaded=loaded,
+            runner_id=runner_id(),
+            executor=executor or LocalExecutor(),
+            branch=info.branch,
+            flight=flight,
+            progress=progress or Progress(),
+        )
+        self.tasks: dict[str, asyncio.Task[str]] = {}
+        self.notes: list[str] = []
+
+    def _load(self) -> dict[str, _JobState]:
+        with self.db.read() as conn:
+            jobs = dbf.get_jobs(conn, self.flight)
+            deps = dbf.job_deps_of(conn, self.flight)
+            dep_status = dbf.job_statuses(conn, {(f, j) for ds in deps.values() for _, f, j in ds})
+        self.dep_status = dep_status
+        return {
+            j.job: _JobState(j.status, deps.get(j.job, []), _flags(j.runvars), j.runvars)
+            for j in jobs
+        }
+
+    async def run(self) -> dict[str, str]:
+        """Run every job that is not finished; returns job -> final status."""
+        sync_config_hosts(self.db, self.loaded)
+        self.notes += recover(self.db, self.flight)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.ctx.stopping.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        hb = asyncio.create_task(self._heartbeat())
+        try:
+            await self._loop()
+        finally:
+            hb.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        with self.db.write() as conn:
+            finished = dbf.finish_flight_if_done(conn, self.flight)
+        if finished:
+            _compute_built(self.db, self.flight)
+        with self.db.read() as conn:
+            return {j.job: j.status for j in dbf.get_jobs(conn, self.flight)}
+
+    async def _heartbeat(self) -> None:
+        rc = self.loaded.cfg.runner
+        while True:
+            await asyncio.sleep(rc.heartbeat_s)
+            until = time.time() + rc.lease_s
+            with self.db.write() as conn:
+                dbf.heartbeat(conn, self.ctx.runner_id, until)
+                dbh.heartbeat_slots(conn, self.ctx.runner_id, until)
+
+    async def _loop(self) -> None:
+        state = self._load()
+        with self.db.read() as conn:
+            hosts = dbh.list_hosts(conn)
+        while True:
+            if not self.ctx.stopping.is_set():
+                self._start_ready(state, hosts)
+            pending = [
+                s
+                for j, s in state.items()
+                if s.status in ACTIVE_JOB_STATUSES and j not in self.tasks
+            ]
+            if not self.tasks and (not pending or self.ctx.stopping.is_set()):
+                # Nothing of ours runs: done, unless other runners still hold jobs.
+                state = self._load()
+                if self.ctx.stopping.is_set() or not any(
+                    s.status in ACTIVE_JOB_STATUSES for s in state.values()
+                ):
+                    return
+                await asyncio.sleep(POLL_S)
+                self.notes += recover(self.db, self.flight)
+                state = self._load()
+                continue
+            if self.tasks:
+                done, _ = await asyncio.wait(
+                    self.tasks.values(),
+                    timeout=POLL_S if pending else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for t in done:
+                    job = next(j for j, tk in self.tasks.items() if tk is t)
+                    del self.tasks[job]
+                    state[job].status = self._result(job, t)
+                    self.dep_status[(self.flight, job)] = state[job].status
+            else:
+                await asyncio.sleep(POLL_S)
+                state = self._load()
+
+    def _result(self, job: str, task: asyncio.Task[str]) -> str:
+        exc = task.exception()
+        if exc is None:
+            return task.result()
+        if isinstance(exc, Interrupted):
+            with self.db.write() as conn:
+                dbh.release_job_slots(conn, self.flight, job)
+                dbf.requeue_job(conn, self.flight, job, self.ctx.runner_id)
+            return Status.QUEUED
+        # A harness bug must not leave the job running: break it and carry on.
+        with self.db.write() as conn:
+            dbh.release_job_slots(conn, self.flight, job)
+            dbf.break_job(conn, self.flight, job, f"harness error: {exc!r}")
+        self.notes.append(f"{job}: harness error {exc!r}")
+        return Status.BROKEN
+
+    def _dep_state(self, st: _JobState) -> tuple[bool, list[str]]:
+        """(all deps final, the deps that did not pass)."""
+        final, bad = True, []
+        for _, f, j in st.deps:
+            s = self.dep_status.get((f, j))
+            if s is None or s not in FINAL_JOB_STATUSES:
+                final = False
+            elif s != Status.PASS:
+                bad.append(j if f == self.flight else f"{f}.{j}")
+        return final, bad
+
+    def _start_ready(self, state: dict[str, _JobState], hosts: list[dbh.HostRow]) -> None:
+        with self.db.read() as conn:
+            held = dbh.held_slots(conn)
+        free: dict[str, int] = {h.host: h.slots for h in hosts}
+        for host, _, _, _ in held:
+            free[host] = free.get(host, 0) - 1
+        for job, st in state.items():
+            if st.status != Status.QUEUED or job in self.tasks:
+                continue
+            final, bad = self._dep_state(st)
+            if not final:
+                continue
+            if bad:
+                dep_st = {self.dep_status.get((f, j)) for _, f, j in st.deps}
+                status = Status.STARVED if Status.STARVED in dep_st else Status.BLOCKED
+                block_job(self.ctx, job, status, f"buildjob {', '.join(bad)} did not pass")
+                st.status = status
+                self.dep_status[(self.flight, job)] = status
+                continue
+            eligible = [h.host for h in hosts if st.flags <= h.flags]
+            if not eligible:
+                starve_job(self.ctx, job, f"no host has flags {','.join(sorted(st.flags))}")
+                st.status = Status.STARVED
+                self.dep_status[(self.flight, job)] = Status.STARVED
+                continue
+            candidates = [h for h in eligible if free.get(h, 0) > 0]
+            if not candidates:
+                continue
+            claim = self._claim(job, candidates)
+            if claim is None:
+                for h in candidates:
+                    free[h] = 0  # taken by another runner meanwhile
+                continue
+            if claim == "taken":
+                st.status = Status.PREPARING  # another runner claimed the job
+                continue
+            assert isinstance(claim, dbh.Claim)
+            free[claim.host] -= 1
+            st.status = Status.PREPARING
+            run = JobRun(self.ctx, job, claim, st.runvars, st.deps)
+            self.tasks[job] = asyncio.create_task(run.run())
+
+    def _claim(self, job: str, hosts: list[str]) -> dbh.Claim | str | None:
+        """A slot for the job; "taken" if another runner has the job; None if no slot."""
+        until = time.time() + self.loaded.cfg.runner.lease_s
+        try:
+            with self.db.write() as conn:
+                if not dbf.claim_job(conn, self.flight, job, self.ctx.runner_id, until):
+                    return "taken"
+                claim = dbh.claim_slot(conn, hosts, self.flight, job, self.ctx.runner_id, until)
+                if claim is None:
+                    raise _NoSlot()
+                return claim
+        except _NoSlot:
+            return None
+
+
+def _flags(runvars: dict[str, str]) -> frozenset[str]:
+    return frozenset(f for f in runvars.get("all_hostflags", "").split(",") if f)
+
+
+def _compute_built(db: Database, flight: int) -> None:
+    """Precompute the flight's built tuple for history lookups (classifier's query)."""
+    try:
+        from pushgate.db.history import compute_flight_built
+    except ImportError:
+        return
+    with db.write() as conn:
+        compute_flight_built(conn, flight)
+
+
+def run_flight(
+    db: Database, loaded: Loaded, flight: int, *, progress: Progress | None = None
+) -> tuple[dict[str, str], list[str]]:
+    fr = FlightRunner(db, loaded, flight, progress=progress)
+    statuses = asyncio.run(fr.run())
+    return statuses, fr.notes
