@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -207,6 +208,21 @@ def test_worktree_is_detached(mirror: Mirror, tmp_path: Path) -> None:
     mirror.fetch()  # fetching into refs/heads/main is not blocked by the worktree
 
 
+def test_worktree_dest_reused_after_plain_delete(mirror: Mirror, upstream: Upstream,
+                                                 tmp_path: Path) -> None:
+    dest = tmp_path / "wt"
+    mirror.worktree("main", dest)
+    shutil.rmtree(dest)  # a build dir wiped without remove_worktree
+    mirror.worktree("v1", dest)
+    assert run_git(dest, "rev-parse", "HEAD").strip() == upstream.c2
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "junk").write_text("x")
+    with pytest.raises(GitError, match="is not empty"):
+        mirror.worktree("main", tmp_path / "full")
+    with pytest.raises(GitError, match="does not resolve"):
+        mirror.worktree("nosuch", tmp_path / "wt2")
+
+
 # -- logs ------------------------------------------------------------------------------------
 
 def test_log_range_matches_git_log_order(mirror: Mirror, upstream: Upstream) -> None:
@@ -396,9 +412,47 @@ def test_push_up_to_date_and_errors(mirror: Mirror, upstream: Upstream, tmp_path
     assert res.ok and res.reason == "up-to-date"
     with pytest.raises(GitError, match=r"cannot push refs/heads/tested to .*nowhere"):
         mirror.push_with_lease(str(tmp_path / "nowhere"), "tested", "main", None)
+    with pytest.raises(GitError, match=r"cannot push refs/heads/tested to .*nowhere"):
+        mirror.push_with_lease(str(tmp_path / "nowhere"), "tested", "main", "2" * 40)
+    gone = mirror.push_with_lease(str(remote), "no-such-branch", "main", "2" * 40)
+    assert not gone.ok and gone.reason == "stale"
     with pytest.raises(GitError, match="bad ref"):
         mirror.push_with_lease(str(remote), "a..b", "main", None)
     with pytest.raises(GitError, match="bad repository url"):
         mirror.push_with_lease("--receive-pack=touch x", "tested", "main", None)
     with pytest.raises(GitError, match="cannot list"):
         mirror.remote_ref(str(tmp_path / "nowhere"), "tested")
+
+
+# -- hygiene ---------------------------------------------------------------------------------
+
+def test_caller_git_env_and_user_config_are_ignored(
+    mirror: Mirror, upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = mirror.revision_log_text(upstream.c1, "main")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[format]\n\tpretty = oneline\n[log]\n\tdate = iso\n"
+                                     "[core]\n\tpager = false\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(tmp_path))
+    assert mirror.revision_log_text(upstream.c1, "main") == expected
+    assert mirror.resolve("main") == upstream.c4
+
+
+def test_untrusted_commit_text_is_data(
+    mirror: Mirror, upstream: Upstream, remote: Path, tmp_path: Path
+) -> None:
+    nasty = "--upload-pack=touch pwned\n\n$(touch pwned) `touch pwned`; rm -rf /\n\nFrom: x"
+    sha = upstream.commit(nasty, author="Eve -- <--exec=x@example.org>")
+    upstream.push(remote, "main:main")
+    mirror.fetch()
+    [c] = mirror.log_range(upstream.c4, "main")
+    assert c.sha == sha and c.subject == "--upload-pack=touch pwned"
+    assert c.author_name == "Eve --" and c.author_email == "--exec=x@example.org"
+    assert "$(touch pwned)" in c.body
+    # The "From: x" message line is indented four spaces in the log: osstest counts it too.
+    assert mirror.people_touched(upstream.c4, "main") == ["Eve -- <--exec=x@example.org>", "x"]
+    assert not list(tmp_path.rglob("pwned")) and not Path("pwned").exists()
