@@ -1,0 +1,219 @@
+"""Bisection simulation benchmark (spec/flake-aware-bisection.md §9).
+
+Drives the real step functions (pushgate's flake-aware search and the git-bisect / bisect-k /
+osstest baselines) against a seeded fake results store on linear ranges. Prints one table row per
+method x true f, the acceptance targets, and, as the last line, one JSON object of figures.
+
+    .venv/bin/python bench/bisect_sim.py            # 2000 trials per cell, N up to 4096
+    .venv/bin/python bench/bisect_sim.py --quick    # N <= 512, 200 trials per cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pushgate.bisect.posterior import flake_grid  # noqa: E402
+from pushgate.bisect.search import SearchParams, budget  # noqa: E402
+from pushgate.bisect.sim import Truth, history_counts, linear_case, methods, simulate  # noqa: E402
+
+NS = (8, 32, 128, 512, 4096)
+FS = (0.0, 0.05, 0.2, 0.4)
+FLAKE_SHARE = 0.4
+METHODS = tuple(methods())
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    n: int
+    f: float
+    flake_case: bool
+    score: str  # correct | wrong | abstain
+    runs: int
+    rounds: int
+    over_budget: bool
+
+
+def score(culprit: tuple[str, ...] | None, kind: str, named: tuple[str, ...] | None,
+          method: str) -> str:
+    if culprit is not None and named == culprit:
+        return "correct"
+    if culprit is None and (kind == "flake" or (method == "osstest" and kind == "unreproducible")):
+        return "correct"
+    return "wrong" if named is not None else "abstain"
+
+
+def run_case(args: tuple[int, int, float, int]) -> list[Row]:
+    seed, n, f, trial = args
+    rng = random.Random(f"{seed}/{n}/{f}/{trial}")
+    graph, basis, latest = linear_case(n)
+    cands = graph.candidates(basis, latest)
+    flake_case = rng.random() < FLAKE_SHARE
+    culprit = None if flake_case else cands[rng.randrange(len(cands))]
+    hist = history_counts(f, rng)
+    run_seed = rng.randrange(2**31)
+    truth = Truth(culprit, f, 0.0)
+    max_runs = budget(len(cands), SearchParams(fgrid=flake_grid(*hist)))
+    rows = []
+    for name, make in methods().items():
+        fn, hosts = make(hist)
+        res = simulate(fn, graph, basis, latest, truth, run_seed, hosts=hosts)
+        out = res.outcome
+        rows.append(Row(name, n, f, flake_case, score(culprit, out.kind, out.culprit, name),
+                        res.runs, res.rounds, res.runs > max_runs))
+    return rows
+
+
+def mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def p95(xs: Sequence[float]) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, math.ceil(0.95 * len(s)) - 1)]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def acc(rows: Sequence[Row]) -> float:
+    return mean([r.score == "correct" for r in rows])
+
+
+def wrong(rows: Sequence[Row]) -> float:
+    return mean([r.score == "wrong" for r in rows])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=None, help="trials per method x f cell")
+    ap.add_argument("--max-n", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="N <= 512, 200 trials per cell")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--csv", type=Path, default=None, help="per-N detail rows")
+    a = ap.parse_args()
+    max_n = a.max_n if a.max_n is not None else (512 if a.quick else 4096)
+    trials = a.trials if a.trials is not None else (200 if a.quick else 2000)
+    ns = [n for n in NS if n <= max_n]
+    per_n = max(1, trials // len(ns))  # N weighted equally
+    work = [(a.seed, n, f, t) for f in FS for n in ns for t in range(per_n)]
+    t0 = time.monotonic()
+    with Pool(a.workers) as pool:
+        rows = [r for case in pool.map(run_case, work, chunksize=8) for r in case]
+    elapsed = time.monotonic() - t0
+    print(f"bisection simulation: N in {ns} (linear), {per_n} trials per N per cell "
+          f"({per_n * len(ns)} per cell), {FLAKE_SHARE:.0%} pure flakes, true eps 0, "
+          f"seed {a.seed}, {elapsed:.1f}s on {a.workers} workers")
+    hdr = (f"{'method':<12} {'true f':>6} {'accuracy (95% CI)':>24} {'wrong':>6} {'abstain':>7} "
+           f"{'runs':>6} {'p95':>4} {'rounds':>6} {'p95':>4}")
+    print(hdr)
+    print("-" * len(hdr))
+    by: dict[tuple[str, float], list[Row]] = {}
+    for r in rows:
+        by.setdefault((r.method, r.f), []).append(r)
+    for m in METHODS:
+        for f in FS:
+            rs = by[(m, f)]
+            k = sum(r.score == "correct" for r in rs)
+            lo, hi = wilson(k, len(rs))
+            ci = f"{k / len(rs):.3f} ({lo:.3f}-{hi:.3f})"
+            print(f"{m:<12} {f:>6.2f} {ci:>24} {wrong(rs):>6.3f} "
+                  f"{mean([r.score == 'abstain' for r in rs]):>7.3f} "
+                  f"{mean([r.runs for r in rs]):>6.1f} {p95([r.runs for r in rs]):>4.0f} "
+                  f"{mean([r.rounds for r in rs]):>6.1f} {p95([r.rounds for r in rs]):>4.0f}")
+    if a.csv:
+        with a.csv.open("w") as fh:
+            fh.write("method,n,f,trials,accuracy,wrong,abstain,runs_mean,runs_p95,rounds_mean\n")
+            for m in METHODS:
+                for f in FS:
+                    for n in ns:
+                        rs = [r for r in by[(m, f)] if r.n == n]
+                        fh.write(f"{m},{n},{f},{len(rs)},{acc(rs):.4f},{wrong(rs):.4f},"
+                                 f"{mean([r.score == 'abstain' for r in rs]):.4f},"
+                                 f"{mean([r.runs for r in rs]):.2f},{p95([r.runs for r in rs])},"
+                                 f"{mean([r.rounds for r in rs]):.2f}\n")
+
+    def sel(m: str, fs: Sequence[float], flake: bool | None = None,
+            min_n: int = 0) -> list[Row]:
+        return [r for f in fs for r in by[(m, f)]
+                if (flake is None or r.flake_case == flake) and r.n >= min_n]
+
+    mix = (0.05, 0.2)
+    fig: dict[str, float] = {}
+    for m in METHODS:
+        key = m.replace("-", "_").lower()
+        fig[f"accuracy_flaky_mix_{key}"] = round(acc(sel(m, mix)), 4)
+        fig[f"wrong_blame_flaky_mix_{key}"] = round(wrong(sel(m, mix)), 4)
+        fig[f"runs_mean_flaky_mix_{key}"] = round(mean([r.runs for r in sel(m, mix)]), 2)
+    oss_f0 = mean([r.runs for r in sel("osstest", (0.0,), False)])
+    for m in ("pushgate-H1", "pushgate-H4"):
+        key = m.replace("-", "_").lower()
+        fig[f"accuracy_f0_{key}"] = round(acc(sel(m, (0.0,))), 4)
+        fig[f"runs_culprit_f0_{key}"] = round(mean([r.runs for r in sel(m, (0.0,), False)]), 2)
+        fig[f"runs_flake_f0_{key}"] = round(mean([r.runs for r in sel(m, (0.0,), True)]), 2)
+        fig[f"wrong_blame_f04_{key}"] = round(wrong(sel(m, (0.4,))), 4)
+        fig[f"over_budget_share_f04_{key}"] = round(
+            mean([r.over_budget for r in sel(m, (0.4,))]), 4)
+    fig["runs_culprit_f0_osstest"] = round(oss_f0, 2)
+    fig["runs_ratio_vs_osstest_f0"] = round(fig["runs_culprit_f0_pushgate_h1"] / oss_f0, 3)
+    big_h1 = mean([r.rounds for r in sel("pushgate-H1", FS, None, 128)])
+    big_h4 = mean([r.rounds for r in sel("pushgate-H4", FS, None, 128)])
+    fig["rounds_ratio_h4_vs_h1_n128plus"] = round(big_h4 / big_h1, 3) if ns[-1] >= 128 else -1
+    fig["trials_per_cell"] = per_n * len(ns)
+    fig["elapsed_s"] = round(elapsed, 1)
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {detail}")
+
+    print("\nacceptance targets")
+    h1 = "pushgate_h1"
+    check("flaky mix (f=0.05, 0.2; 40% flakes) H1 accuracy >= 0.98",
+          fig[f"accuracy_flaky_mix_{h1}"] >= 0.98, f"{fig[f'accuracy_flaky_mix_{h1}']:.4f}")
+    check("flaky mix H1 wrong blame <= 1%", fig[f"wrong_blame_flaky_mix_{h1}"] <= 0.01,
+          f"{fig[f'wrong_blame_flaky_mix_{h1}']:.4f}")
+    check("flaky mix H1 beats bisect-8 on accuracy with fewer runs",
+          fig[f"accuracy_flaky_mix_{h1}"] > fig["accuracy_flaky_mix_bisect_8"]
+          and fig[f"runs_mean_flaky_mix_{h1}"] < fig["runs_mean_flaky_mix_bisect_8"],
+          f"{fig[f'accuracy_flaky_mix_{h1}']:.4f} vs {fig['accuracy_flaky_mix_bisect_8']:.4f}, "
+          f"runs {fig[f'runs_mean_flaky_mix_{h1}']} vs {fig['runs_mean_flaky_mix_bisect_8']}")
+    check("f=0 accuracy 1.0 (H1 and H4)",
+          fig[f"accuracy_f0_{h1}"] == 1.0 and fig["accuracy_f0_pushgate_h4"] == 1.0,
+          f"{fig[f'accuracy_f0_{h1}']}, {fig['accuracy_f0_pushgate_h4']}")
+    check("f=0 mean runs on culprit cases <= 1.1 x osstest", fig["runs_ratio_vs_osstest_f0"]
+          <= 1.1, f"{fig[f'runs_culprit_f0_{h1}']} / {oss_f0:.2f} = "
+          f"{fig['runs_ratio_vs_osstest_f0']}")
+    check("f=0 mean runs on flake cases <= 6", fig[f"runs_flake_f0_{h1}"] <= 6,
+          f"{fig[f'runs_flake_f0_{h1}']}")
+    check("f=0.4 wrong blame <= 3%", fig[f"wrong_blame_f04_{h1}"] <= 0.03,
+          f"{fig[f'wrong_blame_f04_{h1}']:.4f} (H4 {fig['wrong_blame_f04_pushgate_h4']:.4f})")
+    check("f=0.4 runs within max_runs", fig[f"over_budget_share_f04_{h1}"] <= 0.05,
+          f"share over budget {fig[f'over_budget_share_f04_{h1}']}")
+    if ns[-1] >= 128:
+        check("N>=128 H4 mean rounds <= 0.6 x H1", fig["rounds_ratio_h4_vs_h1_n128plus"] <= 0.6,
+              f"{big_h4:.2f} / {big_h1:.2f} = {fig['rounds_ratio_h4_vs_h1_n128plus']}")
+    print(json.dumps(fig, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
