@@ -59,6 +59,7 @@ class FlightSpec:
     intended: str
     created: float
     parent_flight: int | None
+    baseline: dict[str, str] = field(default_factory=dict)
     jobs: list[JobSpec] = field(default_factory=list)
 
     def job(
@@ -138,11 +139,24 @@ class History:
         flight: int | None = None,
         parent_flight: int | None = None,
         created: float | None = None,
+        baseline: Mapping[str, str] | None = None,
     ) -> FlightSpec:
-        """Start a flight spec (nothing is written until finish()/save())."""
+        """Start a flight spec (nothing is written until finish()/save()).
+
+        baseline: tree -> tested-ref tip recorded with the flight (the report's default that).
+        """
         number = flight if flight is not None else self._next_flight()
         when = created if created is not None else T0 + number * FLIGHT_SPACING_S
-        return FlightSpec(number, branch, dict(revs), blessing, intended, when, parent_flight)
+        return FlightSpec(
+            number,
+            branch,
+            dict(revs),
+            blessing,
+            intended,
+            when,
+            parent_flight,
+            dict(baseline or {}),
+        )
 
     def finish(self, f: FlightSpec) -> int:
         """Write the flight as finished with its final blessing, then its built tuple."""
@@ -235,6 +249,7 @@ class History:
                             "tree": t,
                             "revision": r,
                             "url": f"https://example.org/{t}.git",
+                            "baseline": f.baseline.get(t),
                         }
                         for t, r in f.revs.items()
                     ],

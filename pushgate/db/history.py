@@ -143,6 +143,16 @@ def flight_revisions_of(conn: Connection, flight: int) -> dict[str, str]:
     return {t: r for t, r in rows}
 
 
+def flight_tuples(conn: Connection, flight: int) -> list[tuple[str, str, str | None]]:
+    """(tree, targeted revision, baseline revision or None) for each tree of the flight."""
+    rows = conn.execute(
+        select(flight_revisions.c.tree, flight_revisions.c.revision, flight_revisions.c.baseline)
+        .where(flight_revisions.c.flight == flight)
+        .order_by(flight_revisions.c.tree)
+    )
+    return [(t, r, b) for t, r, b in rows]
+
+
 def job_statuses(conn: Connection, flight: int) -> dict[str, str]:
     """job -> status for every job of the flight."""
     rows = conn.execute(select(jobs.c.job, jobs.c.status).where(jobs.c.flight == flight))

@@ -105,9 +105,9 @@ class Failure:
 
     @property
     def annotation(self) -> str:
-        """`in M ` prefix (heisen flights) plus the summary."""
+        """`in M ` prefix (heisen flights) plus the summary, without trailing space."""
         prefix = f"in {self.in_flight} " if self.in_flight is not None else ""
-        return prefix + self.summary
+        return (prefix + self.summary).rstrip()
 
     @property
     def analysis(self) -> str:
