@@ -225,3 +225,30 @@ mail_queue = Table(
     Column("sent", Float),
     Index("ix_mail_queue_status_next", "status", "next_attempt"),
 )
+
+# The push gate's per-flight cycle state (one row per main flight a cycle made), so a
+# cycle killed at any point resumes from the database: which stage it reached, the mode
+# the flight was made in, what the report compares against and the push's expected old.
+gate_cycles = Table(
+    "gate_cycles",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("branch", String(200), nullable=False),
+    Column("tree", String(200), nullable=False),
+    # normal | baseline-test | up-to-date (target == baseline, pushing disabled)
+    Column("mode", String(20), nullable=False),
+    Column("target", String(64), nullable=False),
+    # The comparison baseline of the report ("that"); None: a report without a baseline.
+    Column("that_revision", String(64)),
+    # The tested-ref tip when the flight was made: the compare-and-swap's expected old value.
+    Column("expected_old", String(64)),
+    Column("reason", Text, nullable=False, default=""),
+    Column("retest_flight", Integer),
+    Column("retest_note", Text),
+    # flight -> retest -> push -> report -> done
+    Column("stage", String(20), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
+    Index("ix_gate_cycles_branch_flight", "branch", "flight"),
+)
