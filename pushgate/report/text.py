@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pushgate.git import Commit
 from pushgate.report.model import SECTION_HEADINGS, Classification, Failure
 
 HEADER_PREFIX = "X-Pushgate"
@@ -71,7 +72,7 @@ class ReportContext:
     show_broken_lines: bool = True
     """Print the main flight's `broken...` mro lines before the push part, as osstest does
     (deliberately here, §9 #5)."""
-    commits: list[object] = field(default_factory=list)
+    commits: list[Commit] = field(default_factory=list)
     """pushgate.git.Commit objects of baseline..target, for the JSON rendering."""
     header_prefix: str = HEADER_PREFIX
 
