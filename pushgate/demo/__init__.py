@@ -1,22 +1,35 @@
-"""`pushgate demo`: a real project, real git history, real flights on this machine."""
+"""`pushgate demo`: a real project, real git history, the whole push gate on this machine.
+
+Three cycles of the `rpn` branch: the good history is tested and pushed (the tested ref
+`master` is created); a commit with a real bug breaks the unit tests -> `regressions -
+FAIL`, not pushed; the fix -> `all pass`, pushed. Each cycle's report is printed as it
+is mailed (to an mbox in the state directory).
+"""
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
 
 from pushgate import config as cfgmod
+from pushgate.cycle import CycleResult, run_cycle
 from pushgate.db.engine import Database
-from pushgate.demo.project import make_project, write_config
-from pushgate.flights import new_flight
-from pushgate.progress import run_with_progress
-from pushgate.report.grid import render_grid
+from pushgate.demo.project import BUGGY, FIX, commit, make_project, write_config
+from pushgate.mailqueue import mail_settings
+
+
+def _show(console: Console, title: str, res: CycleResult, seconds: float) -> None:
+    console.rule(f"{title}: flight {res.flight} ({seconds:.1f} s)")
+    if res.report is not None:
+        console.print(res.report.mail_text(), highlight=False, markup=False, soft_wrap=True)
 
 
 def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -> Path:
-    """Make the demo project in `directory` (a new temp dir by default) and run a flight."""
+    """Make the demo project in `directory` (a new temp dir by default) and run the gate
+    over three revisions of it. Returns the demo directory."""
     base = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="pushgate-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     base = base.resolve()
@@ -28,12 +41,31 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
     loaded = cfgmod.load(cfg_path)
     db = Database(loaded.database_url)
     db.upgrade()
-    flight = new_flight(db, loaded, "rpn")
-    console.print(f"flight {flight}: testing rpn staging {commits[-1][:12]}", highlight=False)
-    run_with_progress(db, loaded, flight, console, quiet=quiet)
-    render_grid(console, db, flight)
+    steps = [
+        ("1. the good history: tested, pushed to master", None),
+        ("2. a commit with a real bug: regressions, not pushed", BUGGY),
+        ("3. the fix: all pass, pushed", FIX),
+    ]
+    timings = []
+    try:
+        for title, change in steps:
+            if change is not None:
+                msg, files = change
+                sha = commit(repo, msg, files, author="Carol Example <carol@example.org>"
+                             if change is BUGGY else None)
+                console.print(f"committed {sha[:12]} to staging: {msg.splitlines()[0]}",
+                              highlight=False)
+            t0 = time.monotonic()
+            res = run_cycle(db, loaded, "rpn")
+            timings.append(time.monotonic() - t0)
+            _show(console, title, res, timings[-1])
+    finally:
+        db.dispose()
+    console.rule("summary")
+    console.print(f"cycle wall times: {', '.join(f'{t:.1f} s' for t in timings)}",
+                  highlight=False)
     console.print(f"config: {cfg_path}", highlight=False)
-    console.print(f"logs:   {loaded.logs_dir / str(flight)}", highlight=False)
-    console.print(f"try:    pushgate -c {cfg_path} flight show {flight}", highlight=False)
-    db.dispose()
+    console.print(f"mbox:   {mail_settings(loaded).mbox_path}", highlight=False)
+    console.print(f"logs:   {loaded.logs_dir}", highlight=False)
+    console.print(f"try:    pushgate -c {cfg_path} report <N>", highlight=False)
     return base

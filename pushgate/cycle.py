@@ -1,0 +1,306 @@
+"""One push-gate cycle of a branch (`pushgate branch run BRANCH`, osstest §2.1).
+
+fetch -> decide whether a flight is due (the input moved, the baseline was never
+tested, a force waits, or the cron schedule fired) -> make the flight -> run it ->
+maybe run an immediate retest of the regressed jobs (§6.5) -> push decision and push
+(gate.py) -> report -> queue the mail -> deliver due mail.
+
+Each stage's effect is recorded in the database before the next starts (`gate_cycles`
+.stage, the flight rows, the unique `pushes` and `mail_queue` rows), and every stage
+is idempotent, so a cycle killed at any point (kill -9 included) is completed by the
+next run: the flight resumes, the push happens at most once, no report is queued twice.
+Cycles of one branch take turns under a branch lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+
+from pushgate.config import Loaded
+from pushgate.db import flights as dbf
+from pushgate.db import gate as dbg
+from pushgate.db.engine import Database
+from pushgate.flights import (
+    Tuple,
+    fetch_trees,
+    plan_jobs,
+    resolve_tuple,
+    select_branch_jobs,
+)
+from pushgate.gate import PUSHED_STATUSES, db_lock, pause_point, push_flight, push_url
+from pushgate.mail import Mailer
+from pushgate.mailqueue import deliver_due, enqueue_report, mailer_for
+from pushgate.report.build import BuiltReport, build_report, classify_flight
+from pushgate.report.model import BLOCKER_REGRESSION, Classification
+from pushgate.scheduler import run_flight
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[Database, Loaded, int], object]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Why and how a new flight is due."""
+
+    mode: str  # normal | baseline-test | up-to-date
+    target: str
+    that: str | None
+    expected_old: str | None
+    reason: str
+    tup: Tuple
+
+
+@dataclass
+class CycleResult:
+    branch: str
+    action: str
+    """idle (nothing to do), done (a cycle completed), stopped (asked to stop midway)."""
+    flight: int | None = None
+    reason: str = ""
+    push: dbg.PushRow | None = None
+    report: BuiltReport | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Stopper:
+    """SIGTERM/SIGINT ask the cycle to stop after the current stage."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.stop = True
+
+
+def _schedule_due(schedule: str | None, last_created: float | None, now: float) -> bool:
+    if not schedule:
+        return False
+    if last_created is None:
+        return True
+    from croniter import croniter
+
+    nxt = croniter(schedule, datetime.fromtimestamp(last_created, UTC)).get_next(float)
+    return float(nxt) <= now
+
+
+def plan_flight(db: Database, loaded: Loaded, branch: str, *,
+                now: float | None = None) -> Plan | None:
+    """Fetch the branch's trees and say whether (and in which mode) a flight is due."""
+    now = time.time() if now is None else now
+    br = loaded.branch(branch)
+    tree = br.tree
+    tc = loaded.trees[tree]
+    mirrors = fetch_trees(loaded, loaded.branch_trees(branch))
+    tup = resolve_tuple(loaded, branch, mirrors, {})
+    target = tup.revisions[tree]
+    tested = tup.baselines.get(tree)
+    if tc.push_url and tc.push_url != tc.url:
+        tested = mirrors[tree].remote_ref(push_url(loaded, tree), tc.tested_ref)
+    with db.read() as conn:
+        last = dbg.latest_cycle(conn, branch)
+        state = dbg.get_gate(conn, branch)
+        base_tested = tested is None or dbg.revision_tested(conn, branch, tree, tested)
+        latest_tested = dbg.latest_tested_revision(conn, branch, tree)
+        last_push = dbg.get_push(conn, last.flight) if last else None
+
+    def plan(mode: str, rev: str, that: str | None, reason: str) -> Plan:
+        revs = dict(tup.revisions)
+        revs[tree] = rev
+        bases = dict(tup.baselines)
+        bases[tree] = tested
+        return Plan(mode, rev, that, tested, reason, Tuple(revs, bases))
+
+    if tested is not None and not base_tested and not (
+        last is not None and last.mode == "baseline-test" and last.target == tested
+    ):
+        return plan("baseline-test", tested, latest_tested, f"baseline {tested} never tested")
+    if target != tested and (last is None or last.target != target or last.mode != "normal"):
+        return plan("normal", target, tested, f"input moved to {target}")
+    pushed = last_push is not None and last_push.status in PUSHED_STATUSES
+    forced = state.force or state.force_revision == target
+    if forced and target != tested and not pushed and state.blocked_why is None:
+        return plan("normal", target, tested, "push forced")
+    if _schedule_due(br.schedule, last.created if last else None, now):
+        mode = "normal" if target != tested else "up-to-date"
+        return plan(mode, target, tested, f"schedule {br.schedule!r}")
+    return None
+
+
+def make_flight(db: Database, loaded: Loaded, branch: str, p: Plan) -> int:
+    """Create the flight and its cycle row in one transaction."""
+    br = loaded.branch(branch)
+    trees = loaded.branch_trees(branch)
+    planned = plan_jobs(loaded, branch, select_branch_jobs(loaded, branch, None), p.tup)
+    revisions = {t: (p.tup.revisions[t], loaded.trees[t].url, p.tup.baselines.get(t))
+                 for t in trees}
+    with db.write() as conn:
+        flight = dbf.create_flight(conn, branch=branch, intended="real", bless_as=br.blessing,
+                                   revisions=revisions, new_jobs=planned)
+        dbg.insert_cycle(conn, flight=flight, branch=branch, tree=br.tree, mode=p.mode,
+                         target=p.target, that_revision=p.that, expected_old=p.expected_old,
+                         reason=p.reason)
+    return flight
+
+
+def build_jobs(loaded: Loaded, branch: str) -> set[str]:
+    """Jobs that are builds: named build-* or needed as some job's buildjob."""
+    names = loaded.branch_jobs(branch)
+    deps = {d for j in names for d in loaded.jobs[j].all_buildjobs().values()}
+    return deps | {j for j in names if j.startswith("build-")}
+
+
+def retest_plan(loaded: Loaded, cyc: dbg.CycleRow, c: Classification) -> tuple[list[str], str]:
+    """§6.5: the regressed non-build jobs to retest, and a note saying why (not)."""
+    br = loaded.branch(cyc.branch)
+    if c.tolerable:
+        return [], "no retest: tolerable"
+    if not br.push or cyc.mode != "normal" or not br.blessing.startswith("real"):
+        return [], "no retest: no push wanted"
+    builds = build_jobs(loaded, cyc.branch)
+    main = [f for f in c.all_failures if f.in_flight is None or f.in_flight == c.flight]
+    blockers = [f for f in c.all_failures if f.blocker is not None]
+    regressed = [f for f in main if f.blocker == BLOCKER_REGRESSION and f.job not in builds]
+    jobs = [j for j in loaded.branch_jobs(cyc.branch) if j in {f.job for f in regressed}]
+    if not jobs or len(regressed) < len(blockers):
+        return [], "no retest: other blockers"
+    njobs = len(c.jobs)
+    if len(jobs) > 1 and len(jobs) > br.retest_max_fraction * njobs:
+        return [], f"no retest: too many regressions ({len(jobs)} of {njobs} jobs)"
+    return jobs, f"retest of {', '.join(jobs)}"
+
+
+def make_retest(db: Database, loaded: Loaded, cyc: dbg.CycleRow, jobs: list[str],
+                note: str) -> int:
+    """A real-retest flight of `jobs` on the same tuple, its builds those of the main
+    flight; created together with the cycle's move to the retest stage."""
+    with db.read() as conn:
+        info = dbf.get_flight(conn, cyc.flight)
+        bases = dbf.flight_baselines(conn, cyc.flight)
+    assert info is not None
+    tup = Tuple(dict(info.revisions), bases)
+    reuse: dict[str, tuple[int, str]] = {}
+    for j in jobs:
+        for dep in loaded.jobs[j].all_buildjobs().values():
+            reuse[dep] = (cyc.flight, dep)
+    planned = plan_jobs(loaded, cyc.branch, jobs, tup, reuse=reuse)
+    urls = {t: loaded.trees[t].url if t in loaded.trees else "" for t in info.revisions}
+    with db.write() as conn:
+        urls.update(dbf.flight_urls(conn, cyc.flight))
+        retest = dbf.create_flight(
+            conn, branch=cyc.branch, intended="real", bless_as="real-retest",
+            revisions={t: (r, urls[t], bases.get(t)) for t, r in info.revisions.items()},
+            new_jobs=planned, parent_flight=cyc.flight)
+        dbg.set_stage(conn, cyc.flight, "retest", retest_flight=retest, retest_note=note)
+    return retest
+
+
+def _cycle_row(db: Database, flight: int) -> dbg.CycleRow:
+    with db.read() as conn:
+        cyc = dbg.get_cycle(conn, flight)
+    assert cyc is not None
+    return cyc
+
+
+def _finished(db: Database, flight: int) -> bool:
+    with db.read() as conn:
+        return dbg.flight_finished(conn, flight)
+
+
+def run_cycle(
+    db: Database,
+    loaded: Loaded,
+    branch: str,
+    *,
+    mailer: Mailer | None = None,
+    run: RunFn | None = None,
+    stopper: Stopper | None = None,
+    new_flight: bool = True,
+) -> CycleResult:
+    """One cycle of `branch` (see the module doc); resumes an interrupted one first."""
+    loaded.branch(branch)
+    run = run or (lambda d, lo, f: run_flight(d, lo, f))
+    stopper = stopper or Stopper()
+    mailer = mailer or mailer_for(loaded)
+    res = CycleResult(branch, "idle")
+    with db_lock(db, f"branch-{branch}"):
+        with db.read() as conn:
+            cyc = dbg.latest_cycle(conn, branch, open_only=True)
+        if cyc is None and new_flight:
+            p = plan_flight(db, loaded, branch)
+            if p is not None:
+                flight = make_flight(db, loaded, branch, p)
+                log.info("%s: flight %s (%s)", branch, flight, p.reason)
+                cyc = _cycle_row(db, flight)
+        if cyc is not None:
+            res.flight, res.reason = cyc.flight, cyc.reason
+            res.action = _advance(db, loaded, cyc, run, stopper, res)
+    deliver_due(db, mailer)
+    return res
+
+
+def _advance(db: Database, loaded: Loaded, cyc: dbg.CycleRow, run: RunFn, stopper: Stopper,
+             res: CycleResult) -> str:
+    """Take the cycle of `cyc.flight` through its remaining stages."""
+    flight = cyc.flight
+    if cyc.stage == "flight":
+        if not _finished(db, flight):
+            run(db, loaded, flight)
+            stopper.install()  # the flight runner's own handlers are gone now
+            if not _finished(db, flight):
+                return "stopped"
+        c = classify_flight(db, loaded, flight)
+        jobs, note = retest_plan(loaded, cyc, c)
+        res.notes.append(note)
+        if jobs:
+            make_retest(db, loaded, cyc, jobs, note)
+        else:
+            with db.write() as conn:
+                dbg.set_stage(conn, flight, "push", retest_note=note)
+        cyc = _cycle_row(db, flight)
+    if stopper.stop:
+        return "stopped"
+    if cyc.stage == "retest":
+        assert cyc.retest_flight is not None
+        if not _finished(db, cyc.retest_flight):
+            run(db, loaded, cyc.retest_flight)
+            stopper.install()
+            if not _finished(db, cyc.retest_flight):
+                return "stopped"
+        with db.write() as conn:
+            dbg.set_stage(conn, flight, "push")
+        cyc = _cycle_row(db, flight)
+    if stopper.stop:
+        return "stopped"
+    if cyc.stage == "push":
+        c = classify_flight(db, loaded, flight)
+        pause_point("report")
+        with db.read() as conn:
+            blessing = dbf.bless_as(conn, flight)
+        res.push = push_flight(db, loaded, flight, tolerable=c.tolerable, blessing=blessing)
+        with db.write() as conn:
+            dbg.set_stage(conn, flight, "report")
+        cyc = _cycle_row(db, flight)
+    if cyc.stage == "report":
+        rep = build_report(db, loaded, flight)
+        enqueue_report(db, loaded, rep)
+        with db.write() as conn:
+            dbg.set_stage(conn, flight, "done")
+        res.report = rep
+        pause_point("mail")
+    if res.report is None:
+        res.report = build_report(db, loaded, flight)
+    if res.push is None:
+        with db.read() as conn:
+            res.push = dbg.get_push(conn, flight)
+    return "done"

@@ -1,0 +1,134 @@
+"""The mail queue: reports are queued in the database, then delivered with retries.
+
+Queueing is idempotent: a message is keyed by its deterministic Message-ID (one per
+flight and kind), so a cycle that is rerun after a crash queues nothing twice. Delivery
+takes each due message for a while (`claim_mail`), sends it, and marks it sent; a
+transient failure schedules another attempt with backoff (mail.next_attempt_delay), a
+permanent one marks it failed. Nothing else waits on delivery: a flight's results and
+the push never depend on mail working.
+
+A sender killed between the SMTP server's acceptance and `mark_sent` would send that
+message again when its claim runs out (at-least-once); the Message-ID is the same, so
+list servers and mail clients see a duplicate, not a new report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from pushgate.config import Loaded
+from pushgate.db import gate as dbg
+from pushgate.db.engine import Database
+from pushgate.mail import (
+    Mailer,
+    MailError,
+    MailSettings,
+    PermanentMailError,
+    SettingsMailer,
+    build_message,
+    envelope_recipients,
+    make_message_id,
+    next_attempt_delay,
+    parse,
+    serialize,
+)
+from pushgate.report.build import BuiltReport
+
+log = logging.getLogger(__name__)
+
+# How long a sender holds a message it is delivering before others may try it.
+CLAIM_S = 300.0
+
+
+def mail_settings(loaded: Loaded) -> MailSettings:
+    """Mail settings from the config; the mbox defaults to <state>/mail.mbox and a relative
+    mbox path is relative to the config file."""
+    cfg = loaded.cfg.mail
+    if cfg.mode == "mbox":
+        path = (loaded.path.parent / cfg.mbox) if cfg.mbox else loaded.state_dir / "mail.mbox"
+        cfg = cfg.model_copy(update={"mbox": str(path.resolve())})
+    return MailSettings.from_config(cfg)
+
+
+def mailer_for(loaded: Loaded) -> Mailer:
+    return SettingsMailer(mail_settings(loaded))
+
+
+def report_message_id(loaded: Loaded, flight: int) -> str:
+    return make_message_id("report", flight, loaded.cfg.mail.domain)
+
+
+def enqueue_report(db: Database, loaded: Loaded, rep: BuiltReport) -> bool:
+    """Queue the flight's report mail once; False if already queued or no recipients."""
+    br = loaded.branch(rep.branch)
+    if not br.mail_to and not br.mail_cc:
+        log.info("flight %s: branch %s has no mail recipients", rep.flight, rep.branch)
+        return False
+    mid = report_message_id(loaded, rep.flight)
+    with db.read() as conn:
+        if dbg.get_mail(conn, mid) is not None:
+            return False
+    msg = build_message(
+        subject=rep.subject, body=rep.body, from_addr=loaded.cfg.mail.from_addr,
+        to=list(br.mail_to), cc=list(br.mail_cc), message_id=mid, in_reply_to=None,
+        references=[], extra_headers=rep.headers,
+    )
+    rcpts = envelope_recipients(br.mail_to, br.mail_cc, br.mail_bcc)
+    # Bcc goes to the envelope only: the stored message never carries it.
+    return enqueue(db, message_id=mid, kind="report", flight=rep.flight,
+                   data=serialize(msg), recipients=rcpts)
+
+
+def enqueue(db: Database, *, message_id: str, kind: str, flight: int | None, data: bytes,
+            recipients: list[str]) -> bool:
+    """Queue serialized message bytes for the envelope recipients, once per Message-ID."""
+    with db.write() as conn:
+        return dbg.enqueue_mail(conn, message_id=message_id, kind=kind, flight=flight,
+                                recipients=recipients, message=data.decode("utf-8"),
+                                now=time.time())
+
+
+@dataclass
+class FlushResult:
+    sent: int = 0
+    retry: int = 0
+    failed: int = 0
+
+
+def deliver_due(db: Database, mailer: Mailer, *, now: float | None = None,
+                limit: int = 50) -> FlushResult:
+    """Try every due message once; never raises for a delivery problem."""
+    out = FlushResult()
+    now = time.time() if now is None else now
+    with db.read() as conn:
+        due = dbg.due_mail(conn, now, limit)
+    for m in due:
+        with db.write() as conn:
+            if not dbg.claim_mail(conn, m.id, now, CLAIM_S):
+                continue  # another sender has it
+        try:
+            mailer.send(parse(m.message.encode("utf-8")), m.recipients)
+        except MailError as e:
+            permanent = isinstance(e, PermanentMailError)
+            delay = next_attempt_delay(m.attempts + 1)
+            with db.write() as conn:
+                dbg.mark_failed(conn, m.id, error=str(e), permanent=permanent,
+                                next_attempt=time.time() + delay,
+                                recipients=e.recipients or None)
+            if permanent:
+                out.failed += 1
+            else:
+                out.retry += 1
+            log.warning("mail %s not delivered (%s): %s", m.message_id,
+                        "giving up" if permanent else f"retry in {delay:.0f}s", e)
+            continue
+        with db.write() as conn:
+            dbg.mark_sent(conn, m.id, time.time())
+        out.sent += 1
+    return out
+
+
+def flush(db: Database, loaded: Loaded, mailer: Mailer | None = None) -> FlushResult:
+    return deliver_due(db, mailer or mailer_for(loaded))
