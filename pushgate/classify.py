@@ -345,16 +345,21 @@ class _Classifier:
 
 def dedup_and_order(failures: Sequence[Failure]) -> list[Failure]:
     """§4.8: a later entry for the same job and testid is printed only if its category sorts
-    strictly after the one printed before; entries carrying a blocker are always printed
-    (wart 9). Then order by (category, "<status> <annotation>", processing order)."""
+    strictly after the one printed before, or if it carries a blocker and no blocking line
+    for that job and testid is printed yet (wart 9: a blocker is never hidden). Then order
+    by (category, "<status> <annotation>", processing order)."""
     printed: list[Failure] = []
     seen: dict[tuple[str, str], str] = {}
+    blocking_shown: set[tuple[str, str]] = set()
     for f in failures:
         key = (f.job, f.testid)
         before = seen.get(key)
-        if before is None or f.category > before or f.blocker is not None:
+        hidden_blocker = f.blocker is not None and key not in blocking_shown
+        if before is None or f.category > before or hidden_blocker:
             printed.append(f)
             seen[key] = f.category
+            if f.blocker is not None:
+                blocking_shown.add(key)
     printed.sort(key=lambda f: (f.category, f.sort_text(), f.order))
     return printed
 
