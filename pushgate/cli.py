@@ -196,5 +196,184 @@ def demo(directory: Path | None, quiet: bool) -> None:
         fail(str(e))
 
 
+
+# --- gate, report, daemon ---
+
+
+def _report_errors(fn: F) -> F:
+    import functools
+
+    from pushgate.gate import LockBusy
+    from pushgate.report.build import ReportError
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ReportError, LockBusy, LookupError) as e:
+            fail(str(e))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@main.command()
+@click.argument("flight_no", metavar="N", type=int)
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--html", "html_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also write the flight's HTML pages into DIR.")
+@pass_ctx
+@handle_errors
+@_report_errors
+def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None) -> None:
+    """Print flight N's report (subject, headers and body, as mailed)."""
+    from pushgate.report.build import build_report
+
+    rep = build_report(ctx.db, ctx.loaded, flight_no)
+    if html_dir is not None:
+        from pushgate.report.build import write_flight_html
+
+        for p in write_flight_html(ctx.db, ctx.loaded, flight_no, html_dir, rep):
+            err_console.print(f"wrote {p}", highlight=False)
+    if as_json:
+        click.echo(json.dumps(rep.data, indent=2))
+    else:
+        click.echo(rep.mail_text(), nl=False)
+
+
+@main.group()
+def gate() -> None:
+    """Block, unblock or force a branch's pushes."""
+
+
+def _show_gate(branch: str, st: Any) -> None:
+    parts = [f"blocked: {st.blocked_why}" if st.blocked_why is not None else "not blocked"]
+    if st.force:
+        parts.append("next push forced")
+    if st.force_revision:
+        parts.append(f"push of {st.force_revision} forced")
+    click.echo(f"{branch}: {'; '.join(parts)}")
+
+
+@gate.command("block")
+@click.argument("branch")
+@click.option("--why", required=True, help="Why pushes are blocked (shown in reports).")
+@pass_ctx
+@handle_errors
+def gate_block(ctx: Ctx, branch: str, why: str) -> None:
+    """Stop BRANCH from pushing until `gate unblock` or `gate force`."""
+    from pushgate import gate as gatemod
+
+    _show_gate(branch, gatemod.block(ctx.db, ctx.loaded, branch, why))
+
+
+@gate.command("unblock")
+@click.argument("branch")
+@pass_ctx
+@handle_errors
+def gate_unblock(ctx: Ctx, branch: str) -> None:
+    """Let BRANCH push again."""
+    from pushgate import gate as gatemod
+
+    _show_gate(branch, gatemod.unblock(ctx.db, ctx.loaded, branch))
+
+
+@gate.command("force")
+@click.argument("branch")
+@click.option("--rev", metavar="REV", help="Force only a push of this revision.")
+@pass_ctx
+@handle_errors
+def gate_force(ctx: Ctx, branch: str, rev: str | None) -> None:
+    """Push BRANCH's next tested revision whatever its verdict (clears a block)."""
+    from pushgate import gate as gatemod
+
+    _show_gate(branch, gatemod.force(ctx.db, ctx.loaded, branch, rev))
+
+
+@gate.command("show")
+@click.argument("branch")
+@pass_ctx
+@handle_errors
+def gate_show(ctx: Ctx, branch: str) -> None:
+    """Print BRANCH's block/force state."""
+    from pushgate import gate as gatemod
+
+    ctx.loaded.branch(branch)
+    _show_gate(branch, gatemod.gate_state(ctx.db, branch))
+
+
+@main.group()
+def branch() -> None:
+    """Run a branch's push-gate cycle."""
+
+
+@branch.command("run")
+@click.argument("name", metavar="BRANCH")
+@click.option("--quiet", "-q", is_flag=True, help="No live progress.")
+@pass_ctx
+@handle_errors
+@_report_errors
+def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
+    """One cycle of BRANCH: fetch, test, retest, push, report, mail (resumes a cycle
+    that was interrupted)."""
+    from pushgate.cycle import Stopper, run_cycle
+    from pushgate.progress import run_with_progress
+
+    stopper = Stopper()
+    stopper.install()
+
+    def run(db: Database, loaded: Loaded, flight_no: int) -> object:
+        return run_with_progress(db, loaded, flight_no, console, quiet=quiet)
+
+    res = run_cycle(ctx.db, ctx.loaded, name, run=run, stopper=stopper)
+    if res.action == "idle":
+        click.echo(f"{name}: nothing to do")
+        return
+    click.echo(f"{name}: flight {res.flight} ({res.reason}): {res.action}")
+    for note in res.notes:
+        click.echo(f"  {note}")
+    if res.report is not None:
+        click.echo(f"  {res.report.subject}")
+    if res.push is not None:
+        click.echo(f"  push: {res.push.status}")
+    if res.action == "stopped":
+        sys.exit(3)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One cycle of every branch, then exit.")
+@click.option("--poll", "poll_s", type=float, default=60.0, show_default=True,
+              help="Seconds between checks of an idle branch's input.")
+@pass_ctx
+@handle_errors
+def daemon(ctx: Ctx, once: bool, poll_s: float) -> None:
+    """Run every branch's gate continuously (SIGTERM stops after the current step)."""
+    import logging
+
+    from pushgate.daemon import run_daemon
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    sys.exit(run_daemon(ctx.db, ctx.loaded, poll_s=poll_s, once=once))
+
+
+@main.group()
+def mail() -> None:
+    """The mail queue."""
+
+
+@mail.command("flush")
+@pass_ctx
+@handle_errors
+def mail_flush(ctx: Ctx) -> None:
+    """Deliver every due queued mail now."""
+    from pushgate.db import gate as dbg
+    from pushgate.mailqueue import flush
+
+    res = flush(ctx.db, ctx.loaded)
+    with ctx.db.read() as conn:
+        counts = dbg.mail_counts(conn)
+    click.echo(f"sent {res.sent}, to retry {res.retry}, failed {res.failed}; queue: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pushgate.classify import classify
@@ -195,3 +196,32 @@ def build_report(db: Database, loaded: Loaded, flight: int, *,
     }
     return BuiltReport(flight, c.branch, subject, body, headers, c, state, v.mode, data)
 
+
+
+def write_flight_html(db: Database, loaded: Loaded, flight: int, out_dir: Path,
+                      rep: BuiltReport | None = None) -> list[Path]:
+    """The flight's HTML pages (report.html's renderer) in out_dir, linking to its logs."""
+    from pushgate.report.html import FlightData, JobData, RunvarData, StepData, write_html
+
+    with db.read() as conn:
+        info = dbf.get_flight(conn, flight)
+        if info is None:
+            raise ReportError(f"flight {flight} does not exist")
+        jobs = dbf.get_jobs(conn, flight)
+        steps = dbf.get_steps(conn, flight)
+    prefix = f"{flight}/"
+    data = FlightData(
+        flight, info.branch, info.blessing, info.intended, info.started, info.finished,
+        dict(info.revisions),
+        [JobData(
+            j.job, j.status,
+            [StepData(s.stepno, s.testid, s.status, s.started, s.finished,
+                      s.log.removeprefix(prefix) if s.log else None)
+             for s in steps if s.job == j.job],
+            [RunvarData(k, v, k == "host" or k.startswith("built_revision_"))
+             for k, v in sorted(j.runvars.items())],
+            j.host, j.started, j.finished,
+        ) for j in jobs],
+    )
+    logs_base = (loaded.logs_dir / str(flight)).as_uri() + "/"
+    return write_html(out_dir, data, rep.classification if rep else None, logs_base=logs_base)
