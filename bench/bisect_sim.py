@@ -23,18 +23,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pushgate.bisect.graph import Node, RevGraph  # noqa: E402
 from pushgate.bisect.posterior import flake_grid  # noqa: E402
 from pushgate.bisect.search import SearchParams, budget  # noqa: E402
-from pushgate.bisect.sim import Truth, history_counts, linear_case, methods, simulate  # noqa: E402
+from pushgate.bisect.sim import (  # noqa: E402
+    Truth,
+    history_counts,
+    linear_case,
+    methods,
+    random_dag,
+    simulate,
+)
 
 NS = (8, 32, 128, 512, 4096)
 FS = (0.0, 0.05, 0.2, 0.4)
 FLAKE_SHARE = 0.4
 METHODS = tuple(methods())
+VARIANTS = ("dag", "eps0.1", "fx0.5", "fx2")
 
 
 @dataclass(frozen=True)
 class Row:
+    variant: str  # linear (main table) | dag | eps0.1 | fx0.5 | fx2 (CSV only)
     method: str
     n: int
     f: float
@@ -54,23 +64,39 @@ def score(culprit: tuple[str, ...] | None, kind: str, named: tuple[str, ...] | N
     return "wrong" if named is not None else "abstain"
 
 
-def run_case(args: tuple[int, int, float, int]) -> list[Row]:
-    seed, n, f, trial = args
-    rng = random.Random(f"{seed}/{n}/{f}/{trial}")
-    graph, basis, latest = linear_case(n)
+def dag_case(n: int, rng: random.Random) -> tuple[RevGraph, Node, Node]:
+    """A 2-3 tree coalesced DAG with merges and side arms, |V*| within [n/2, 2n]."""
+    trees = rng.choice((2, 3))
+    commits = max(2, n // (2 * trees))
+    while True:
+        graph, basis, latest = random_dag(rng, trees, commits)
+        size = len(graph.candidates(basis, latest))
+        if n // 2 <= size <= 2 * n:
+            return graph, basis, latest
+        if size > 2 * n:
+            commits = max(2, commits - 1)
+
+
+def run_case(args: tuple[int, int, float, int, str]) -> list[Row]:
+    seed, n, f, trial, variant = args
+    rng = random.Random(f"{seed}/{n}/{f}/{trial}/{variant}")
+    graph, basis, latest = dag_case(n, rng) if variant == "dag" else linear_case(n)
     cands = graph.candidates(basis, latest)
     flake_case = rng.random() < FLAKE_SHARE
     culprit = None if flake_case else cands[rng.randrange(len(cands))]
-    hist = history_counts(f, rng)
+    # The bisector's f comes from a simulated history, mis-scaled in the x0.5 / x2 variants.
+    hist_f = {"fx0.5": 0.5 * f, "fx2": min(0.9, 2 * f)}.get(variant, f)
+    hist = history_counts(hist_f, rng)
     run_seed = rng.randrange(2**31)
-    truth = Truth(culprit, f, 0.0)
+    truth = Truth(culprit, f, 0.1 if variant == "eps0.1" else 0.0)
     max_runs = budget(len(cands), SearchParams(fgrid=flake_grid(*hist)))
     rows = []
     for name, make in methods().items():
         fn, hosts = make(hist)
         res = simulate(fn, graph, basis, latest, truth, run_seed, hosts=hosts)
         out = res.outcome
-        rows.append(Row(name, n, f, flake_case, score(culprit, out.kind, out.culprit, name),
+        sc = score(culprit, out.kind, out.culprit, name)
+        rows.append(Row(variant, name, n, f, flake_case, sc,
                         res.runs, res.rounds, res.runs > max_runs))
     return rows
 
@@ -111,13 +137,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="N <= 512, 200 trials per cell")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--csv", type=Path, default=None, help="per-N detail rows")
+    ap.add_argument("--csv", type=Path, default=None,
+                    help="per-N detail rows, plus the dag / eps0.1 / fx0.5 / fx2 variants "
+                         "(N <= 128, a quarter of the trials)")
     a = ap.parse_args()
     max_n = a.max_n if a.max_n is not None else (512 if a.quick else 4096)
     trials = a.trials if a.trials is not None else (200 if a.quick else 2000)
     ns = [n for n in NS if n <= max_n]
     per_n = max(1, trials // len(ns))  # N weighted equally
-    work = [(a.seed, n, f, t) for f in FS for n in ns for t in range(per_n)]
+    work = [(a.seed, n, f, t, "linear") for f in FS for n in ns for t in range(per_n)]
+    if a.csv:
+        work += [(a.seed, n, f, t, v) for v in VARIANTS for f in FS for n in ns if n <= 128
+                 for t in range(max(1, per_n // 4))]
     t0 = time.monotonic()
     with Pool(a.workers) as pool:
         rows = [r for case in pool.map(run_case, work, chunksize=8) for r in case]
@@ -131,7 +162,8 @@ def main() -> None:
     print("-" * len(hdr))
     by: dict[tuple[str, float], list[Row]] = {}
     for r in rows:
-        by.setdefault((r.method, r.f), []).append(r)
+        if r.variant == "linear":
+            by.setdefault((r.method, r.f), []).append(r)
     for m in METHODS:
         for f in FS:
             rs = by[(m, f)]
@@ -144,15 +176,17 @@ def main() -> None:
                   f"{mean([r.rounds for r in rs]):>6.1f} {p95([r.rounds for r in rs]):>4.0f}")
     if a.csv:
         with a.csv.open("w") as fh:
-            fh.write("method,n,f,trials,accuracy,wrong,abstain,runs_mean,runs_p95,rounds_mean\n")
-            for m in METHODS:
-                for f in FS:
-                    for n in ns:
-                        rs = [r for r in by[(m, f)] if r.n == n]
-                        fh.write(f"{m},{n},{f},{len(rs)},{acc(rs):.4f},{wrong(rs):.4f},"
-                                 f"{mean([r.score == 'abstain' for r in rs]):.4f},"
-                                 f"{mean([r.runs for r in rs]):.2f},{p95([r.runs for r in rs])},"
-                                 f"{mean([r.rounds for r in rs]):.2f}\n")
+            fh.write("variant,method,n,f,trials,accuracy,wrong,abstain,runs_mean,runs_p95,"
+                     "rounds_mean\n")
+            cells: dict[tuple[str, str, int, float], list[Row]] = {}
+            for r in rows:
+                cells.setdefault((r.variant, r.method, r.n, r.f), []).append(r)
+            for (v, m, n, f), rs in sorted(cells.items(), key=lambda kv: (
+                    kv[0][0] != "linear", kv[0][0], METHODS.index(kv[0][1]), kv[0][2], kv[0][3])):
+                fh.write(f"{v},{m},{n},{f},{len(rs)},{acc(rs):.4f},{wrong(rs):.4f},"
+                         f"{mean([r.score == 'abstain' for r in rs]):.4f},"
+                         f"{mean([r.runs for r in rs]):.2f},{p95([r.runs for r in rs])},"
+                         f"{mean([r.rounds for r in rs]):.2f}\n")
 
     def sel(m: str, fs: Sequence[float], flake: bool | None = None,
             min_n: int = 0) -> list[Row]:

@@ -118,6 +118,17 @@ def flake_grid(
     return FlakeGrid(tuple(pts), tuple(w for _ in pts), max(f_min, min(p90, f_max)), p10 > f_max)
 
 
+def learned_priors(
+    flakes: int, envs: int, total: int, strength: float = 10.0,
+    flake_default: float = 0.4, env_default: float = 0.02,
+) -> tuple[float, float]:
+    """(pi_flake, pi_env): Beta-smoothed shares of the step's past bisection outcomes (§3)."""
+    return (
+        (strength * flake_default + flakes) / (strength + total),
+        (strength * env_default + envs) / (strength + total),
+    )
+
+
 def fixed_grid(f: float) -> FlakeGrid:
     return FlakeGrid((f,), (1.0,), f, False)
 

@@ -257,8 +257,12 @@ def step(
     recent = [o for o in observations if o.kind == "probe"][-8:]
     if len(recent) >= 4 and 2 * sum(o.result == "broken" for o in recent) > len(recent):
         return Outcome("doubtful", None, 0.0, runs, reason="infrastructure: probes broken")
-    post = compute_posterior(idx, obs, params.fgrid, params.eps_grid, params.eps_weights,
-                             params.pi_flake, params.pi_env)
+    try:
+        post = compute_posterior(idx, obs, params.fgrid, params.eps_grid, params.eps_weights,
+                                 params.pi_flake, params.pi_env)
+    except ValueError:
+        # Only a model without noise (f = 0 or eps = 0) can meet results it calls impossible.
+        return Outcome("inconsistent", None, 0.0, runs, reason="results impossible under model")
     top, p_top = post.top_candidate()
     tau = params.tau
     evid = [o for o in obs if o.kind != "trigger" and o.result != "broken"]

@@ -19,6 +19,7 @@ from pushgate.bisect.posterior import (
     build_index,
     compute_posterior,
     flake_grid,
+    learned_priors,
 )
 from pushgate.bisect.search import (
     Outcome,
@@ -264,3 +265,17 @@ def test_graph_cache_is_per_endpoint_pair() -> None:
                  {("a",): 0, ("b",): 1, ("c",): 2})
     assert build_index(g, ("a",), ("c",)).cands == [("b",), ("c",)]
     assert build_index(g, ("b",), ("c",)).cands == [("c",)]
+
+
+def test_learned_priors_shrink_towards_defaults() -> None:
+    assert learned_priors(0, 0, 0) == pytest.approx((0.4, 0.02))
+    pf, pe = learned_priors(flakes=9, envs=0, total=10)
+    assert pf == pytest.approx((4 + 9) / 20) and pe == pytest.approx(0.2 / 20)
+
+
+def test_noiseless_model_meeting_a_contradiction_is_inconsistent() -> None:
+    g, b, latest = linear_case(8)
+    obs = start(b, latest) + [Observation(("c4",), "fail"), Observation(("c6",), "pass"),
+                              Observation(latest, "pass")]
+    d = step(g, b, latest, obs, NOISELESS)
+    assert isinstance(d, Outcome) and d.kind == "inconsistent"
