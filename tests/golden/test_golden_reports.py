@@ -462,3 +462,43 @@ def test_parser_reads_refolded_headers() -> None:
     assert (whole.stepno, whole.testid, whole.status, whole.in_flight, whole.summary) == (
         None, "<job status>", "broken", 170891, "")
     assert any(ln.category == CAT_HEISENBUG for ln in q.lines)
+
+
+# The two bisection mails end with the report of their last bisection flight: a report
+# without a baseline (spec §5.12), printed with `<flight>: <subject>` in place of a Subject.
+BISECTION_TAILS = [
+    "xen-unstable-smoke-bisection-build-amd64-libvirt-171909.txt",
+    "xen-unstable-bisection-test-amd64-i386-libvirt-pair-176054.txt",
+]
+
+
+@pytest.mark.parametrize("name", BISECTION_TAILS)
+def test_golden_report_without_baseline(db: Database, name: str) -> None:
+    text = (_shared_dir() / name).read_text(encoding="utf-8").split("\n")
+    start = max(i for i, x in enumerate(text) if re.match(r"^\d+: ", x))
+    first = text[start]
+    jobs_at = text.index("jobs:", start)
+    expected = text[start + 2: text.index("", jobs_at) + 1]
+    fm = FLIGHT_RE.match(expected[0])
+    assert fm, expected[0]
+    flight_no, branch, blessing, intended = fm.groups()
+    jobs = [(x.split()[0], x.split()[1]) for x in text[jobs_at + 1: text.index("", jobs_at)]]
+    lines = [LINE_RE.match(x) for x in text[start:jobs_at] if x.startswith(" ")]
+    failing = {(m[1], int(m[2]), m[3], m[5]) for m in lines if m}
+    assert failing, "no failure line parsed"
+    h = History(db)
+    old = h.flight(branch, {"xen": "0" * 40}, flight=int(flight_no) - 10)
+    main = h.flight(branch, {"xen": "1" * 40}, blessing=blessing, intended=intended,
+                    flight=int(flight_no))
+    for job, status in jobs:
+        steps = [(s, t, st, False) for j, s, t, st in sorted(failing) if j == job]
+        main.job(job, steps or [(1, "pushgate-ran", "pass", False)], status=status)
+        # The step passed once, long ago: not `never pass` but `baseline untested`.
+        old.job(job, [(s, t, "pass", False) for s, t, _st, _f in steps] or
+                [(1, "pushgate-ran", "pass", False)])
+    h.finish(old)
+    h.finish(main)
+    c = classify(db, int(flight_no), this={}, that={})
+    assert f"{c.flight}: {c.subject}" == first
+    assert body_lines(c, ReportContext(
+        logs_url="http://logs.test-lab.xenproject.org/osstest/logs")) == expected
