@@ -130,10 +130,11 @@ def flight_new(
     ctx: Ctx, branch: str, blessing: str, revs: tuple[str, ...], jobs: str | None
 ) -> None:
     """Create a flight of BRANCH's jobs and print its number."""
-    from pushgate.flights import new_flight
+    from pushgate.flights import create_planned, plan_flight
 
-    n = new_flight(ctx.db, ctx.loaded, branch, blessing=blessing, revs=_parse_revs(revs), jobs=jobs)
-    click.echo(n)
+    # Plan first (fetch, resolve, select jobs) so bad input writes no database row.
+    plan = plan_flight(ctx.loaded, branch, blessing=blessing, revs=_parse_revs(revs), jobs=jobs)
+    click.echo(create_planned(ctx.db, plan))
 
 
 @flight.command("run")
@@ -196,7 +197,6 @@ def demo(directory: Path | None, quiet: bool) -> None:
         fail(str(e))
 
 
-
 # --- gate, report, daemon ---
 
 
@@ -219,8 +219,13 @@ def _report_errors(fn: F) -> F:
 @main.command()
 @click.argument("flight_no", metavar="N", type=int)
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
-@click.option("--html", "html_dir", type=click.Path(path_type=Path), metavar="DIR",
-              help="Also write the flight's HTML pages into DIR.")
+@click.option(
+    "--html",
+    "html_dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Also write the flight's HTML pages into DIR.",
+)
 @pass_ctx
 @handle_errors
 @_report_errors
@@ -341,8 +346,14 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="One cycle of every branch, then exit.")
-@click.option("--poll", "poll_s", type=float, default=60.0, show_default=True,
-              help="Seconds between checks of an idle branch's input.")
+@click.option(
+    "--poll",
+    "poll_s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between checks of an idle branch's input.",
+)
 @pass_ctx
 @handle_errors
 def daemon(ctx: Ctx, once: bool, poll_s: float) -> None:
@@ -371,8 +382,10 @@ def mail_flush(ctx: Ctx) -> None:
     res = flush(ctx.db, ctx.loaded)
     with ctx.db.read() as conn:
         counts = dbg.mail_counts(conn)
-    click.echo(f"sent {res.sent}, to retry {res.retry}, failed {res.failed}; queue: "
-               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo(
+        f"sent {res.sent}, to retry {res.retry}, failed {res.failed}; queue: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
 
 
 if __name__ == "__main__":

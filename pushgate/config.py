@@ -324,6 +324,8 @@ def parse(text: str, path: Path) -> Loaded:
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError(path, "", f"invalid TOML: {e}", int(m.group(1)) if m else None) from None
     raw_jobs = raw.get("jobs")
+    # Expanded matrix job -> the template it came from, to find its line.
+    origins: dict[str, str] = {}
     if isinstance(raw_jobs, dict):
         expanded: dict[str, Any] = {}
         for name, job in raw_jobs.items():
@@ -335,6 +337,7 @@ def parse(text: str, path: Path) -> Loaded:
                         path, f"jobs.{jname}", "job defined twice", find_line(text, ("jobs", name))
                     )
                 expanded[jname] = jraw
+                origins[jname] = name
         raw = {**raw, "jobs": expanded}
     try:
         cfg = Config.model_validate(raw)
@@ -342,7 +345,7 @@ def parse(text: str, path: Path) -> Loaded:
         err = e.errors()[0]
         loc = tuple(err["loc"])
         # Matrix jobs are renamed; point at the template when the expanded name is absent.
-        line = find_line(text, loc)
+        line = find_line(text, _template_loc(loc, origins))
         key = ".".join(str(p) for p in loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -350,13 +353,19 @@ def parse(text: str, path: Path) -> Loaded:
         elif err["type"] == "missing":
             msg = "required key is missing"
         raise ConfigError(path, key, msg, line) from None
-    _cross_check(cfg, path, text)
+    _cross_check(cfg, path, text, origins)
     return Loaded(path, cfg, dict(cfg.jobs))
 
 
-def _cross_check(cfg: Config, path: Path, text: str) -> None:
+def _template_loc(loc: tuple[Any, ...], origins: dict[str, str]) -> tuple[Any, ...]:
+    if len(loc) >= 2 and loc[0] == "jobs" and loc[1] in origins:
+        return ("jobs", origins[loc[1]], *loc[2:])
+    return loc
+
+
+def _cross_check(cfg: Config, path: Path, text: str, origins: dict[str, str]) -> None:
     def err(loc: tuple[str, ...], msg: str) -> ConfigError:
-        return ConfigError(path, ".".join(loc), msg, find_line(text, loc))
+        return ConfigError(path, ".".join(loc), msg, find_line(text, _template_loc(loc, origins)))
 
     for name in [*cfg.trees, *cfg.jobs, *cfg.branches, *cfg.hosts]:
         try:

@@ -137,6 +137,61 @@ def plan_jobs(
     return out
 
 
+@dataclass(frozen=True)
+class FlightPlan:
+    """Everything a new flight needs, worked out before anything is written."""
+
+    branch: str
+    blessing: str
+    intended: str
+    revisions: dict[str, tuple[str, str, str | None]]
+    jobs: list[dbf.NewJob]
+    parent_flight: int | None
+
+
+def plan_flight(
+    loaded: Loaded,
+    branch: str,
+    *,
+    blessing: str = "real",
+    revs: dict[str, str] | None = None,
+    jobs: str | None = None,
+    intended: str | None = None,
+    parent_flight: int | None = None,
+    fetch: bool = True,
+) -> FlightPlan:
+    """Fetch the trees and work out the tuple and jobs; raises FlightError, writes no DB row."""
+    try:
+        loaded.branch(branch)
+    except ConfigError as e:
+        raise FlightError(str(e)) from None
+    trees = loaded.branch_trees(branch)
+    mirrors = fetch_trees(loaded, trees) if fetch else {t: mirror(loaded, t) for t in trees}
+    tup = resolve_tuple(loaded, branch, mirrors, revs or {})
+    names = select_branch_jobs(loaded, branch, jobs)
+    return FlightPlan(
+        branch=branch,
+        blessing=blessing,
+        intended=intended or ("real" if blessing.startswith("real") else blessing),
+        revisions={t: (tup.revisions[t], loaded.trees[t].url, tup.baselines.get(t)) for t in trees},
+        jobs=plan_jobs(loaded, branch, names, tup),
+        parent_flight=parent_flight,
+    )
+
+
+def create_planned(db: Database, plan: FlightPlan) -> int:
+    with db.write() as conn:
+        return dbf.create_flight(
+            conn,
+            branch=plan.branch,
+            intended=plan.intended,
+            bless_as=plan.blessing,
+            revisions=plan.revisions,
+            new_jobs=plan.jobs,
+            parent_flight=plan.parent_flight,
+        )
+
+
 def new_flight(
     db: Database,
     loaded: Loaded,
@@ -150,27 +205,17 @@ def new_flight(
     fetch: bool = True,
 ) -> int:
     """Create flight N for `branch`; returns N."""
-    try:
-        loaded.branch(branch)
-    except ConfigError as e:
-        raise FlightError(str(e)) from None
-    trees = loaded.branch_trees(branch)
-    mirrors = fetch_trees(loaded, trees) if fetch else {t: mirror(loaded, t) for t in trees}
-    tup = resolve_tuple(loaded, branch, mirrors, revs or {})
-    names = select_branch_jobs(loaded, branch, jobs)
-    planned = plan_jobs(loaded, branch, names, tup)
-    intended = intended or ("real" if blessing.startswith("real") else blessing)
-    revisions = {t: (tup.revisions[t], loaded.trees[t].url, tup.baselines.get(t)) for t in trees}
-    with db.write() as conn:
-        return dbf.create_flight(
-            conn,
-            branch=branch,
-            intended=intended,
-            bless_as=blessing,
-            revisions=revisions,
-            new_jobs=planned,
-            parent_flight=parent_flight,
-        )
+    plan = plan_flight(
+        loaded,
+        branch,
+        blessing=blessing,
+        revs=revs,
+        jobs=jobs,
+        intended=intended,
+        parent_flight=parent_flight,
+        fetch=fetch,
+    )
+    return create_planned(db, plan)
 
 
 def job_workdir(loaded: Loaded, flight: int, job: str) -> Path:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from pushgate.config import JobConfig, Loaded, StepConfig
 from pushgate.db import flights as dbf
 from pushgate.db import hosts as dbh
@@ -125,6 +127,7 @@ class JobRun:
         self.artifacts = job_artifacts(ctx.loaded, ctx.flight, job)
         self.checkouts: dict[str, Path] = {}
         self.results: list[tuple[str, bool]] = []
+        self.pending: list[tuple[int, str, str | None]] = []
 
     async def run(self) -> str:
         ctx = self.ctx
@@ -159,6 +162,7 @@ class JobRun:
         if kept:
             outputs["artifacts"] = ",".join(kept)
         with ctx.db.write() as conn:
+            self.flush(conn)
             dbf.set_runvars(conn, ctx.flight, self.job, outputs)
             dbf.set_job_status(conn, ctx.flight, self.job, status, final=True)
             dbh.release_slot(conn, self.claim, ctx.flight, self.job)
@@ -222,6 +226,8 @@ class JobRun:
                 "PUSHGATE_STEPNO": str(stepno),
                 "PUSHGATE_TESTID": step.testid,
                 "PUSHGATE_HOST": self.claim.host,
+                # Lets a later run find and kill this step's processes if we die.
+                "PUSHGATE_RUNNER": ctx.runner_id,
                 "PUSHGATE_WORKDIR": str(self.workdir),
                 "PUSHGATE_ARTIFACTS": str(self.artifacts),
             }
@@ -250,24 +256,28 @@ class JobRun:
             self.stepno += 1
             stepno = self.stepno
             rel = log_relpath(ctx.flight, self.job, stepno, step.testid)
+            # The previous step's result commits in the same transaction that
+            # starts this one: still before this step's command runs (invariant 3).
             with ctx.db.write() as conn:
+                self.flush(conn)
                 dbf.start_step(conn, ctx.flight, self.job, stepno, step.testid, step.fatal, rel)
             outcome = await self._run_step(step, stepno, ctx.loaded.logs_dir / rel)
             status, reason = self._status(outcome, step)
-            with ctx.db.write() as conn:
-                dbf.finish_step(conn, ctx.flight, self.job, stepno, status, reason)
+            self.pending.append((stepno, status, reason))
             ctx.progress.step_done(self.job, stepno, step.testid, status)
             self.results.append((status, step.fatal))
             if status != Status.PASS and step.fatal:
                 failed = True
 
+    def flush(self, conn: Connection) -> None:
+        """Commit step results not yet written (with the caller's transaction)."""
+        for stepno, status, reason in self.pending:
+            dbf.finish_step(conn, self.ctx.flight, self.job, stepno, status, reason)
+        self.pending.clear()
+
     async def _run_step(self, step: StepConfig, stepno: int, log: Path) -> StepOutcome:
         ctx = self.ctx
         cwd = self.checkouts.get(step.cwd, self.workdir) if step.cwd else self.workdir
-
-        def started(pgid: int) -> None:
-            with ctx.db.write() as conn:
-                dbf.set_job_pgid(conn, ctx.flight, self.job, pgid)
 
         req = StepRun(
             argv=command_argv(step),
@@ -275,7 +285,6 @@ class JobRun:
             cwd=cwd,
             log=log,
             timeout=step.timeout,
-            on_start=started,
         )
         try:
             return await ctx.executor.run(req)

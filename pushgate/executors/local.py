@@ -21,11 +21,35 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
         return False
 
 
+def kill_orphans(runner: str, flight: int) -> int:
+    """Kill the process groups of steps a dead runner left behind on this machine.
+
+    Steps carry PUSHGATE_RUNNER and PUSHGATE_FLIGHT in their environment, so
+    they are found in /proc without any write on the hot path.
+    """
+    want = {b"PUSHGATE_RUNNER=" + runner.encode(), b"PUSHGATE_FLIGHT=" + str(flight).encode()}
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = set(f.read().split(b"\0"))
+            if want <= env:
+                groups.add(os.getpgid(int(entry)))
+        except (OSError, ProcessLookupError):
+            continue
+    for g in groups:
+        kill_group(g)
+    return len(groups)
+
+
 class LocalExecutor:
     name = "local"
 
     async def run(self, req: StepRun) -> StepOutcome:
-        req.log.parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.isdir(req.log.parent):
+            req.log.parent.mkdir(parents=True, exist_ok=True)
         with open(req.log, "ab", buffering=0) as log:
             log.write(
                 f"{stamp()} [pushgate] run: {shlex.join(req.argv)} (cwd {req.cwd})\n".encode()

@@ -1,0 +1,143 @@
+"""Harness overhead: a flight of J jobs x S steps on 8 local slots vs `make -j8`.
+
+Prints both wall times and their ratio, then the same flight with `sleep 0.05`
+steps as a share of the ideal wall time (J*S*0.05/8). The last line is JSON.
+
+    python bench/overhead.py [--jobs 200] [--steps 5] [--slots 8] [--db URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pushgate import config as cfgmod  # noqa: E402
+from pushgate.db.engine import Database  # noqa: E402
+from pushgate.flights import new_flight  # noqa: E402
+from pushgate.scheduler import run_flight  # noqa: E402
+
+
+def make_repo(path: Path) -> None:
+    path.mkdir(parents=True)
+    env = {
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(path),
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@example.org",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@example.org",
+        "PATH": "/usr/bin:/bin",
+    }
+    for args in (["init", "-q", "-b", "master"], ["commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=path, env=env, check=True)
+
+
+def write_config(
+    base: Path, jobs: int, steps: int, slots: int, cmd: list[str], db_url: str | None
+) -> Path:
+    lines = ["[state]", 'dir = "state"']
+    if db_url:
+        lines.append(f'database = "{db_url}"')
+    lines += [
+        "[trees.t]",
+        f'url = "{base / "repo"}"',
+        'input_ref = "master"',
+        "[branches.b]",
+        'tree = "t"',
+        'jobs = ["j*"]',
+        "[hosts.localhost]",
+        f"slots = {slots}",
+        '[jobs."j{n}"]',
+        f"matrix = {{ n = {json.dumps([str(i) for i in range(jobs)])} }}",
+        "trees = []",
+        "steps = [",
+    ]
+    for s in range(steps):
+        lines.append(f'  {{ testid = "s{s}", command = {json.dumps(cmd)} }},')
+    lines.append("]")
+    path = base / "pushgate.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def time_flight(
+    base: Path, jobs: int, steps: int, slots: int, cmd: list[str], db_url: str | None
+) -> float:
+    if (base / "state").exists():
+        shutil.rmtree(base / "state")
+    loaded = cfgmod.load(write_config(base, jobs, steps, slots, cmd, db_url))
+    db = Database(loaded.database_url)
+    db.upgrade()
+    flight = new_flight(db, loaded, "b")
+    t0 = time.perf_counter()
+    statuses, _ = run_flight(db, loaded, flight)
+    wall = time.perf_counter() - t0
+    assert all(s == "pass" for s in statuses.values()), statuses
+    db.dispose()
+    return wall
+
+
+def time_make(base: Path, jobs: int, steps: int, slots: int, cmd: list[str]) -> float:
+    mk = base / "Makefile"
+    targets = [f"j{j}s{s}" for j in range(jobs) for s in range(steps)]
+    rules = [f"all: {' '.join(targets)}"]
+    for j in range(jobs):
+        for s in range(steps):
+            dep = f" j{j}s{s - 1}" if s else ""
+            rules.append(f"j{j}s{s}:{dep}\n\t@{' '.join(cmd)}")
+    rules.insert(0, ".PHONY: all " + " ".join(targets))
+    mk.write_text("\n".join(rules) + "\n")
+    t0 = time.perf_counter()
+    subprocess.run(["make", "-s", f"-j{slots}", "-f", str(mk), "all"], cwd=base, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--db", default=None, help="database URL (default: SQLite in a temp dir)")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        make_repo(base / "repo")
+        make_s = time_make(base, a.jobs, a.steps, a.slots, ["true"])
+        flight_s = time_flight(base, a.jobs, a.steps, a.slots, ["true"], a.db)
+        ideal = a.jobs * a.steps * 0.05 / a.slots
+        sleep_s = time_flight(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"], a.db)
+    n = a.jobs * a.steps
+    print(f"{a.jobs} jobs x {a.steps} steps of `true` on {a.slots} slots:")
+    print(f"  make -j{a.slots}:  {make_s:.3f} s")
+    print(f"  pushgate:  {flight_s:.3f} s  ({flight_s / n * 1000:.2f} ms per step)")
+    print(f"  ratio:     {flight_s / make_s:.2f}")
+    print(
+        f"{a.jobs} jobs x {a.steps} steps of `sleep 0.05`: {sleep_s:.3f} s, ideal {ideal:.3f} s, "
+        f"efficiency {ideal / sleep_s:.1%}"
+    )
+    print(
+        json.dumps(
+            {
+                "make_s": round(make_s, 4),
+                "pushgate_s": round(flight_s, 4),
+                "ratio_vs_make": round(flight_s / make_s, 3),
+                "ms_per_step": round(flight_s / n * 1000, 3),
+                "sleep_flight_s": round(sleep_s, 4),
+                "sleep_ideal_s": round(ideal, 4),
+                "sleep_efficiency": round(ideal / sleep_s, 4),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""kill -9 of `pushgate flight run` in the middle of a step, then run it again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pushgate.db import flights as dbf
+from pushgate.db.hosts import held_slots
+from pushgate.flights import new_flight
+from tests.flightkit import Project, make_project
+
+
+def start_run(cfg: Path, flight: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pushgate.cli", "-c", str(cfg), "flight", "run", str(flight), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > end:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is as good as dead.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def project(tmp_path: Path, db_url: str) -> Project:
+    return make_project(tmp_path, db_url)
+
+
+def test_kill_9_mid_step_then_resume(project: Project, tmp_path: Path) -> None:
+    hang = tmp_path / "hanging.pid"
+    again = tmp_path / "second-attempt"
+    jobs = {
+        "build": {"steps": [{"testid": "compile", "command": "true"}], "trees": []},
+        "test": {
+            "buildjob": "build",
+            "trees": [],
+            "steps": [
+                {"testid": "quick", "command": "true"},
+                # First attempt: record our pid and hang; later attempts pass.
+                {
+                    "testid": "hang",
+                    "command": f"if [ -f {hang} ]; then touch {again}; else "
+                    f"echo $$ > {hang}; exec sleep 60; fi",
+                },
+                {"testid": "after", "command": "true"},
+            ],
+        },
+    }
+    cfg = project.config(jobs)
+    loaded, db = project.load(jobs)
+    flight = new_flight(db, loaded, "b")
+    proc = start_run(cfg, flight)
+    wait_for(hang)
+    time.sleep(0.2)
+    with db.read() as conn:
+        before = {(s.job, s.stepno): s for s in dbf.get_steps(conn, flight)}
+    assert before[("test", 3)].status == "running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    orphan = int(hang.read_text())
+    assert alive(orphan)  # kill -9 of the runner leaves the step's process behind
+
+    proc = start_run(cfg, flight)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"requeued" in err
+    assert again.exists()
+    time.sleep(0.1)
+    assert not alive(orphan)  # the new run killed the orphaned step
+    with db.read() as conn:
+        steps = {(s.job, s.stepno): s for s in dbf.get_steps(conn, flight)}
+        jobs_ = {j.job: j.status for j in dbf.get_jobs(conn, flight)}
+        info = dbf.get_flight(conn, flight)
+        held = held_slots(conn)
+    assert jobs_ == {"build": "pass", "test": "pass"}
+    # The finished build job's step is kept as it was.
+    assert steps[("build", 1)].started == before[("build", 1)].started
+    # The interrupted job ran again from the start.
+    assert [(k[1], s.testid, s.status) for k, s in sorted(steps.items()) if k[0] == "test"] == [
+        (1, "build-check(1)", "pass"),
+        (2, "quick", "pass"),
+        (3, "hang", "pass"),
+        (4, "after", "pass"),
+    ]
+    assert steps[("test", 2)].started > before[("test", 2)].started
+    assert all(s.status != "running" for s in steps.values())
+    assert info is not None and info.blessing == "real"
+    assert held == []
+
+
+def test_job_that_keeps_killing_its_runner_is_broken(tmp_path: Path) -> None:
+    project = make_project(tmp_path, f"sqlite:///{tmp_path}/pg.db")
+    mark = tmp_path / "started"
+    jobs = {
+        "j": {"trees": [], "steps": [{"testid": "hang", "command": f"touch {mark}; exec sleep 60"}]}
+    }
+    cfg = project.config(jobs)
+    loaded, db = project.load(jobs)
+    flight = new_flight(db, loaded, "b")
+    for _ in range(3):
+        mark.unlink(missing_ok=True)
+        proc = start_run(cfg, flight)
+        wait_for(mark)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = start_run(cfg, flight)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"broken after 3" in err
+    with db.read() as conn:
+        steps = dbf.get_steps(conn, flight)
+        status = {j.job: j.status for j in dbf.get_jobs(conn, flight)}
+    assert status == {"j": "broken"}
+    assert [(s.testid, s.status) for s in steps] == [("hang", "broken")]
