@@ -295,9 +295,20 @@ def step(
     if runs >= max_runs:
         return Outcome("inconclusive", None, p_top, runs, reason="budget",
                        credible=credible_set(post), p_flake=pf, p_env=pe)
+    n_conf = confirm_pairs(params.fgrid.conf, params.confirm_c, params.confirm_min)
+    per_node: dict[Node, int] = {}
+    for o in observations:
+        if o.kind == "probe":
+            per_node[o.node] = per_node.get(o.node, 0) + 1
+    if per_node and max(per_node.values()) > 2 * n_conf + 4:
+        # Repeats are deliberate in a noisy search, but not without bound (§5.5).
+        return Outcome("doubtful", None, p_top, runs, reason="flailing: identical probes",
+                       credible=credible_set(post), p_flake=pf, p_env=pe)
     testable = _testable(idx, observations, params)
     probes: list[Node] = []
     phase = "search"
+    # osstest's interleaved endpoint sequence first. With one slot it asks for the basis before
+    # re-running the latest: a pure flake then costs one run more, a real culprit one run less.
     pairs, _, need = repro_sequence(obs, [basis], latest, "pass", "fail")
     if pairs < params.endpoint_repro:
         probes.append(need[0])

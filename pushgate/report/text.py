@@ -256,10 +256,23 @@ def flight_lines(c: Classification, logs_url: str) -> list[str]:
             + [f"{logs_url.rstrip('/')}/{r.flight}/" for r in refs])
 
 
+def coverage_note(c: Classification) -> str | None:
+    """Wart §9 #18: a tolerable flight whose jobs were blocked (a build they need failed
+    like the baseline's) pushes with those tests never run; say so under the verdict."""
+    blocked = sum(1 for j in c.jobs if j.status == "blocked")
+    if not c.tolerable or not blocked:
+        return None
+    jobs = "job was" if blocked == 1 else "jobs were"
+    return f"Not run: {blocked} {jobs} blocked (a build or job they need did not pass)."
+
+
 def body_lines(c: Classification, ctx: ReportContext) -> list[str]:
     """The body up to the end of the jobs table (§5.2 items 2-10)."""
     lines = flight_lines(c, ctx.logs_url)
     lines += ["", c.verdict]
+    note = coverage_note(c)
+    if note:
+        lines.append(note)
     sections = failure_section_lines(c)
     if sections:
         lines += sections

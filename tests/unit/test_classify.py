@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from pushgate.classify import AllowPatternError, classify, parse_allow
 from pushgate.db.engine import Database
@@ -31,8 +33,8 @@ def fl(
 ) -> int:
     """A flight: build-amd64 (its xen-build step `build`) and test jobs depending on it."""
     f = h.flight(branch, revs={"xen": rev}, blessing=blessing, baseline={"xen": BASE})
-    for name, st in (builds or {"build-amd64": build}).items():
-        f.job(name, steps=[("hosts-allocate", "pass"), ("xen-build", st)])
+    for name, bst in (builds or {"build-amd64": build}).items():
+        f.job(name, steps=[("hosts-allocate", "pass"), ("xen-build", bst)])
     for job, steps in tests.items():
         check = "pass" if build == "pass" else "blocked"
         full: list[StepSpec] = [("build-check(1)", check)]
@@ -537,3 +539,74 @@ def test_json_shape(db: Database) -> None:
     j = cls(db, b).to_json()
     assert j["subject"] == "regressions - FAIL" and j["failures"][0]["blocking"] is True
     assert j["failures"][0]["analysis"] == "regression" and j["jobs"][0]["job"] == "build-amd64"
+
+
+# --- property: no regression where the same tuple passed; no heisen build -----------------
+
+_STEP_ST = st.sampled_from(["pass", "pass", "pass", "fail", "broken"])
+_FLIGHT = st.tuples(
+    st.sampled_from([BASE, TGT]),
+    st.sampled_from(["real", "real-retest"]),
+    st.sampled_from(["pass", "pass", "pass", "fail"]),
+    st.lists(_STEP_ST, min_size=3, max_size=3),
+    st.lists(_STEP_ST, min_size=3, max_size=3),
+)
+_TESTIDS = ["host-install(3)", "xen-boot", "guest-start"]
+
+
+def _truncate(statuses: list[str]) -> list[tuple[str, str]]:
+    """Steps after the first fatal failure have no row."""
+    out: list[tuple[str, str]] = []
+    for testid, s in zip(_TESTIDS, statuses, strict=True):
+        out.append((testid, s))
+        if s != "pass":
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory: pytest.TempPathFactory) -> Database:
+    d = Database(f"sqlite:///{tmp_path_factory.mktemp('prop')}/p.db")
+    d.upgrade()
+    return d
+
+
+_counter = iter(range(10**9))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history_spec=st.lists(_FLIGHT, min_size=1, max_size=8), last=_FLIGHT, seeded=st.booleans()
+)
+def test_property_no_regression_when_same_tuple_passed(
+    shared_db: Database,
+    history_spec: list[tuple[str, str, str, list[str], list[str]]],
+    last: tuple[str, str, str, list[str], list[str]],
+    seeded: bool,
+) -> None:
+    branch = f"prop-{next(_counter)}"
+    h = History(shared_db)
+    if seeded:  # an old all-pass flight of another revision: fewer `never pass`
+        fl(h, "d" * 40, {"test-a": OK, "test-b": OK}, branch=branch)
+    # (flight, rev, blessing, {(job, testid): status}) as written, for an independent check.
+    written: list[tuple[int, str, str, dict[tuple[str, str], str]]] = []
+    for rev, blessing, build, a, b in [*history_spec, (TGT, "real", *last[2:])]:
+        tests = {"test-a": _truncate(a), "test-b": _truncate(b)}
+        n = fl(h, rev, tests, blessing=blessing, build=build, branch=branch)
+        seen = {("build-amd64", "xen-build"): build}
+        if build == "pass":
+            seen.update({(j, t): s for j, steps in tests.items() for t, s in steps})
+        written.append((n, rev, blessing, seen))
+    report = written[-1][0]
+    c = cls(shared_db, report)
+    for f in c.all_failures:
+        event(f"{f.summary.split(' ')[0]} {f.blocker} heisen={f.heisen}")
+        if f.job.startswith("build"):
+            assert not f.heisen, f
+        if f.blocker == "regression" and not f.job.startswith("build"):
+            passed_same_tuple = [
+                n
+                for n, rev, _bl, seen in written
+                if rev == TGT and n != f.flight and seen.get((f.job, f.testid)) == "pass"
+            ]
+            assert passed_same_tuple == [], (f, passed_same_tuple)

@@ -284,3 +284,20 @@ def test_long_revision_log_note_has_no_dashes() -> None:
                         revision_log="(No revision log; it would be 1042 lines long.)\n")
     assert render_text(c, ctx).endswith(
         "\nNot pushing.\n\n(No revision log; it would be 1042 lines long.)\n")
+
+
+def test_tolerable_flight_says_how_many_jobs_were_not_run() -> None:
+    f = Failure("build-amd64", 6, "xen-build", "fail", "like 5", 6, category=CAT_NONBLOCKING)
+    blocked = Failure("test-amd64-amd64-xl", 1, "build-check(1)", "blocked", "n/a", 6,
+                      category=CAT_NONBLOCKING)
+    jobs = [JobLine("build-amd64", "fail"), JobLine("test-amd64-amd64-xl", "blocked"),
+            JobLine("test-amd64-amd64-pv", "blocked")]
+    c = _c(failures=[f, blocked], jobs=jobs, verdict="Failures :-/ but no regressions.",
+           subject_prefix="tolerable ")
+    text = render_text(c, ReportContext(logs_url=LOGS))
+    assert ("\nFailures :-/ but no regressions.\nNot run: 2 jobs were blocked (a build or job "
+            "they need did not pass).\n\nTests which did not succeed, but are not blocking:\n"
+            ) in text
+    # With a blocker the push is refused anyway: osstest's layout, no note.
+    c.tolerable = False
+    assert "Not run:" not in render_text(c, ReportContext(logs_url=LOGS))
