@@ -301,3 +301,39 @@ def test_tolerable_flight_says_how_many_jobs_were_not_run() -> None:
     # With a blocker the push is refused anyway: osstest's layout, no note.
     c.tolerable = False
     assert "Not run:" not in render_text(c, ReportContext(logs_url=LOGS))
+
+
+def test_headers_survive_a_real_mail_round_trip() -> None:
+    """render_headers feeds pushgate.mail.build_message; the serialized mail carries the
+    items in osstest's shape (name alone, 4-space items), a whole-job item included."""
+    from pushgate.mail import build_message, parse, serialize
+    from pushgate.report.text import render_mail_text
+
+    whole = Failure("test-amd64-amd64-xl-rtds", None, "<job status>", "broken", "", 5,
+                    in_flight=5, blocker="broken", category=CAT_REGRESSION)
+    c = _c(failures=[whole, *_failures()], subject_prefix="regressions - ")
+    msg = build_message(subject=render_subject(c), body=render_text(c, ReportContext(LOGS)),
+                        from_addr="gate@example.org", to=["list@example.org"], cc=[],
+                        message_id="<pushgate-164996-mainreport@example.org>",
+                        in_reply_to=None, references=[], extra_headers=render_headers(c))
+    head = serialize(msg).decode().split("\n\n", 1)[0].split("\n")
+    items: dict[str, list[str]] = {}
+    name = ""
+    for line in head:  # either shape: items on continuation lines, or inline
+        if line.startswith(" "):
+            items[name].append(line.strip())
+        else:
+            name, _, value = line.partition(":")
+            items[name] = [value.strip()] if value.strip() else []
+    for hname, value in render_headers(c).items():
+        assert items[hname] == value.split("\n")
+    assert items["X-Pushgate-Failures"][0] == (
+        "xen-unstable:test-amd64-amd64-xl-rtds:<job status>:broken:regression")
+    back = parse(serialize(msg))
+    assert str(back["Subject"]) == "[xen-unstable test] 164996: regressions - FAIL"
+    assert back.get_content() == render_text(c, ReportContext(LOGS))
+    printed = render_mail_text(c, ReportContext(LOGS))
+    assert printed.startswith("Subject: [xen-unstable test] 164996: regressions - FAIL\n"
+                              "X-Pushgate-Failures:\n    xen-unstable:test-amd64-amd64-xl-rtds:"
+                              "<job status>:broken:regression\n")
+    assert printed.endswith("\n\n" + render_text(c, ReportContext(LOGS)))
