@@ -126,12 +126,12 @@ def decide(
     tolerable: bool, state: dbg.GateState,
 ) -> Decision:
     """osstest §6.1: tolerable -> wantpush; force / force-rev -> wantpush; block -> no."""
+    if mode not in ("normal", "up-to-date"):
+        return Decision(False, False, "not-applicable", f"{mode} flight")
     if mode == "up-to-date" or target == expected_old:
         return Decision(False, False, "up-to-date", "target is the tested revision")
     if not branch_push:
         return Decision(False, False, "not-applicable", "pushing is off for this branch")
-    if mode != "normal":
-        return Decision(False, False, "not-applicable", f"{mode} flight")
     if not blessing.startswith("real"):
         return Decision(False, False, "not-applicable", f"{blessing} flight")
     push, why = tolerable, ("tolerable" if tolerable else "not tolerable")

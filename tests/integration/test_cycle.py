@@ -1,0 +1,264 @@
+"""One push-gate cycle end to end on a real git project: push, no push, retest, baseline
+test, block/force, a tested ref moved meanwhile, kill -9 at every stage, two cycles at once."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from pushgate.cycle import run_cycle
+from pushgate.db import gate as dbg
+from pushgate.db.engine import Database
+from pushgate.gate import block, force, unblock
+from pushgate.mail import MemoryMailer
+from pushgate.scheduler import run_flight
+from tests.conftest import PG_URL, _pg_schema_url
+from tests.gateproject import GateProject, make_gate_project, wait_for
+
+
+def _open(p: GateProject) -> tuple[Database, object]:
+    loaded = p.load()
+    db = Database(loaded.database_url)
+    db.upgrade()
+    return db, loaded
+
+
+def _mbox_subjects(p: GateProject) -> list[str]:
+    if not p.mbox.exists():
+        return []
+    return [str(m["Subject"]) for m in mailbox.mbox(str(p.mbox))]
+
+
+def test_push_regression_retest_heisenbug_and_idle(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path)
+    db, loaded = _open(p)
+    mailer = MemoryMailer()
+    c1 = p.commit("hello")
+    r1 = run_cycle(db, loaded, "app", mailer=mailer)  # type: ignore[arg-type]
+    assert r1.action == "done" and r1.push is not None
+    assert r1.push.status == "pushed" and p.tested() == c1
+    assert r1.report is not None and r1.report.subject == "[app test] 1: all pass - PUSHED"
+    assert f"Pushing revision {c1}:" in r1.report.body
+    assert " * [new branch]" in r1.report.body
+
+    # A real regression: retested (one job), fails again, not pushed; one report, both flights.
+    c2 = p.commit("hello BUG")
+    r2 = run_cycle(db, loaded, "app", mailer=mailer)  # type: ignore[arg-type]
+    assert r2.report is not None and r2.push is not None
+    assert r2.push.status == "not-pushed" and p.tested() == c1
+    assert r2.report.subject == f"[app test] {r2.flight}: regressions - FAIL"
+    with db.read() as conn:
+        cyc = dbg.get_cycle(conn, r2.flight or 0)
+    assert cyc is not None and cyc.retest_flight is not None
+    body = r2.report.body
+    assert f"flight {r2.flight} app real [real]\nflight {cyc.retest_flight} app real-retest [real]" \
+        in body
+    assert "Not pushing." in body and f"commit {c2}" in body  # revision log when not pushed
+    assert "test-content" in r2.report.headers["X-Pushgate-Failures"]
+
+    # The fix, with an intermittent failure: the retest passes, so it is pushed.
+    p.flag("flaky")
+    c3 = p.commit("hello fixed")
+    r3 = run_cycle(db, loaded, "app", mailer=mailer)  # type: ignore[arg-type]
+    assert r3.report is not None and r3.push is not None
+    with db.read() as conn:
+        cyc3 = dbg.get_cycle(conn, r3.flight or 0)
+    assert cyc3 is not None and cyc3.retest_flight is not None
+    assert r3.push.status == "pushed" and p.tested() == c3, r3.report.body
+    assert r3.report.subject == f"[app test] {r3.flight}: tolerable FAIL - PUSHED"
+    assert f"pass in {cyc3.retest_flight}-retest" in r3.report.body
+    assert "Tests which are failing intermittently (not blocking):" in r3.report.body
+    assert f"commit {c3}" not in r3.report.body  # pushed reports carry no revision log
+
+    # Nothing new: idle, no flight, no mail.
+    r4 = run_cycle(db, loaded, "app", mailer=mailer)  # type: ignore[arg-type]
+    assert r4.action == "idle" and r4.flight is None
+    subjects = [s.message["Subject"] for s in mailer.sent]
+    assert subjects == [r1.report.subject, r2.report.subject, r3.report.subject]
+    sent = mailer.sent[1]
+    assert sorted(sent.recipients) == ["cc@example.org", "hidden@example.org",
+                                       "list@example.org"]
+    assert "hidden" not in sent.data.decode()  # Bcc only in the envelope
+    assert sent.message["Message-ID"] == f"<pushgate-report-{r2.flight}@pushgate.invalid>"
+    db.dispose()
+
+
+def test_baseline_untested_then_normal(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path)
+    db, loaded = _open(p)
+    c1 = p.commit("one")
+    p.set_tested(c1)  # someone set the tested ref by hand: never tested here
+    c2 = p.commit("two")
+    r1 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r1.report is not None and r1.push is not None
+    assert r1.report.subject.startswith("[app baseline test] 1: ")
+    assert r1.report.body.startswith('"Old" tested version had not actually been tested;')
+    assert "flight we test it, rather than a new candidate." in r1.report.body
+    assert r1.report.classification.this == {"app": c1}
+    assert r1.push.status == "not-applicable" and "Push not applicable." in r1.report.body
+    assert p.tested() == c1
+    r2 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r2.report is not None and r2.push is not None
+    assert r2.report.subject == "[app test] 2: all pass - PUSHED"
+    assert r2.push.status == "pushed" and p.tested() == c2
+    db.dispose()
+
+
+def test_block_and_force(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path)
+    db, loaded = _open(p)
+    c1 = p.commit("one")
+    block(db, loaded, "app", "release freeze")
+    r1 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r1.push is not None and r1.push.status == "not-pushed"
+    assert "blocked: release freeze" in r1.push.output
+    assert r1.report is not None and "Not pushing." in r1.report.body
+    assert p.tested() is None
+    # A force clears the block; it makes a new flight whose push goes through.
+    force(db, loaded, "app")
+    r2 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r2.reason == "push forced" and r2.push is not None
+    assert r2.push.status == "pushed" and p.tested() == c1
+    with db.read() as conn:
+        st = dbg.get_gate(conn, "app")
+    assert not st.force and st.blocked_why is None  # the force was used up
+    # A regression is not pushed... unless forced to exactly that revision.
+    c2 = p.commit("BUG")
+    r3 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r3.push is not None and r3.push.status == "not-pushed"
+    force(db, loaded, "app", rev=c1)  # another revision: no effect on c2
+    assert run_cycle(db, loaded, "app", mailer=MemoryMailer()).action == "idle"
+    force(db, loaded, "app", rev=c2[:12])
+    r4 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r4.push is not None and r4.push.status == "pushed" and p.tested() == c2
+    assert r4.report is not None and r4.report.subject.endswith("regressions - FAIL - PUSHED")
+    # Block wins when both are set in the database.
+    block(db, loaded, "app", "again")
+    unblock(db, loaded, "app")
+    with db.read() as conn:
+        assert dbg.get_gate(conn, "app").blocked_why is None
+    db.dispose()
+
+
+def test_tested_ref_moved_meanwhile_is_refused_and_reported(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path)
+    db, loaded = _open(p)
+    c1 = p.commit("one")
+    run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert p.tested() == c1
+    p.commit("two")
+    other = p.work.commit("someone else's push", files={"x": "y\n"})
+    p.work.push(p.bare, "HEAD:refs/heads/other")
+
+    def run_and_move(d: Database, lo: object, flight: int) -> object:
+        out = run_flight(d, lo, flight)  # type: ignore[arg-type]
+        p.set_tested(other)  # moved by someone else while we tested
+        return out
+
+    r = run_cycle(db, loaded, "app", mailer=MemoryMailer(), run=run_and_move)
+    assert r.push is not None and r.push.status == "refused"
+    assert p.tested() == other  # not overwritten
+    assert r.report is not None and "PUSHED" not in r.report.subject
+    assert "Push refused (stale)" in r.report.body
+    db.dispose()
+
+
+def test_separate_push_repository(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path, separate_push_repo=True)
+    db, loaded = _open(p)
+    c1 = p.commit("one")
+    r = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r.push is not None and r.push.status == "pushed"
+    assert p.tested() == c1
+    from tests.gitrepo import remote_head
+
+    assert remote_head(p.bare, "tested") is None  # the input repository is untouched
+    c2 = p.commit("two")
+    r2 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r2.report is not None and r2.report.classification.that == {"app": c1}
+    assert r2.push is not None and r2.push.status == "pushed" and p.tested() == c2
+    db.dispose()
+
+
+# --- kill -9 at each stage, then rerun --------------------------------------------------------
+
+
+def _report_mails(p: GateProject, flight: int) -> int:
+    return sum(1 for s in _mbox_subjects(p) if f"] {flight}: " in s)
+
+
+@pytest.mark.parametrize("stage", ["flight", "report", "push", "pushed", "mail"])
+def test_kill_9_at_each_stage_then_rerun(tmp_path: Path, stage: str) -> None:
+    p = make_gate_project(tmp_path)
+    c1 = p.commit("one")
+    marker = tmp_path / "paused"
+    env = {"PUSHGATE_TEST_PAUSE_AT": stage, "PUSHGATE_TEST_PAUSE_FILE": str(marker)}
+    if stage == "flight":
+        p.flag("slow")
+        proc = p.spawn("branch", "run", "-q", "app")
+        wait_for(lambda: (p.ctrl / "slow-started").exists(), 60, "the slow step")
+        p.flag("slow", False)
+    else:
+        proc = p.spawn("branch", "run", "-q", "app", env=env)
+        wait_for(marker.exists, 60, f"pause at {stage}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert stage in ("pushed", "mail") or p.tested() is None
+    out = p.cli("branch", "run", "-q", "app")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert p.tested() == c1
+    db, _ = _open(p)
+    with db.read() as conn:
+        rows = dbg.pushes_of(conn, "app")
+        mails = dbg.list_mail(conn)
+    db.dispose()
+    assert [(r.flight, r.status) for r in rows] == [(1, "pushed")]
+    assert [(m.flight, m.status) for m in mails] == [(1, "sent")]
+    assert _report_mails(p, 1) == 1
+    assert _mbox_subjects(p) == ["[app test] 1: all pass - PUSHED"]
+    # Nothing left to do, nothing mailed again.
+    assert "nothing to do" in p.cli("branch", "run", "-q", "app").stdout
+    assert _report_mails(p, 1) == 1
+
+
+def test_two_branch_runs_at_once_push_once_postgresql(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_URL)
+    try:
+        with admin.connect() as c:
+            c.execute(text("SELECT 1"))
+    except Exception as e:  # noqa: BLE001
+        admin.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL unreachable in CI: {e}")
+        pytest.skip(f"PostgreSQL unreachable: {e}")
+    url, schema = _pg_schema_url()
+    with admin.begin() as c:
+        c.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        p = make_gate_project(tmp_path, db_url=url)
+        c1 = p.commit("one")
+        db, _ = _open(p)  # migrate once, before the racers
+        procs = [p.spawn("branch", "run", "-q", "app", log=tmp_path / f"run{i}.log")
+                 for i in range(2)]
+        for pr in procs:
+            assert pr.wait(120) == 0
+        assert p.tested() == c1
+        with db.read() as conn:
+            rows = dbg.pushes_of(conn, "app")
+            mails = dbg.list_mail(conn)
+        db.dispose()
+        assert [(r.flight, r.status) for r in rows] == [(1, "pushed")]
+        assert len(mails) == 1
+        assert _mbox_subjects(p) == ["[app test] 1: all pass - PUSHED"]
+        logs = [(tmp_path / f"run{i}.log").read_text() for i in range(2)]
+        assert sum("nothing to do" in x for x in logs) == 1, logs
+    finally:
+        with admin.begin() as c:
+            c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
