@@ -57,11 +57,15 @@ steps = [{{ testid = "check", command = "! grep -q BUG \\"$PUSHGATE_SRC_APP/app.
 
 [jobs.test-flaky]
 buildjob = "build"
-steps = [{{ testid = "flaky", command = "if [ -e {ctrl}/flaky ]; then rm {ctrl}/flaky; exit 1; fi" }}]
+[[jobs.test-flaky.steps]]
+testid = "flaky"
+command = "if [ -e {ctrl}/flaky ]; then rm {ctrl}/flaky; exit 1; fi"
 
 [jobs.test-slow]
 buildjob = "build"
-steps = [{{ testid = "slow", command = "if [ -e {ctrl}/slow ]; then touch {ctrl}/slow-started; sleep 60; fi" }}]
+[[jobs.test-slow.steps]]
+testid = "slow"
+command = "if [ -e {ctrl}/slow ]; then touch {ctrl}/slow-started; sleep 60; fi"
 
 [jobs.test-other]
 buildjob = "build"
