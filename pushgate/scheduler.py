@@ -161,7 +161,6 @@ class FlightRunner:
         sync_config_hosts(self.db, self.loaded)
         self.notes += recover(self.db, self.flight)
         loop = asyncio.get_running_loop()
-        _use_pidfd_watcher(loop)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self.ctx.stopping.set)
@@ -172,6 +171,7 @@ class FlightRunner:
             await self._loop()
         finally:
             hb.cancel()
+            await self.ctx.executor.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)
@@ -313,23 +313,6 @@ class FlightRunner:
                 return claim
         except _NoSlot:
             return None
-
-
-def _use_pidfd_watcher(loop: asyncio.AbstractEventLoop) -> None:
-    """On 3.11 asyncio waits for each child in a new thread; a pidfd is far cheaper."""
-    import sys
-    import warnings
-
-    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            watcher = asyncio.PidfdChildWatcher()
-            watcher.attach_loop(loop)
-            asyncio.set_child_watcher(watcher)
-    except OSError:
-        pass
 
 
 def _flags(runvars: dict[str, str]) -> frozenset[str]:

@@ -6,6 +6,9 @@ import asyncio
 import os
 import shlex
 import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 from pushgate.executors.base import StepOutcome, StepRun, stamp
 
@@ -45,75 +48,153 @@ def kill_orphans(runner: str, flight: int) -> int:
 
 
 class LocalExecutor:
+    """Steps as child processes of this runner.
+
+    The fork/exec and the log file's creation run in a small thread pool: both
+    block (vfork suspends the calling thread until the child execs), and on the
+    event loop they would stall every other job. Exit is awaited through a
+    pidfd and output read from a non-blocking pipe, all on the loop.
+    """
+
     name = "local"
 
-    async def run(self, req: StepRun) -> StepOutcome:
+    def __init__(self, spawn_threads: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(spawn_threads, thread_name_prefix="pushgate-spawn")
+
+    @staticmethod
+    def _spawn(req: StepRun) -> tuple[BinaryIO, subprocess.Popen[bytes] | None, str | None]:
         if not os.path.isdir(req.log.parent):
             req.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(req.log, "ab", buffering=0) as log:
-            log.write(
-                f"{stamp()} [pushgate] run: {shlex.join(req.argv)} (cwd {req.cwd})\n".encode()
+        log = open(req.log, "ab", buffering=0)  # noqa: SIM115 - closed by run()
+        log.write(f"{stamp()} [pushgate] run: {shlex.join(req.argv)} (cwd {req.cwd})\n".encode())
+        try:
+            proc = subprocess.Popen(
+                req.argv,
+                cwd=req.cwd,
+                env=req.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *req.argv,
-                    cwd=req.cwd,
-                    env=req.env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as e:
-                msg = f"cannot start {req.argv[0]!r}: {e.strerror}"
-                log.write(f"{stamp()} [pushgate] {msg}\n".encode())
-                return StepOutcome(None, error=msg)
+        except OSError as e:
+            msg = f"cannot start {req.argv[0]!r}: {e.strerror}"
+            log.write(f"{stamp()} [pushgate] {msg}\n".encode())
+            return log, None, msg
+        return log, proc, None
+
+    async def run(self, req: StepRun) -> StepOutcome:
+        loop = asyncio.get_running_loop()
+        log, proc, error = await loop.run_in_executor(self._pool, self._spawn, req)
+        try:
+            if proc is None:
+                return StepOutcome(None, error=error)
             if req.on_start:
                 req.on_start(proc.pid)
+            done = _Watch(loop, proc, log)
             try:
-                await asyncio.wait_for(self._pump(proc, log), timeout=req.timeout)
+                await asyncio.wait_for(asyncio.shield(done.finished), timeout=req.timeout)
             except TimeoutError:
-                await self._stop(proc)
+                await self._stop(proc, done)
                 log.write(
                     f"{stamp()} [pushgate] timed out after {req.timeout:g}s; "
                     "process group killed\n".encode()
                 )
                 return StepOutcome(proc.returncode, timed_out=True)
             except asyncio.CancelledError:
-                await self._stop(proc)
+                await self._stop(proc, done)
                 log.write(f"{stamp()} [pushgate] interrupted; process group killed\n".encode())
                 raise
+            finally:
+                done.close()
             log.write(f"{stamp()} [pushgate] exit status {proc.returncode}\n".encode())
             return StepOutcome(proc.returncode)
+        finally:
+            log.close()
 
     @staticmethod
-    async def _pump(proc: asyncio.subprocess.Process, log: object) -> None:
-        assert proc.stdout is not None
-        write = log.write  # type: ignore[attr-defined]
-        while True:
-            line = await proc.stdout.readline()
-            if not line:
-                break
-            write(
-                stamp().encode() + b" " + line
-                if line.endswith(b"\n")
-                else stamp().encode() + b" " + line + b"\n"
-            )
-        await proc.wait()
-
-    @staticmethod
-    async def _stop(proc: asyncio.subprocess.Process) -> None:
+    async def _stop(proc: subprocess.Popen[bytes], done: _Watch) -> None:
         kill_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+            await asyncio.wait_for(asyncio.shield(done.exited), KILL_GRACE_S)
         except TimeoutError:
             pass
         # Children that ignored SIGTERM, or outlived the leader, go too.
         kill_group(proc.pid, signal.SIGKILL)
         try:
-            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+            await asyncio.wait_for(asyncio.shield(done.exited), KILL_GRACE_S)
         except TimeoutError:
             pass
+        proc.poll()
 
     async def close(self) -> None:
-        return None
+        self._pool.shutdown(wait=False)
+
+
+class _Watch:
+    """Pump a child's output into its log with timestamps and notice its exit."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes], log: BinaryIO
+    ):
+        self.loop = loop
+        self.proc = proc
+        self.log = log
+        self.partial = b""
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.eof: asyncio.Future[None] = loop.create_future()
+        assert proc.stdout is not None
+        self.out = proc.stdout.fileno()
+        os.set_blocking(self.out, False)
+        loop.add_reader(self.out, self._read)
+        self.pidfd = os.pidfd_open(proc.pid)
+        loop.add_reader(self.pidfd, self._exit)
+        self.finished = asyncio.ensure_future(self._both())
+
+    async def _both(self) -> None:
+        await self.exited
+        await self.eof
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.out, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._write(self.partial, final=True)
+            self.loop.remove_reader(self.out)
+            if not self.eof.done():
+                self.eof.set_result(None)
+            return
+        self._write(self.partial + data)
+
+    def _write(self, data: bytes, final: bool = False) -> None:
+        lines = data.split(b"\n")
+        self.partial = b"" if final else lines.pop()
+        if final and lines and lines[-1] == b"":
+            lines.pop()
+        if lines:
+            ts = stamp().encode() + b" "
+            self.log.write(b"".join(ts + line + b"\n" for line in lines))
+
+    def _exit(self) -> None:
+        self.loop.remove_reader(self.pidfd)
+        self.proc.wait()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def close(self) -> None:
+        """Stop watching; output still buffered is flushed to the log."""
+        for fd in (self.out, self.pidfd):
+            try:
+                self.loop.remove_reader(fd)
+            except (ValueError, OSError):
+                pass
+        if self.partial:
+            self._write(b"", final=True)
+        os.close(self.pidfd)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.finished.cancel()
