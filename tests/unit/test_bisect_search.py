@@ -284,6 +284,6 @@ def test_noiseless_model_meeting_a_contradiction_is_inconsistent() -> None:
 def test_endless_repeats_of_one_probe_are_flailing() -> None:
     g, b, latest = linear_case(32)
     obs = start(b, latest) + [Observation(b, "pass"), Observation(latest, "fail")]
-    obs += [Observation(("c9",), "fail"), Observation(("c9",), "pass")] * 6
-    d = step(g, b, latest, obs, SearchParams(max_runs=100))
+    obs += [Observation(("c9",), "fail"), Observation(("c9",), "pass")] * 8
+    d = step(g, b, latest, obs, SearchParams(max_runs=30))  # limit: max(2n + 4, 30 // 2)
     assert isinstance(d, Outcome) and d.kind == "doubtful" and "flailing" in d.reason
