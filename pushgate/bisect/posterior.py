@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -211,6 +211,8 @@ class Posterior:
     seg_cum: list[float]  # mass before segment i
     eps_mean: float
     f_mean: float
+    wprefix: list[float]  # prefix sums of the prior weights w(c) over lin
+    uniform: bool = True
 
     def mass_range(self, a: int, b: int) -> float:
         """Culprit mass of positions a..b inclusive."""
@@ -222,7 +224,7 @@ class Posterior:
         i = bisect.bisect_right(self.seg_start, p - 1) - 1
         start = self.seg_start[i]
         end = self.seg_start[i + 1]
-        w = self.idx.weights_prefix
+        w = self.wprefix
         span = w[end] - w[start]
         frac = (w[p] - w[start]) / span if span > 0 else 0.0
         return self.seg_cum[i] + self.seg_mass[i] * frac
@@ -236,8 +238,11 @@ class Posterior:
         return sum(self.mass_range(a, b) for a, b in self.idx.anc[node]) + self.p_env
 
     def top_candidate(self) -> tuple[Node, float]:
-        # The best node lies in the segment with the highest density.
-        w = self.idx.weights_prefix
+        if not self.uniform:
+            best = max(self.idx.cands, key=self.node_mass)
+            return best, self.node_mass(best)
+        # With uniform weights the best node opens the segment with the highest density.
+        w = self.wprefix
         best_i = max(
             range(len(self.seg_mass)),
             key=lambda i: self.seg_mass[i] / max(w[self.seg_start[i + 1]] - w[self.seg_start[i]],
@@ -277,7 +282,10 @@ def compute_posterior(
     eps_weights: Sequence[float],
     pi_flake: float,
     pi_env: float,
+    weights: Mapping[Node, float] | None = None,
 ) -> Posterior:
+    """weights: optional prior weights w(c) (default 1; §3 options such as 0 for trees the job
+    does not consume)."""
     counts, ftot, ptot = node_counts(idx, observations)
     n = len(idx.cands)
     # Sweep: the (fails, passes) at descendants of a candidate change only at interval ends.
@@ -302,7 +310,13 @@ def compute_posterior(
         seg_fp.append((fs, ps))
     starts.append(n)
     w = idx.weights_prefix
+    if weights is not None:
+        w = [0.0]
+        for c in idx.cands:
+            w.append(w[-1] + max(0.0, float(weights.get(c, 1.0))))
     wtot = w[n]
+    if wtot <= 0:
+        raise ValueError("prior weights are all zero")
     seg_w = [w[starts[i + 1]] - w[starts[i]] for i in range(len(seg_fp))]
     log_cul = _log(max(0.0, 1.0 - pi_flake - pi_env))
     # Joint log weights per (hypothesis, grid point); grid points where the test cannot tell good
@@ -347,4 +361,5 @@ def compute_posterior(
     cum = [0.0]
     for m in seg_mass[:-1]:
         cum.append(cum[-1] + m)
-    return Posterior(idx, marg[0], marg[1], starts, seg_mass, cum, eps_acc / z, f_acc / z)
+    return Posterior(idx, marg[0], marg[1], starts, seg_mass, cum, eps_acc / z, f_acc / z, w,
+                     weights is None)

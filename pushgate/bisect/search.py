@@ -8,9 +8,9 @@ bisector only has to persist observations (flight results) and can crash at any 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pushgate.bisect.graph import GraphError, Node, RevGraph
 from pushgate.bisect.posterior import (
@@ -61,6 +61,7 @@ class SearchParams:
     tie: float = 0.02
     fit_alpha: float = 0.001
     untestable_after_broken: int = 2
+    prior_weights: Mapping[Node, float] | None = None  # w(c); None: uniform over V*
     align_from: float = 0.5  # top posterior from which local probes follow the repro order
 
 
@@ -74,6 +75,8 @@ class Outcome:
     p_env: float = 0.0
     reason: str = ""
     credible: tuple[Node, ...] = ()
+    f_mean: float = 0.0  # posterior means, for the report's Evidence line
+    eps_mean: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -88,9 +91,18 @@ class Probes:
     p_top: float = 0.0
     p_flake: float = 0.0
     p_env: float = 0.0
+    f_mean: float = 0.0
+    eps_mean: float = 0.0
 
 
 Decision = Outcome | Probes
+
+
+class _Evidence(TypedDict):
+    p_flake: float
+    p_env: float
+    f_mean: float
+    eps_mean: float
 
 
 def confirm_pairs(f_conf: float, c: float = 0.999, minimum: int = 3) -> int:
@@ -147,7 +159,7 @@ def repro_sequence(
 
 
 def credible_set(post: Posterior, mass: float = 0.9, limit: int = 10) -> tuple[Node, ...]:
-    w = post.idx.weights_prefix
+    w = post.wprefix
     order = sorted(
         range(len(post.seg_mass)),
         key=lambda i: -post.seg_mass[i] / max(w[post.seg_start[i + 1]] - w[post.seg_start[i]],
@@ -259,7 +271,7 @@ def step(
         return Outcome("doubtful", None, 0.0, runs, reason="infrastructure: probes broken")
     try:
         post = compute_posterior(idx, obs, params.fgrid, params.eps_grid, params.eps_weights,
-                                 params.pi_flake, params.pi_env)
+                                 params.pi_flake, params.pi_env, params.prior_weights)
     except ValueError:
         # Only a model without noise (f = 0 or eps = 0) can meet results it calls impossible.
         return Outcome("inconsistent", None, 0.0, runs, reason="results impossible under model")
@@ -269,12 +281,13 @@ def step(
     at_latest = sum(1 for o in evid if o.node == latest)
     basis_fails = sum(1 for o in evid if o.node == basis and o.result == "fail")
     max_runs = budget(len(idx.cands), params)
-    pf, pe = post.p_flake, post.p_env
+    ev: _Evidence = {"p_flake": post.p_flake, "p_env": post.p_env, "f_mean": post.f_mean,
+          "eps_mean": post.eps_mean}
     if post.p_flake >= tau and at_latest >= 2:
-        return Outcome("flake", None, post.p_flake, runs, p_flake=pf, p_env=pe)
+        return Outcome("flake", None, post.p_flake, runs, **ev)
     if post.p_env >= tau and basis_fails >= 1:
         return Outcome("unreproducible", None, post.p_env, runs, reason="environment",
-                       p_flake=pf, p_env=pe)
+                       **ev)
     if p_top >= params.tau_culprit:
         parents = [p for p in graph.parents(top) if p == basis or p in idx.pos]
         n = confirm_pairs(params.fgrid.conf, params.confirm_c, params.confirm_min)
@@ -283,18 +296,18 @@ def step(
             why = fit_check(post, obs, params)
             kind: OutcomeKind = "inconsistent" if why else "complete"
             return Outcome(kind, top, p_top, runs, reason=why or f"{contrary} contrary",
-                           p_flake=pf, p_env=pe)
+                           **ev)
         if runs >= max_runs:
             return Outcome("inconclusive", None, p_top, runs, reason="budget in confirmation",
-                           credible=credible_set(post), p_flake=pf, p_env=pe)
+                           credible=credible_set(post), **ev)
         seq: list[Node] = list(need)
         slots = max(1, min(hosts, max_runs - runs))
         while len(seq) < slots:
             seq += parents + [top]
-        return Probes(tuple(seq[:slots]), "confirm", top, p_top, p_flake=pf, p_env=pe)
+        return Probes(tuple(seq[:slots]), "confirm", top, p_top, **ev)
     if runs >= max_runs:
         return Outcome("inconclusive", None, p_top, runs, reason="budget",
-                       credible=credible_set(post), p_flake=pf, p_env=pe)
+                       credible=credible_set(post), **ev)
     n_conf = confirm_pairs(params.fgrid.conf, params.confirm_c, params.confirm_min)
     per_node: dict[Node, int] = {}
     for o in observations:
@@ -304,7 +317,7 @@ def step(
         # Repeats are deliberate in a noisy search, but not without bound (§5.5). The design's
         # 2n + 4 alone cost 2.5% accuracy at f = 0.2 in the simulator, hence half the budget.
         return Outcome("doubtful", None, p_top, runs, reason="flailing: identical probes",
-                       credible=credible_set(post), p_flake=pf, p_env=pe)
+                       credible=credible_set(post), **ev)
     testable = _testable(idx, observations, params)
     probes: list[Node] = []
     phase = "search"
@@ -325,7 +338,7 @@ def step(
         probes.append(x)
     if not probes:
         return Outcome("inconclusive", None, p_top, runs, reason="mass on untestable nodes",
-                       credible=credible_set(post), p_flake=pf, p_env=pe)
+                       credible=credible_set(post), **ev)
     if p_top >= params.align_from and phase == "search":
         # Near the end the search probes the top node and its parents; taking them in the
         # order of osstest's alternating sequence lets these runs also count as confirmation.
@@ -337,7 +350,7 @@ def step(
             seq += parents + [top]
         it = iter(seq)
         probes = [next(it) if x in local else x for x in probes]
-    return Probes(tuple(probes[:hosts]), phase, top, p_top, p_flake=pf, p_env=pe)
+    return Probes(tuple(probes[:hosts]), phase, top, p_top, **ev)
 
 
 def _testable(idx: Index, observations: Sequence[Observation],

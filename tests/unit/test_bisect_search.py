@@ -287,3 +287,20 @@ def test_endless_repeats_of_one_probe_are_flailing() -> None:
     obs += [Observation(("c9",), "fail"), Observation(("c9",), "pass")] * 8
     d = step(g, b, latest, obs, SearchParams(max_runs=30))  # limit: max(2n + 4, 30 // 2)
     assert isinstance(d, Outcome) and d.kind == "doubtful" and "flailing" in d.reason
+
+
+def test_prior_weights_shift_mass_and_zero_weight_nodes_are_never_blamed() -> None:
+    g = chain_graph(6)
+    idx = build_index(g, ("c0",), ("c6",))
+    w = {("c2",): 0.0, ("c5",): 4.0}
+    post = compute_posterior(idx, [], flake_grid(50, 0), (0.01,), (1.0,), 0.4, 0.02, w)
+    assert post.node_mass(("c2",)) == 0.0
+    assert post.node_mass(("c5",)) == pytest.approx(4 * post.node_mass(("c1",)))
+    assert post.top_candidate()[0] == ("c5",)
+    g2, b, latest = linear_case(16)
+    params = SearchParams(strict_host="h0", prior_weights={("c9",): 0.0})
+    r = simulate(pushgate_step(params), g2, b, latest, Truth(("c9",), 0.0), seed=2)
+    # The prior forbids the true culprit: no node fits, and the search abstains.
+    assert r.outcome.kind == "inconclusive" and r.outcome.culprit is None
+    assert ("c8",) in r.outcome.credible
+    assert r.outcome.f_mean == pytest.approx(0.1) and 0 < r.outcome.eps_mean < 0.2
