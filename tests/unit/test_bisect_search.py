@@ -292,7 +292,7 @@ def test_endless_repeats_of_one_probe_are_flailing() -> None:
 def test_prior_weights_shift_mass_and_zero_weight_nodes_are_never_blamed() -> None:
     g = chain_graph(6)
     idx = build_index(g, ("c0",), ("c6",))
-    w = {("c2",): 0.0, ("c5",): 4.0}
+    w: dict[tuple[str, ...], float] = {("c2",): 0.0, ("c5",): 4.0}
     post = compute_posterior(idx, [], flake_grid(50, 0), (0.01,), (1.0,), 0.4, 0.02, w)
     assert post.node_mass(("c2",)) == 0.0
     assert post.node_mass(("c5",)) == pytest.approx(4 * post.node_mass(("c1",)))
