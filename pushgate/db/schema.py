@@ -252,3 +252,36 @@ gate_cycles = Table(
     ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
     Index("ix_gate_cycles_branch_flight", "branch", "flight"),
 )
+
+# One row per bisection of a (branch, job, testid) regression. All other state is flights:
+# a rerun recomputes the search from their results. `active` holds "branch job testid" while
+# the bisection runs and NULL after, so a unique constraint allows one running bisection per
+# regression (both SQLite and PostgreSQL allow many NULLs).
+bisections = Table(
+    "bisections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("branch", String(200), nullable=False),
+    Column("job", String(200), nullable=False),
+    Column("testid", String(400), nullable=False),
+    Column("active", String(800), unique=True),
+    # Tuples as JSON objects tree -> revision.
+    Column("basis", Text, nullable=False),
+    Column("latest", Text, nullable=False),
+    Column("basis_flight", Integer),
+    Column("latest_flight", Integer),
+    # h*: the host every probe is pinned to (strict mode).
+    Column("host", String(200), nullable=False),
+    # Probes are the real-bisect flights numbered above this one.
+    Column("start_flight", Integer, nullable=False),
+    # running | complete | flake | inconclusive | inconsistent | unreproducible | doubtful
+    Column("status", String(20), nullable=False),
+    Column("culprit_tree", String(200)),
+    Column("culprit_commit", String(64)),
+    Column("confidence", Float),
+    Column("runs", Integer, nullable=False, default=0),
+    Column("reason", Text),
+    Column("created", Float, nullable=False),
+    Column("finished", Float),
+    Index("ix_bisections_branch_job_testid", "branch", "job", "testid"),
+)
