@@ -148,6 +148,8 @@ class Index:
     anc: dict[Node, list[tuple[int, int]]]  # per relevant node, ancestors within V*
     is_chain: bool
     weights_prefix: list[float] = field(default_factory=list)
+    rel_parents: dict[Node, tuple[Node, ...]] = field(default_factory=dict)  # within V
+    anc_size: dict[Node, int] = field(default_factory=dict)  # |anc(x) ∩ V*|
 
 
 def build_index(graph: RevGraph, basis: Node, latest: Node) -> Index:
@@ -159,8 +161,10 @@ def build_index(graph: RevGraph, basis: Node, latest: Node) -> Index:
     pos = {n: i for i, n in enumerate(cands)}
     anc: dict[Node, list[tuple[int, int]]] = {basis: []}
     is_chain = True
+    rel_parents: dict[Node, tuple[Node, ...]] = {}
     for i, n in enumerate(cands):
         ps = [p for p in graph.parents(n) if p in pos or p == basis]
+        rel_parents[n] = tuple(ps)
         if len(ps) != 1 or (ps[0] != basis and pos[ps[0]] != i - 1) or (i == 0) != (
             ps[0] == basis
         ):
@@ -173,6 +177,8 @@ def build_index(graph: RevGraph, basis: Node, latest: Node) -> Index:
         raise GraphError("no candidate nodes between basis and latest")
     idx = Index(graph, basis, latest, cands, pos, anc, is_chain)
     idx.weights_prefix = [float(i) for i in range(len(cands) + 1)]
+    idx.rel_parents = rel_parents
+    idx.anc_size = {n: sum(b - a + 1 for a, b in ivs) for n, ivs in anc.items()}
     graph.cache[key] = idx
     return idx
 
@@ -236,6 +242,22 @@ class Posterior:
     def pbad(self, node: Node) -> float:
         """Mass predicting a true failure at node: culprits at or before it, plus env."""
         return sum(self.mass_range(a, b) for a, b in self.idx.anc[node]) + self.p_env
+
+    def all_pbad(self) -> dict[Node, float]:
+        """Pbad of every candidate in one topological pass: a node with a single relevant
+        parent adds its own mass to the parent's (disjoint sets); only merges use intervals."""
+        out: dict[Node, float] = {}
+        idx = self.idx
+        cum = [self._cum(p) for p in range(len(idx.cands) + 1)]
+        for i, node in enumerate(idx.cands):
+            ps = idx.rel_parents[node]
+            own = cum[i + 1] - cum[i]
+            if len(ps) == 1:
+                base = self.p_env if ps[0] == idx.basis else out[ps[0]]
+                out[node] = base + own
+            else:
+                out[node] = self.p_env + sum(cum[b + 1] - cum[a] for a, b in idx.anc[node])
+        return out
 
     def top_candidate(self) -> tuple[Node, float]:
         if not self.uniform:

@@ -206,18 +206,18 @@ def choose_probe(
             hi = (post.pbad(idx.cands[j]), idx.cands[j])
     else:
         if not pbad_cache:
-            for node in idx.cands:
-                if testable is None or node in testable:
-                    pbad_cache[node] = post.pbad(node)
+            pbad_cache.update(post.all_pbad())
+        size = idx.anc_size
         for node, pb in pbad_cache.items():
+            if testable is not None and node not in testable:
+                continue
             # Ties at equal Pbad: more candidate ancestors, then the older node.
-            size = sum(b - a + 1 for a, b in idx.anc[node])
             if pb < t:
-                if lo is None or (pb, size, -idx.pos[node]) > (lo[0], _size(idx, lo[1]),
-                                                               -idx.pos[lo[1]]):
+                if lo is None or (pb, size[node], -idx.pos[node]) > (
+                        lo[0], size[lo[1]], -idx.pos[lo[1]]):
                     lo = (pb, node)
-            elif hi is None or (pb, -size, idx.pos[node]) < (hi[0], -_size(idx, hi[1]),
-                                                              idx.pos[hi[1]]):
+            elif hi is None or (pb, -size[node], idx.pos[node]) < (
+                    hi[0], -size[hi[1]], idx.pos[hi[1]]):
                 hi = (pb, node)
     if lo is None:
         return hi[1] if hi else None
@@ -242,10 +242,6 @@ def _info(post: Posterior, pbad: float) -> float:
     f, e = post.f_mean, post.eps_mean
     p_fail = pbad * (1 - e) + (1 - pbad) * f
     return _h2(p_fail) - pbad * _h2(e) - (1 - pbad) * _h2(f)
-
-
-def _size(idx: Index, node: Node) -> int:
-    return sum(b - a + 1 for a, b in idx.anc[node])
 
 
 def step(

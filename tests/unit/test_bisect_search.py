@@ -304,3 +304,18 @@ def test_prior_weights_shift_mass_and_zero_weight_nodes_are_never_blamed() -> No
     assert r.outcome.kind == "inconclusive" and r.outcome.culprit is None
     assert ("c8",) in r.outcome.credible
     assert r.outcome.f_mean == pytest.approx(0.1) and 0 < r.outcome.eps_mean < 0.2
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 100_000))
+def test_all_pbad_matches_per_node_pbad_on_random_dags(seed: int) -> None:
+    rng = random.Random(seed)
+    graph, basis, latest = random_dag(rng, rng.choice((1, 2, 3)), 10)
+    idx = build_index(graph, basis, latest)
+    nodes = [basis] + idx.cands
+    obs = [Observation(rng.choice(nodes), rng.choice(("pass", "fail"))) for _ in range(8)]
+    post = compute_posterior(idx, obs, flake_grid(45, 5), (0.01, 0.1), (0.8, 0.2), 0.4, 0.02)
+    fast = post.all_pbad()
+    for node in idx.cands:
+        assert fast[node] == pytest.approx(post.pbad(node), abs=1e-12)
+        assert idx.anc_size[node] == len(graph.ancestors(node) & set(idx.cands))
