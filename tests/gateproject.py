@@ -42,8 +42,9 @@ mail_cc = ["cc@example.org"]
 mail_bcc = ["hidden@example.org"]
 {branch_extra}
 
+# One slot: concurrent `git worktree add` in one mirror races inside git (see the report).
 [hosts.localhost]
-slots = 4
+slots = {slots}
 
 [mail]
 {mail}
@@ -146,7 +147,8 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
-                      branch_extra: str = "", separate_push_repo: bool = False) -> GateProject:
+                      branch_extra: str = "", separate_push_repo: bool = False,
+                      slots: int = 1) -> GateProject:
     base.mkdir(parents=True, exist_ok=True)
     bare = make_bare(base / "app.git")
     work = make_repo(base / "work")
@@ -155,7 +157,7 @@ def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
     push_bare = make_bare(base / "tested.git") if separate_push_repo else None
     cfg = CONFIG.format(
         database=f'database = "{db_url}"' if db_url else "",
-        bare=bare, ctrl=ctrl, mail=mail, branch_extra=branch_extra,
+        bare=bare, ctrl=ctrl, mail=mail, branch_extra=branch_extra, slots=slots,
         push_url=f'push_url = "{push_bare}"' if push_bare else "",
     )
     path = base / "pushgate.toml"

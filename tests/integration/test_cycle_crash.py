@@ -54,7 +54,7 @@ def test_kill_9_at_each_stage_then_rerun(tmp_path: Path, stage: str) -> None:
     assert stage in ("pushed", "mail") or p.tested() is None
     out = p.cli("branch", "run", "-q", "app")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert p.tested() == c1
+    assert p.tested() == c1, out.stdout + out.stderr + p.cli("report", "1").stdout
     db = _open(p)
     with db.read() as conn:
         rows = dbg.pushes_of(conn, "app")
