@@ -163,7 +163,7 @@ class FlightRunner:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self.ctx.stopping.set)
+                loop.add_signal_handler(sig, self._on_signal)
             except (NotImplementedError, RuntimeError):
                 pass
         hb = asyncio.create_task(self._heartbeat())
@@ -231,7 +231,23 @@ class FlightRunner:
                 await asyncio.sleep(POLL_S)
                 state = self._load()
 
+    def _on_signal(self) -> None:
+        """First signal: stop after the current steps. Second: kill them now.
+
+        Either way the interrupted jobs go back to the queue for the next run.
+        """
+        if self.ctx.stopping.is_set():
+            for t in self.tasks.values():
+                t.cancel()
+        self.ctx.stopping.set()
+
     def _result(self, job: str, task: asyncio.Task[str]) -> str:
+        if task.cancelled():
+            with self.db.write() as conn:
+                dbh.release_job_slots(conn, self.flight, job)
+                dbf.requeue_job(conn, self.flight, job, self.ctx.runner_id)
+            self.notes.append(f"{job}: interrupted, requeued")
+            return Status.QUEUED
         exc = task.exception()
         if exc is None:
             return task.result()

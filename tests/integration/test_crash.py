@@ -134,3 +134,32 @@ def test_job_that_keeps_killing_its_runner_is_broken(tmp_path: Path) -> None:
         status = {j.job: j.status for j in dbf.get_jobs(conn, flight)}
     assert status == {"j": "broken"}
     assert [(s.testid, s.status) for s in steps] == [("hang", "broken")]
+
+
+def test_sigterm_stops_after_the_current_step(tmp_path: Path) -> None:
+    project = make_project(tmp_path, f"sqlite:///{tmp_path}/pg.db")
+    mark = tmp_path / "in-step-1"
+    jobs = {"j": {"trees": [], "steps": [
+        {"testid": "one", "command": f"touch {mark}; sleep 1"},
+        {"testid": "two", "command": "true"}]}}
+    cfg = project.config(jobs)
+    loaded, db = project.load(jobs)
+    flight = new_flight(db, loaded, "b")
+    proc = start_run(cfg, flight)
+    wait_for(mark)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    # It waited for step one to end (about 1 s), then stopped without starting step two.
+    assert proc.returncode == 0, err
+    assert time.monotonic() - t0 > 0.5
+    with db.read() as conn:
+        assert {j.job: j.status for j in dbf.get_jobs(conn, flight)} == {"j": "queued"}
+        assert dbf.get_steps(conn, flight) == []
+        assert dbf.get_flight(conn, flight).blessing == "running"  # type: ignore[union-attr]
+    proc = start_run(cfg, flight)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    with db.read() as conn:
+        assert [(s.testid, s.status) for s in dbf.get_steps(conn, flight)] == [
+            ("one", "pass"), ("two", "pass")]
