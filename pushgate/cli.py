@@ -79,12 +79,19 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 
 @main.command()
+@click.option("--dump-flights", is_flag=True,
+              help="Print every branch's constructed jobs and runvars, with placeholder "
+              "revisions, one per line (diff it to review a config change).")
 @pass_ctx
 @handle_errors
-def check(ctx: Ctx) -> None:
+def check(ctx: Ctx, dump_flights: bool) -> None:
     """Validate the config and print a summary."""
+    from pushgate.flights import dump_flights as dump
     from pushgate.report.summary import config_summary
 
+    if dump_flights:
+        click.echo("\n".join(dump(ctx.loaded)))
+        return
     console.print(config_summary(ctx.loaded), highlight=False)
 
 

@@ -218,6 +218,23 @@ def new_flight(
     return create_planned(db, plan)
 
 
+def dump_flights(loaded: Loaded) -> list[str]:
+    """Every branch's constructed jobs and input runvars, revisions as placeholders.
+
+    osstest's standalone-generate-dump-flight-runvars: a diff of this output
+    shows exactly what a config change does to the flights.
+    """
+    out = []
+    for branch in loaded.branches:
+        trees = loaded.branch_trees(branch)
+        tup = Tuple({t: f"<{t}>" for t in trees}, {t: None for t in trees})
+        for nj in plan_jobs(loaded, branch, loaded.branch_jobs(branch), tup):
+            values = dict(nj.runvars)
+            values.update({k: job for k, (_, job) in nj.deps.items()})
+            out += [f"{branch} {nj.job} {k}={v}" for k, v in sorted(values.items())]
+    return out
+
+
 def job_workdir(loaded: Loaded, flight: int, job: str) -> Path:
     return loaded.worktrees_dir / str(flight) / job
 

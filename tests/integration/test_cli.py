@@ -121,3 +121,13 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "flight 1" in r.stdout
     assert (tmp_path / "demo" / "pushgate.toml").exists()
+
+
+def test_check_dump_flights(project: Project) -> None:
+    cfg = str(project.config(JOBS))
+    r = pg("-c", cfg, "check", "--dump-flights")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "b test-x buildjob=build-x" in lines
+    assert "b build-x revision_src=<src>" in lines
+    assert not (project.dir / "state").exists()  # construction only, nothing fetched or written
