@@ -239,15 +239,20 @@ def never_passed(
     for chunk in _chunks(pairs, 200):
         parts = []
         for i, (job, testid) in enumerate(chunk):
+            # Driven by the steps index; the flight filter is a correlated probe so the
+            # planner cannot start from every flight of the branch (linear in history).
             probe = exists(
-                select(literal(1))
-                .select_from(steps.join(flights, flights.c.flight == steps.c.flight))
-                .where(
+                select(literal(1)).where(
                     steps.c.job == bindparam(f"j{i}", job),
                     steps.c.testid == bindparam(f"t{i}", testid),
                     steps.c.status == "pass",
-                    flights.c.branch.in_(list(branches)),
-                    flights.c.blessing.in_(list(blessings)),
+                    exists(
+                        select(literal(1)).where(
+                            flights.c.flight == steps.c.flight,
+                            flights.c.branch.in_(list(branches)),
+                            flights.c.blessing.in_(list(blessings)),
+                        )
+                    ),
                 )
             )
             parts.append(select(literal(i).label("i")).where(probe))
