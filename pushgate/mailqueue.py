@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pushgate.config import Loaded
 from pushgate.db import gate as dbg
@@ -27,6 +28,7 @@ from pushgate.mail import (
     MailSettings,
     PermanentMailError,
     SettingsMailer,
+    TransientMailError,
     build_message,
     envelope_recipients,
     make_message_id,
@@ -53,7 +55,10 @@ def mail_settings(loaded: Loaded) -> MailSettings:
 
 
 def mailer_for(loaded: Loaded) -> Mailer:
-    return SettingsMailer(mail_settings(loaded))
+    s = mail_settings(loaded)
+    if s.mbox_path:
+        Path(s.mbox_path).parent.mkdir(parents=True, exist_ok=True)
+    return SettingsMailer(s)
 
 
 def report_message_id(loaded: Loaded, flight: int) -> str:
@@ -110,7 +115,9 @@ def deliver_due(db: Database, mailer: Mailer, *, now: float | None = None,
                 continue  # another sender has it
         try:
             mailer.send(parse(m.message.encode("utf-8")), m.recipients)
-        except MailError as e:
+        except Exception as e:  # noqa: BLE001 - no mail problem may stop a cycle
+            if not isinstance(e, MailError):
+                e = TransientMailError(f"{type(e).__name__}: {e}")
             permanent = isinstance(e, PermanentMailError)
             delay = next_attempt_delay(m.attempts + 1)
             with db.write() as conn:
