@@ -366,17 +366,22 @@ class Mirror:
         sha = self._rev(rev)
         if dest.exists() and any(dest.iterdir()):
             raise GitError(f"tree {self.name}: worktree destination {dest} is not empty")
-        self._git("worktree", "add", "--detach", "--force", "--quiet", "--", str(dest), sha)
+        # Serialised with other worktree and fetch operations on this mirror: concurrent
+        # `worktree add` calls race for the same administrative name, and a `worktree prune`
+        # can drop a registration that another add is still writing.
+        with self.lock():
+            self._git("worktree", "add", "--detach", "--force", "--quiet", "--", str(dest), sha)
         return dest
 
     def remove_worktree(self, dest: Path) -> None:
         """Remove a worktree made by worktree() (and its registration); idempotent."""
-        if dest.exists():
-            res = self._git("worktree", "remove", "--force", "--force", "--", str(dest),
-                            check=False)
-            if res.returncode != 0:
-                shutil.rmtree(dest, ignore_errors=True)
-        self._git("worktree", "prune")
+        with self.lock():
+            if dest.exists():
+                res = self._git("worktree", "remove", "--force", "--force", "--", str(dest),
+                                check=False)
+                if res.returncode != 0:
+                    shutil.rmtree(dest, ignore_errors=True)
+            self._git("worktree", "prune")
 
     # -- pushing --------------------------------------------------------------------------
 

@@ -184,3 +184,15 @@ def test_bad_rev_and_unreachable_repo_write_nothing(project: Project, tmp_path: 
         new_flight(db, loaded, "b")
     with db.read() as conn:
         assert dbf.max_flight(conn) == 0
+
+
+def test_parallel_checkouts_of_one_mirror(project: Project) -> None:
+    # Many jobs checking out the same tree at once must not trip over each other's
+    # worktree registrations in the shared mirror.
+    jobs = {f"j{i}": {"steps": [{"testid": "s", "command": "test -f src/data.txt"}]}
+            for i in range(16)}
+    loaded, db = project.load(jobs, slots=8)
+    flight = new_flight(db, loaded, "b")
+    statuses, notes = run_flight(db, loaded, flight)
+    assert set(statuses.values()) == {"pass"}, (statuses, notes)
+    assert not list((loaded.git_dir / "src.git" / "worktrees").glob("*"))
