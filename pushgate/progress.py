@@ -14,18 +14,6 @@ from pushgate.db.engine import Database
 from pushgate.runner import Progress
 from pushgate.scheduler import run_flight
 
-STATUS_STYLE = {
-    "pass": "green",
-    "fail": "bold red",
-    "broken": "magenta",
-    "blocked": "yellow",
-    "starved": "yellow",
-    "running": "cyan",
-    "queued": "dim",
-    "preparing": "cyan",
-    "aborted": "red",
-    "skip": "dim",
-}
 
 
 class _Tracker:
