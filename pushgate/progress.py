@@ -15,7 +15,6 @@ from pushgate.runner import Progress
 from pushgate.scheduler import run_flight
 
 
-
 class _Tracker:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
