@@ -83,9 +83,6 @@ def pushgate_step(params: SearchParams) -> StepFn:
     return _step
 
 
-MethodFactory = Callable[[int, int], tuple[StepFn, int]]
-
-
 def methods(
     eps_grid: tuple[float, ...] | None = None,
 ) -> dict[str, Callable[[tuple[int, int]], tuple[StepFn, int]]]:
