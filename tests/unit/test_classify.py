@@ -575,9 +575,7 @@ _counter = iter(range(10**9))
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    history_spec=st.lists(_FLIGHT, min_size=1, max_size=8), last=_FLIGHT, seeded=st.booleans()
-)
+@given(history_spec=st.lists(_FLIGHT, min_size=1, max_size=8), last=_FLIGHT, seeded=st.booleans())
 def test_property_no_regression_when_same_tuple_passed(
     shared_db: Database,
     history_spec: list[tuple[str, str, str, list[str], list[str]]],
@@ -610,3 +608,24 @@ def test_property_no_regression_when_same_tuple_passed(
                 if rev == TGT and n != f.flight and seen.get((f.job, f.testid)) == "pass"
             ]
             assert passed_same_tuple == [], (f, passed_same_tuple)
+
+
+def test_ties_visit_real_before_retest_and_label_suffixes(db: Database) -> None:
+    h = History(db)
+    a = fl(h, BASE, {"test-x": OK})
+    fl(h, BASE, {"test-x": OK}, blessing="real-retest")  # newer, but visited after `real`
+    b = fl(h, TGT, {"test-x": FAIL_GS})
+    assert cls(db, b).failures[0].summary == f"REGR. vs. {a}"
+    bis = fl(h, BASE, {"test-x": FAIL_GS}, blessing="real-bisect")
+    c = cls(db, b, blessings=("real", "real-bisect"))
+    assert c.failures[0].summary == f"like {bis}-bisect" and c.failures[0].reference_flight == bis
+
+
+def test_no_heisen_search_without_this_versions(db: Database) -> None:
+    h = History(db)
+    a = fl(h, BASE, {"test-x": OK})
+    b = fl(h, TGT, {"test-x": FAIL_GS})
+    fl(h, TGT, {"test-x": OK})
+    assert cls(db, b).failures[0].heisen
+    c = classify(db, b, this={}, that=THAT)
+    assert c.failures[0].summary == f"REGR. vs. {a}" and c.blocking
