@@ -47,7 +47,8 @@ def flaky(seed: int, n: int, rate: int = 20) -> bool:
     return int(h, 16) % 100 < rate
 
 
-def fast_import(repo: Path, commits: list[dict[str, Any]], branch: str = "main") -> list[str]:
+def fast_import(repo: Path, commits: list[dict[str, Any]], branch: str = "main",
+                start: int = 1_710_000_000) -> list[str]:
     """Append commits to `branch` in one `git fast-import`; returns their hashes in order.
 
     Each commit is {"files": {path: text}, "msg": str, "merge": <sha or None>}."""
@@ -55,7 +56,7 @@ def fast_import(repo: Path, commits: list[dict[str, Any]], branch: str = "main")
                          env=git_env(), capture_output=True, text=True).stdout.strip()
     out: list[str] = []
     stream: list[str] = []
-    base = 1_704_110_400 + 3600 * len(tip)  # after gitrepo's clock
+    base = start  # after gitrepo's clock (2024-01-01 and a minute per commit)
     for i, c in enumerate(commits):
         msg = c["msg"].encode()
         stream.append(f"commit refs/heads/{branch}\nmark :{i + 1}\n")
@@ -99,7 +100,7 @@ def jobs(flaky_seed: int | None = None, counter: Path | None = None) -> dict[str
         "build": {
             "artifacts": ["out/*"],
             "steps": [{"testid": "build",
-                       "command": "mkdir -p out && cat */code.txt > out/code.txt"}],
+                       "command": "mkdir -p out && cat */*.txt > out/code.txt"}],
         },
         "test": test,
     }
@@ -193,3 +194,110 @@ def test_linear_300_names_the_culprit(tmp_path: Path, db_url: str) -> None:
     assert len(built) == len(res.trace)
     # A second call does not bisect again: the row is finished, a new one would start.
     db.dispose()
+
+
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@SQLITE
+def test_culprit_on_a_merged_branch(tmp_path: Path, db_url: str) -> None:
+    p = Proj(tmp_path, db_url)
+    loaded, db = p.load(jobs())
+    repo = p.repos["src"].path
+    c0 = p.repos["src"].head
+    f0, st0 = p.flight(db, loaded, {"src": c0})
+    side = fast_import(repo, [
+        {"msg": f"side {i}", "files": {"side.txt": f"s{i}\n" + ("BUG\n" if i >= 7 else "")},
+         **({"from": c0} if i == 1 else {})}
+        for i in range(1, 16)], branch="side", start=1_710_000_000)
+    main1 = fast_import(repo, linear(20, None), start=1_710_000_030)
+    merge = fast_import(repo, [{"msg": "Merge side", "merge": side[-1],
+                                "files": {"side.txt": "s15\nBUG\n"}}], start=1_710_005_000)
+    main2 = fast_import(repo, linear(20, None, start=21), start=1_710_006_000)
+    f1, st1 = p.flight(db, loaded, {"src": main2[-1]})
+    assert (st0, st1) == ("pass", "fail")
+    t0 = time.monotonic()
+    res = bisect(db, loaded, "b", "test", "check")
+    _report("merge: culprit on the merged arm (56 nodes)", res, time.monotonic() - t0)
+    assert res.outcome == "complete", res.body
+    assert res.culprit_commit == side[6] and res.not_present == [side[5]]
+    assert len(res.probe_flights) <= math.ceil(math.log2(56)) + DETERMINISTIC_SLACK
+    assert merge[0] not in (res.culprit_commit, *res.not_present) and main1
+
+
+@SQLITE
+def test_culprit_in_the_second_tree(tmp_path: Path, db_url: str) -> None:
+    p = Proj(tmp_path, db_url, trees=("src", "zlib"))
+    loaded, db = p.load(jobs())
+    heads = {t: r.head for t, r in p.repos.items()}
+    f0, st0 = p.flight(db, loaded, heads)
+    src = fast_import(p.repos["src"].path, linear(30, None), start=1_710_000_000)
+    zlib = fast_import(p.repos["zlib"].path, linear(30, 17), start=1_710_000_030)
+    f1, st1 = p.flight(db, loaded, {"src": src[-1], "zlib": zlib[-1]})
+    assert (st0, st1) == ("pass", "fail")
+    t0 = time.monotonic()
+    res = bisect(db, loaded, "b", "test", "check")
+    _report("two trees: culprit in zlib (61 nodes)", res, time.monotonic() - t0)
+    assert res.outcome == "complete", res.body
+    assert res.culprit_tree == "zlib" and res.culprit_commit == zlib[16]
+    assert res.not_present == [zlib[15]]
+    assert len(res.probe_flights) <= math.ceil(math.log2(60)) + DETERMINISTIC_SLACK
+    assert f"Bug is in tree:  zlib {p.repos['zlib'].path}" in res.body
+    assert res.body.count("Tree: src ") == 2 and res.body.count("Tree: zlib ") == 2
+
+
+def _flaky_project(tmp_path: Path, db_url: str, culprit: int | None, n: int,
+                   history: int) -> tuple[Proj, Loaded, Database, list[str], int]:
+    """A linear history whose test is 20% flaky; `history` gate flights at the basis first
+    (the step's known-good runs, for its flake rate), the last one a pass, then the gate's
+    failing flight at the tip. The seed is the first that gives exactly that sequence."""
+    counter = tmp_path / "counter"
+    need_fail_at_tip = culprit is None
+
+    def fits(seed: int) -> bool:
+        if flaky(seed, history - 1):
+            return False
+        return flaky(seed, history) if need_fail_at_tip else True
+
+    seed = next(s for s in range(10_000) if fits(s))
+    p = Proj(tmp_path, db_url)
+    loaded, db = p.load(jobs(seed, counter))
+    c0 = p.repos["src"].head
+    for _ in range(history):
+        p.flight(db, loaded, {"src": c0})
+    shas = fast_import(p.repos["src"].path, linear(n, culprit))
+    _, st = p.flight(db, loaded, {"src": shas[-1]})
+    assert st == "fail"
+    return p, loaded, db, shas, seed
+
+
+@SQLITE
+def test_flaky_test_with_a_real_culprit(tmp_path: Path, db_url: str) -> None:
+    k = random.Random(7).randrange(1, 61)
+    p, loaded, db, shas, seed = _flaky_project(tmp_path, db_url, k, 60, history=12)
+    t0 = time.monotonic()
+    res = bisect(db, loaded, "b", "test", "check")
+    _report(f"flaky 20%, culprit #{k} of 60 (seed {seed})", res, time.monotonic() - t0)
+    assert res.outcome == "complete", res.body
+    assert res.culprit_commit == shas[k - 1]
+    # The test really was flaky during the search: false failures at good commits.
+    good = {p.repos["src"].rev("HEAD~60"), *shas[: k - 1]}
+    false_fails = [t.flight for t in res.trace if t.result == "fail" and t.node[0] in good]
+    print(f"false failures at good commits: {false_fails}")
+    assert false_fails
+
+
+@SQLITE
+def test_pure_flake_blames_nothing(tmp_path: Path, db_url: str) -> None:
+    p, loaded, db, shas, seed = _flaky_project(tmp_path, db_url, None, 40, history=12)
+    t0 = time.monotonic()
+    res = bisect(db, loaded, "b", "test", "check")
+    _report(f"pure flake, 40 commits (seed {seed})", res, time.monotonic() - t0)
+    assert res.outcome == "flake", res.body
+    assert res.culprit is None and res.culprit_commit is None
+    assert res.subject == "[b bisection] flake test"
+    assert "*** Failure not reproduced: classified as flake ***" in res.body
+    assert "Bug introduced" not in res.body
+    with db.read() as conn:
+        row = dbb.get_bisection(conn, res.id)
+    assert row is not None and row.status == "flake" and row.culprit_commit is None
