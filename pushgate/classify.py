@@ -46,7 +46,7 @@ from pushgate.report.model import (
 
 WHOLE_JOB_TESTID = "<job status>"
 # Winning priority at or above which no heisenbug search is made (build regressions).
-_HEISEN_CEILING = 0
+_HEISEN_CEILING = 500
 
 
 class AllowPatternError(ValueError):
