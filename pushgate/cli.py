@@ -395,5 +395,83 @@ def mail_flush(ctx: Ctx) -> None:
     )
 
 
+# --- bisection ---
+
+
+def _tree_revs(values: tuple[str, ...], what: str) -> dict[str, str] | None:
+    out: dict[str, str] = {}
+    for v in values:
+        tree, sep, rev = v.partition("=")
+        if not sep or not tree or not rev:
+            fail(f"{what} wants TREE=REV, not {v!r}")
+        out[tree] = rev
+    return out or None
+
+
+@main.command("bisect")
+@click.argument("branch")
+@click.argument("job", required=False)
+@click.argument("testid", required=False)
+@click.option("--good", multiple=True, metavar="TREE=REV", help="Basis pass revision(s).")
+@click.option("--bad", multiple=True, metavar="TREE=REV", help="Failing revision(s).")
+@click.option("--hosts", type=int, default=1, show_default=True, help="Probes per round.")
+@click.option("--osstest-exit-codes", is_flag=True, help="Exit 16 for a flake, as osstest.")
+@pass_ctx
+@handle_errors
+def bisect_cmd(ctx: Ctx, branch: str, job: str | None, testid: str | None,
+               good: tuple[str, ...], bad: tuple[str, ...], hosts: int,
+               osstest_exit_codes: bool) -> None:
+    """Bisect BRANCH JOB TESTID to its culprit; `pushgate bisect status` lists bisections.
+
+    Exits with the outcome's code: 4 complete, 8 inconclusive, 12 inconsistent,
+    16 unreproducible, 20 flake, 32 doubtful."""
+    from pushgate.bisect.runner import BisectError, bisect
+
+    if branch == "status" and job is None:
+        _bisect_status(ctx)
+        return
+    if job is None or testid is None:
+        fail("usage: pushgate bisect BRANCH JOB TESTID (or: pushgate bisect status)")
+    if hosts < 1:
+        fail("--hosts must be at least 1")
+    try:
+        res = bisect(ctx.db, ctx.loaded, branch, job, testid, _tree_revs(good, "--good"),
+                     _tree_revs(bad, "--bad"), hosts=hosts, say=click.echo)
+    except BisectError as e:
+        fail(str(e))
+    click.echo(f"outcome: {res.outcome} ({len(res.probe_flights)} flights, {res.runs} runs,"
+               f" confidence {res.confidence:.5f})")
+    if res.culprit_commit:
+        click.echo(f"culprit: {res.culprit_tree} {res.culprit_commit}")
+        for p in res.not_present:
+            click.echo(f"not present: {p}")
+    if res.svg_path is not None:
+        click.echo(f"graph: {res.svg_path}")
+    code = res.exit_code
+    if osstest_exit_codes and res.outcome == "flake":
+        code = 16
+    sys.exit(code)
+
+
+def _bisect_status(ctx: Ctx) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from pushgate.db import bisections as dbb
+
+    with ctx.db.read() as conn:
+        rows = dbb.list_bisections(conn)
+    table = Table("id", "branch", "job", "testid", "status", "culprit", "confidence", "runs",
+                  "flights")
+    for r in rows:
+        culprit = f"{r.culprit_tree} {r.culprit_commit[:12]}" if r.culprit_commit else ""
+        conf = f"{r.confidence:.4f}" if r.confidence is not None else ""
+        # Text cells: a testid may contain [...] that rich would read as markup.
+        cells = [str(r.id), r.branch, r.job, r.testid, r.status, culprit, conf, str(r.runs),
+                 f"{r.basis_flight or '-'}..{r.latest_flight or '-'}"]
+        table.add_row(*(Text(c) for c in cells))
+    console.print(table)
+
+
 if __name__ == "__main__":
     main()

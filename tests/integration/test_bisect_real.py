@@ -301,3 +301,55 @@ def test_pure_flake_blames_nothing(tmp_path: Path, db_url: str) -> None:
     with db.read() as conn:
         row = dbb.get_bisection(conn, res.id)
     assert row is not None and row.status == "flake" and row.culprit_commit is None
+
+
+@SQLITE
+def test_cli_kill_9_then_resume(tmp_path: Path, db_url: str) -> None:
+    """`pushgate bisect` killed with SIGKILL mid-way; a rerun continues from the flights in
+    the database (same bisection row, no probe repeated for nothing) and finishes."""
+    import os
+    import signal
+
+    p = Proj(tmp_path, db_url)
+    loaded, db = p.load(jobs())
+    c0 = p.repos["src"].head
+    p.flight(db, loaded, {"src": c0})
+    k = 37
+    shas = fast_import(p.repos["src"].path, linear(100, k))
+    _, st = p.flight(db, loaded, {"src": shas[-1]})
+    assert st == "fail"
+    cmd = [sys.executable, "-m", "pushgate.cli", "-c", str(tmp_path / "pushgate.toml"),
+           "bisect", "b", "test", "check"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with db.read() as conn:
+                if dbb.max_flight_number(conn) >= 7:
+                    break
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    with db.read() as conn:
+        rows = dbb.list_bisections(conn)
+        before = dbb.max_flight_number(conn)
+    assert len(rows) == 1 and rows[0].status == "running"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert "bisection 1 resumed" in out.stdout
+    assert f"culprit: src {shas[k - 1]}" in out.stdout
+    with db.read() as conn:
+        rows = dbb.list_bisections(conn)
+        after = dbb.max_flight_number(conn)
+    assert len(rows) == 1 and rows[0].status == "complete"
+    # The flights made before the kill were used: the whole bisection stays in budget.
+    assert after - 2 <= math.ceil(math.log2(100)) + DETERMINISTIC_SLACK + 1
+    assert before > 2
+    wide = {**os.environ, "COLUMNS": "200"}
+    status = subprocess.run(cmd[:-3] + ["status"], capture_output=True, text=True, timeout=30,
+                            env=wide)
+    assert status.returncode == 0 and "complete" in status.stdout
+    assert shas[k - 1][:12] in status.stdout
