@@ -17,6 +17,7 @@ from rich.console import Console
 from pushgate import config as cfgmod
 from pushgate.cycle import CycleResult, run_cycle
 from pushgate.db.engine import Database
+from pushgate.demo.bisect import demo_bisect
 from pushgate.demo.project import BUGGY, FIX, commit, make_project, write_config
 from pushgate.mailqueue import mail_settings
 
@@ -59,6 +60,8 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
             res = run_cycle(db, loaded, "rpn")
             timings.append(time.monotonic() - t0)
             _show(console, title, res, timings[-1])
+            if change is BUGGY:
+                demo_bisect(db, loaded, res.flight, console)
     finally:
         db.dispose()
     console.rule("summary")
