@@ -353,3 +353,31 @@ def test_cli_kill_9_then_resume(tmp_path: Path, db_url: str) -> None:
                             env=wide)
     assert status.returncode == 0 and "complete" in status.stdout
     assert shas[k - 1][:12] in status.stdout
+
+
+@SQLITE
+def test_start_for_regressions_dedups_and_queues_the_mail(tmp_path: Path, db_url: str) -> None:
+    from pushgate.bisect.runner import start_for_regressions
+    from pushgate.db import gate as dbg
+
+    p = Proj(tmp_path, db_url)
+    loaded, db = p.load(jobs())
+    p.flight(db, loaded, {"src": p.repos["src"].head})
+    shas = fast_import(p.repos["src"].path, linear(20, 11))
+    f1, _ = p.flight(db, loaded, {"src": shas[-1]})
+    regs = [("test", "check")]
+    assert start_for_regressions(db, loaded, f1, regs, run=False) == []
+    start_for_regressions(db, loaded, f1, regs, run=False)
+    with db.read() as conn:
+        rows = dbb.list_bisections(conn)
+    assert [(r.status, r.latest_flight) for r in rows] == [("running", f1)]
+    done = start_for_regressions(db, loaded, f1, regs)
+    assert [(r.id, r.outcome, r.culprit_commit) for r in done] == [(1, "complete", shas[10])]
+    # The same failure is not bisected again.
+    assert start_for_regressions(db, loaded, f1, regs) == []
+    with db.read() as conn:
+        assert len(dbb.list_bisections(conn)) == 1
+        mails = [dbg.get_mail(conn, f"<pushgate-bisection-1-{f1}@pushgate.invalid>")]
+    assert mails[0] is not None
+    assert "Subject: [b bisection] complete test" in mails[0].message
+    assert f"In-Reply-To: <pushgate-report-{f1}@pushgate.invalid>" in mails[0].message
