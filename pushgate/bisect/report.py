@@ -67,7 +67,8 @@ def _results_by_node(trace: Sequence[TraceRow]) -> dict[Node, list[NodeResult]]:
 
 
 def write_graph(loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph,
-                trace: Sequence[TraceRow], out: Outcome | None) -> Path | None:
+                trace: Sequence[TraceRow], out: Outcome | None,
+                mass: dict[Node, float] | None = None) -> Path | None:
     """Write the SVG next to the logs; None when the graph has no basis-to-latest part."""
     basis = tuple(row.basis[t] for t in graph.trees)
     latest = tuple(row.latest[t] for t in graph.trees)
@@ -79,7 +80,7 @@ def write_graph(loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph,
         graph, nodes, _results_by_node(trace), basis=basis, latest=latest,
         target=out.culprit if out is not None else None,
         tree_urls={t: loaded.trees[t].url for t in graph.trees if t in loaded.trees},
-        logs_url=logs_base(loaded), title=f"{row.branch} {row.job} {row.testid}",
+        logs_url=logs_base(loaded), title=f"{row.branch} {row.job} {row.testid}", mass=mass,
     )
     path = loaded.logs_dir / graph_relpath(row)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pushgate.bisect.graph import GraphError, Node, RevGraph, TreeHistory, build_tuple_graph
-from pushgate.bisect.posterior import FlakeGrid, Observation, flake_grid
+from pushgate.bisect.posterior import (
+    FlakeGrid,
+    Observation,
+    build_index,
+    compute_posterior,
+    flake_grid,
+)
 from pushgate.bisect.search import EXIT_CODES, Outcome, Probes, SearchParams, step
 from pushgate.config import Loaded
 from pushgate.db import bisections as dbb
@@ -366,7 +373,8 @@ def bisect(
         else:
             decision = step(graph, basis, latest, obs, sp, hosts)
         if isinstance(decision, Outcome):
-            return _finish(db, loaded, row, graph, decision, obs, trace, rounds, say, mail)
+            return _finish(db, loaded, row, graph, decision, obs, trace, rounds, say, mail,
+                           _mass(graph, row, obs, sp))
         rounds += 1
         if rounds > max_rounds:
             raise BisectError(f"bisection {row.id}: more than {max_rounds} rounds")
@@ -376,11 +384,35 @@ def bisect(
             made.append(f)
             say(f"flight {f}: testing {' '.join(c[:12] for c in node)} ({decision.phase},"
                 f" P(top)={decision.p_top:.3f} P(flake)={decision.p_flake:.3f})")
-        for f in made:
-            statuses, _ = run_flight(db, loaded, f)
+        for f, statuses in zip(made, _run_all(db, loaded, made), strict=True):
             say(f"flight {f}: {job} {statuses.get(job, '?')}")
         with db.write() as conn:
             dbb.set_runs(conn, row.id, sum(o.kind == "probe" for o in obs) + len(made))
+
+
+def _run_all(db: Database, loaded: Loaded, flights: list[int]) -> list[dict[str, str]]:
+    """Run a round's probe flights; with several probes, at once (one thread each: every
+    run_flight has its own event loop, and the DB's write transactions serialise them)."""
+    if len(flights) == 1:
+        return [run_flight(db, loaded, flights[0])[0]]
+    with ThreadPoolExecutor(max_workers=len(flights)) as pool:
+        return [st for st, _ in pool.map(lambda f: run_flight(db, loaded, f), flights)]
+
+
+def _mass(graph: RevGraph, row: dbb.BisectionRow, obs: Sequence[Observation],
+          sp: SearchParams) -> dict[Node, float] | None:
+    """Posterior mass per candidate, to shade the SVG's untested nodes."""
+    basis, latest = node_of(graph, row.basis), node_of(graph, row.latest)
+    if basis is None or latest is None:
+        return None
+    try:
+        idx = build_index(graph, basis, latest)
+        post = compute_posterior(idx, [o for o in obs if o.host == row.host], sp.fgrid,
+                                 sp.eps_grid, sp.eps_weights, sp.pi_flake, sp.pi_env,
+                                 sp.prior_weights)
+    except (GraphError, ValueError):
+        return None
+    return {n: post.node_mass(n) for n in idx.cands}
 
 
 def _blame(graph: RevGraph, culprit: Node, basis: Node | None
@@ -398,7 +430,7 @@ def _blame(graph: RevGraph, culprit: Node, basis: Node | None
 
 def _finish(db: Database, loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph,
             out: Outcome, obs: Sequence[Observation], trace: list[TraceRow], rounds: int,
-            say: Say, mail: bool) -> BisectResult:
+            say: Say, mail: bool, mass: dict[Node, float] | None = None) -> BisectResult:
     from pushgate.bisect import report as rep
 
     tree = commit = None
@@ -419,7 +451,7 @@ def _finish(db: Database, loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph
             dbb.finish_bisection(conn, row.id, status=out.kind, culprit_tree=tree,
                                  culprit_commit=commit, confidence=out.confidence,
                                  runs=out.runs, reason=out.reason)
-    res.svg_path = rep.write_graph(loaded, row, graph, trace, out)
+    res.svg_path = rep.write_graph(loaded, row, graph, trace, out, mass)
     res.subject, res.body = rep.render(loaded, row, graph, out, res, obs)
     if mail:
         rep.enqueue_mail(db, loaded, row, res)
