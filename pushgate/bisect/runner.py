@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
+
 from pushgate.bisect.graph import GraphError, Node, RevGraph, TreeHistory, build_tuple_graph
 from pushgate.bisect.posterior import (
     FlakeGrid,
@@ -327,7 +329,7 @@ def open_bisection(db: Database, loaded: Loaded, branch: str, job: str, testid: 
                     conn, branch=branch, job=job, testid=testid, basis=basis, latest=latest,
                     basis_flight=bflight, latest_flight=lflight, host=ep.host,
                     start_flight=dbb.max_flight_number(conn))
-        except Exception:  # a racing creator on PostgreSQL (unique `active`)
+        except IntegrityError:  # a racing creator on PostgreSQL (unique `active`)
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")

@@ -399,3 +399,24 @@ def test_three_probes_per_round_take_fewer_rounds(tmp_path: Path, db_url: str) -
     # One probe per round takes 16 rounds on this history (test_linear_300_names_the_culprit);
     # the design's target for several hosts is at most 0.6 times that.
     assert res.rounds <= int(0.6 * 16)
+
+
+@SQLITE
+def test_by_hand_good_and_bad_without_any_flight(tmp_path: Path, db_url: str) -> None:
+    """`--good/--bad` with no flight in the database: the bisector makes the endpoint runs
+    itself (B pass, L fail, twice) before searching; refs are resolved to hashes."""
+    p = Proj(tmp_path, db_url)
+    loaded, db = p.load(jobs())
+    c0 = p.repos["src"].head
+    shas = fast_import(p.repos["src"].path, linear(20, 4))
+    p.repos["src"].tag("good-one", c0)
+    res = bisect(db, loaded, "b", "test", "check", good={"src": "good-one"},
+                 bad={"src": "main"})
+    _report("by hand, 20 commits, no prior flight", res, 0.0)
+    assert res.outcome == "complete" and res.culprit_commit == shas[3]
+    kinds = {t.kind for t in res.trace}
+    assert kinds == {"probe"}
+    with db.read() as conn:
+        row = dbb.get_bisection(conn, res.id)
+    assert row is not None and row.basis == {"src": c0} and row.latest == {"src": shas[-1]}
+    assert row.latest_flight is None and row.host == "localhost"
