@@ -327,7 +327,7 @@ def branch() -> None:
 def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
     """One cycle of BRANCH: fetch, test, retest, push, report, mail (resumes a cycle
     that was interrupted)."""
-    from pushgate.cycle import Stopper, run_cycle
+    from pushgate.cycle import EXIT_STOPPED, Stopper, run_cycle
     from pushgate.progress import run_with_progress
 
     stopper = Stopper()
@@ -348,7 +348,7 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
     if res.push is not None:
         click.echo(f"  push: {res.push.status}")
     if res.action == "stopped":
-        sys.exit(3)
+        sys.exit(EXIT_STOPPED)
 
 
 @main.command()
@@ -370,6 +370,7 @@ def daemon(ctx: Ctx, once: bool, poll_s: float) -> None:
     from pushgate.daemon import run_daemon
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     sys.exit(run_daemon(ctx.db, ctx.loaded, poll_s=poll_s, once=once))
 
 

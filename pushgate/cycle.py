@@ -43,6 +43,8 @@ from pushgate.scheduler import run_flight
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[Database, Loaded, int], object]
+# Exit status of `pushgate branch run` when it was asked to stop midway (resumable).
+EXIT_STOPPED = 3
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from pushgate.config import Loaded
-from pushgate.cycle import plan_flight
+from pushgate.cycle import EXIT_STOPPED, plan_flight
 from pushgate.db import gate as dbg
 from pushgate.db.engine import Database
 from pushgate.flights import FlightError
@@ -115,6 +115,8 @@ class Daemon:
         for st in self.branches.values():
             if st.child is not None and st.child.poll() is not None:
                 st.last_rc = st.child.returncode
+                if self.stopping and st.last_rc in (EXIT_STOPPED, -signal.SIGTERM):
+                    st.last_rc = 0  # stopped as asked; the cycle resumes next time
                 if st.last_rc:
                     log.warning("branch %s: cycle exited with status %s", st.name, st.last_rc)
                 st.child = None

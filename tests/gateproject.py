@@ -5,7 +5,8 @@ Jobs of branch `app` (5 jobs):
   build         checks the source is there
   test-content  fails while app.txt contains "BUG" (a real regression)
   test-flaky    fails once when <ctrl>/flaky exists (deletes it): an intermittent failure
-  test-slow     when <ctrl>/slow exists: touches <ctrl>/slow-started and sleeps
+  test-slow     when <ctrl>/slow exists: touches <ctrl>/slow-started and sleeps (the
+                file's content in seconds, 60 if empty)
   test-other    always passes
 """
 
@@ -66,7 +67,8 @@ command = "if [ -e {ctrl}/flaky ]; then rm {ctrl}/flaky; exit 1; fi"
 buildjob = "build"
 [[jobs.test-slow.steps]]
 testid = "slow"
-command = "if [ -e {ctrl}/slow ]; then touch {ctrl}/slow-started; sleep 60; fi"
+command = '''if [ -e {ctrl}/slow ]; then touch {ctrl}/slow-started
+s=$(cat {ctrl}/slow); sleep ${{s:-60}}; fi'''
 
 [jobs.test-other]
 buildjob = "build"
@@ -104,10 +106,10 @@ class GateProject:
         subprocess.run(["git", f"--git-dir={self.tested_repo}", "update-ref",
                         "refs/heads/tested", sha], check=True, env=_git_env())
 
-    def flag(self, name: str, on: bool = True) -> None:
+    def flag(self, name: str, on: bool = True, content: str = "") -> None:
         p = self.ctrl / name
         if on:
-            p.touch()
+            p.write_text(content)
         else:
             p.unlink(missing_ok=True)
 
@@ -163,6 +165,24 @@ def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
     path = base / "pushgate.toml"
     path.write_text(cfg)
     return GateProject(base, work, bare, ctrl, path, push_bare)
+
+
+def kill_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """kill -9 a process started by spawn() and everything in its process group, and wait
+    until all of them are gone (reaped), as after a service manager's kill."""
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    def gone() -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, timeout, "the killed process group to be reaped")
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition",

@@ -79,6 +79,11 @@ def latest_cycle(conn: Connection, branch: str, *, open_only: bool = False) -> C
     return _cycle(row) if row else None
 
 
+def list_cycles(conn: Connection, branch: str) -> list[CycleRow]:
+    q = select(gate_cycles).where(gate_cycles.c.branch == branch).order_by(gate_cycles.c.flight)
+    return [_cycle(r) for r in conn.execute(q)]
+
+
 def set_stage(conn: Connection, flight: int, stage: str, **fields: Any) -> None:
     allowed = {"retest_flight", "retest_note"}
     if set(fields) - allowed:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import mailbox
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from pushgate.db import gate as dbg
 from pushgate.db.engine import Database
 from tests.conftest import PG_URL, _pg_schema_url
-from tests.gateproject import GateProject, make_gate_project, wait_for
+from tests.gateproject import GateProject, kill_group, make_gate_project, wait_for
 
 
 def _open(p: GateProject) -> Database:
@@ -49,8 +48,7 @@ def test_kill_9_at_each_stage_then_rerun(tmp_path: Path, stage: str) -> None:
     else:
         proc = p.spawn("branch", "run", "-q", "app", env=env)
         wait_for(marker.exists, 60, f"pause at {stage}")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
     assert stage in ("pushed", "mail") or p.tested() is None
     out = p.cli("branch", "run", "-q", "app")
     assert out.returncode == 0, out.stdout + out.stderr

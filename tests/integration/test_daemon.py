@@ -1,0 +1,132 @@
+"""`pushgate daemon` as a real process: the osstest scenario over three input revisions,
+kill -9 mid-flight then restart, SIGTERM stops after the current step, --once."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from pushgate.db import gate as dbg
+from pushgate.db.engine import Database
+from tests.gateproject import GateProject, kill_group, make_gate_project, wait_for
+
+POLL = "0.3"
+
+
+def _db(p: GateProject) -> Database:
+    db = Database(p.load().database_url)
+    db.upgrade()
+    return db
+
+
+def _cycles(p: GateProject) -> list[dbg.CycleRow]:
+    db = _db(p)
+    try:
+        with db.read() as conn:
+            return dbg.list_cycles(conn, "app")
+    finally:
+        db.dispose()
+
+
+def _done_for(p: GateProject, target: str) -> dbg.CycleRow | None:
+    for c in _cycles(p):
+        if c.target == target and c.stage == "done":
+            return c
+    return None
+
+
+def _subjects(p: GateProject) -> list[str]:
+    return [str(m["Subject"]) for m in mailbox.mbox(str(p.mbox))] if p.mbox.exists() else []
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(60)
+
+
+def test_daemon_three_revisions_pushed_not_pushed_pushed_after_retest(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path)
+    c1 = p.commit("one")
+    once = p.cli("daemon", "--once")
+    assert once.returncode == 0, once.stderr
+    assert p.tested() == c1
+    assert _subjects(p) == ["[app test] 1: all pass - PUSHED"]
+
+    d = p.spawn("daemon", "--poll", POLL, log=tmp_path / "daemon.log")
+    try:
+        c2 = p.commit("BUG")
+        wait_for(lambda: _done_for(p, c2), 90, "the cycle of the buggy revision")
+        assert p.tested() == c1
+        p.flag("flaky")
+        c3 = p.commit("fixed")
+        wait_for(lambda: _done_for(p, c3), 90, "the cycle of the fix")
+        assert _stop(d) == 0
+    finally:
+        if d.poll() is None:
+            os.killpg(d.pid, signal.SIGKILL)
+    log = (tmp_path / "daemon.log").read_text()
+    cyc2, cyc3 = _done_for(p, c2), _done_for(p, c3)
+    assert cyc2 is not None and cyc3 is not None
+    assert cyc3.retest_flight is not None, log
+    assert p.tested() == c3, log
+    subjects = _subjects(p)
+    assert subjects == [
+        "[app test] 1: all pass - PUSHED",
+        f"[app test] {cyc2.flight}: regressions - FAIL",
+        f"[app test] {cyc3.flight}: tolerable FAIL - PUSHED",
+    ], log
+    body = [m for m in mailbox.mbox(str(p.mbox))][2].get_payload()
+    assert f"pass in {cyc3.retest_flight}-retest" in str(body)
+
+
+def test_daemon_kill_9_mid_flight_then_restart(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path)
+    p.flag("slow")
+    c1 = p.commit("one")
+    d = p.spawn("daemon", "--poll", POLL)
+    wait_for(lambda: (p.ctrl / "slow-started").exists(), 60, "the slow step")
+    kill_group(d)  # the daemon and its cycle, as a service manager would
+    assert p.tested() is None
+    p.flag("slow", False)
+    d = p.spawn("daemon", "--poll", POLL)
+    try:
+        wait_for(lambda: _done_for(p, c1), 90, "the resumed cycle")
+        assert _stop(d) == 0
+    finally:
+        if d.poll() is None:
+            os.killpg(d.pid, signal.SIGKILL)
+    assert p.tested() == c1
+    db = _db(p)
+    with db.read() as conn:
+        assert [(r.flight, r.status) for r in dbg.pushes_of(conn, "app")] == [(1, "pushed")]
+        assert [(m.flight, m.status) for m in dbg.list_mail(conn)] == [(1, "sent")]
+    db.dispose()
+    assert _subjects(p) == ["[app test] 1: all pass - PUSHED"]
+
+
+def test_sigterm_stops_after_the_current_step(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path)
+    p.flag("slow", content="2")
+    c1 = p.commit("one")
+    d = p.spawn("daemon", "--poll", POLL)
+    wait_for(lambda: (p.ctrl / "slow-started").exists(), 60, "the slow step")
+    assert _stop(d) == 0
+    db = _db(p)
+    with db.read() as conn:
+        cyc = dbg.latest_cycle(conn, "app")
+        assert cyc is not None and cyc.stage == "flight"  # stopped inside the flight
+        assert not dbg.flight_finished(conn, cyc.flight)
+    from pushgate.db import flights as dbf
+
+    with db.read() as conn:
+        steps = {(s.job, s.testid): s.status for s in dbf.get_steps(conn, cyc.flight)}
+    assert steps[("test-slow", "slow")] == "pass"  # the running step was let finish
+    db.dispose()
+    p.flag("slow", False)
+    out = p.cli("daemon", "--once")
+    assert out.returncode == 0, out.stderr
+    assert p.tested() == c1
+    assert _subjects(p) == ["[app test] 1: all pass - PUSHED"]
