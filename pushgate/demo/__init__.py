@@ -34,10 +34,11 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
     base = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="pushgate-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     base = base.resolve()
-    console.print(f"demo directory: {base}", highlight=False)
+    console.print(f"demo directory: {base}", highlight=False, soft_wrap=True)
     repo = base / "rpn"
     commits = make_project(repo)
-    console.print(f"project: {repo} ({len(commits)} commits on staging)", highlight=False)
+    console.print(f"project: {repo} ({len(commits)} commits on staging)", highlight=False,
+                  soft_wrap=True)
     cfg_path = write_config(base, repo)
     loaded = cfgmod.load(cfg_path)
     db = Database(loaded.database_url)
@@ -67,8 +68,8 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
     console.rule("summary")
     console.print(f"cycle wall times: {', '.join(f'{t:.1f} s' for t in timings)}",
                   highlight=False)
-    console.print(f"config: {cfg_path}", highlight=False)
-    console.print(f"mbox:   {mail_settings(loaded).mbox_path}", highlight=False)
-    console.print(f"logs:   {loaded.logs_dir}", highlight=False)
-    console.print(f"try:    pushgate -c {cfg_path} report <N>", highlight=False)
+    console.print(f"config: {cfg_path}", highlight=False, soft_wrap=True)
+    console.print(f"mbox:   {mail_settings(loaded).mbox_path}", highlight=False, soft_wrap=True)
+    console.print(f"logs:   {loaded.logs_dir}", highlight=False, soft_wrap=True)
+    console.print(f"try:    pushgate -c {cfg_path} report <N>", highlight=False, soft_wrap=True)
     return base

@@ -1,0 +1,37 @@
+"""`pushgate demo` shows the whole gate: pushed, regressions not pushed, the fix pushed."""
+
+from __future__ import annotations
+
+import mailbox
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.gitrepo import remote_head
+
+
+def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
+    d = tmp_path / "demo"
+    out = subprocess.run([sys.executable, "-m", "pushgate.cli", "demo", str(d), "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    subjects = re.findall(r"^Subject: (.*)$", text, re.M)
+    assert len(subjects) == 3, text
+    assert subjects[0] == "[rpn test] 1: all pass - PUSHED"
+    assert subjects[1] == "[rpn test] 2: regressions - FAIL"
+    assert re.fullmatch(r"\[rpn test\] \d+: all pass - PUSHED", subjects[2])
+    assert "Pushing revision " in text and "Not pushing." in text
+    assert " test-release-unit             2 unit                         fail  REGR. vs. 1" \
+        in text
+    mbox = d / "state" / "mail.mbox"
+    assert f"mbox:   {mbox}" in text
+    mailed = [str(m["Subject"]) for m in mailbox.mbox(str(mbox))]
+    assert [s for s in mailed if s.startswith("[rpn test]")] == subjects
+    fix = subprocess.run(["git", "-C", str(d / "rpn"), "rev-parse", "staging"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert remote_head(d / "rpn", "master") == fix  # the tested ref holds the fix
+    times = [float(t) for t in re.findall(r"([\d.]+) s", text.split("cycle wall times:")[1]
+                                                              .splitlines()[0])]
+    assert len(times) == 3 and all(t < 30 for t in times)
