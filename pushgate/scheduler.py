@@ -293,9 +293,17 @@ class FlightRunner:
                 st.status = status
                 self.dep_status[(self.flight, job)] = status
                 continue
-            eligible = [h.host for h in hosts if st.flags <= h.flags]
+            # A bisection probe is pinned to the host of the failure it reproduces.
+            pinned = st.runvars.get("bisect_host")
+            eligible = [
+                h.host
+                for h in hosts
+                if st.flags <= h.flags and (pinned is None or h.host == pinned)
+            ]
             if not eligible:
-                starve_job(self.ctx, job, f"no host has flags {','.join(sorted(st.flags))}")
+                want = ",".join(sorted(st.flags)) or "-"
+                where = f" and is {pinned}" if pinned else ""
+                starve_job(self.ctx, job, f"no host has flags {want}{where}")
                 st.status = Status.STARVED
                 self.dep_status[(self.flight, job)] = Status.STARVED
                 continue

@@ -196,3 +196,25 @@ def test_parallel_checkouts_of_one_mirror(project: Project) -> None:
     statuses, notes = run_flight(db, loaded, flight)
     assert set(statuses.values()) == {"pass"}, (statuses, notes)
     assert not list((loaded.git_dir / "src.git" / "worktrees").glob("*"))
+
+
+def test_host_flags_and_pinning(project: Project) -> None:
+    jobs = {
+        "pinned": {"trees": [], "runvars": {"bisect_host": "second"},
+                   "steps": [{"testid": "s", "command": "test $PUSHGATE_HOST = second"}]},
+        "needs-arm": {"trees": [], "hostflags": ["arch-arm64"],
+                      "steps": [{"testid": "s", "command": "true"}]},
+        "pinned-away": {"trees": [], "runvars": {"bisect_host": "gone"},
+                        "steps": [{"testid": "s", "command": "true"}]},
+    }
+    extra = {"hosts": {"localhost": {"slots": 2, "flags": ["arch-amd64"]},
+                       "second": {"slots": 1, "flags": ["arch-amd64"]}}}
+    loaded, db = project.load(jobs, extra=extra)
+    flight = new_flight(db, loaded, "b")
+    statuses, _ = run_flight(db, loaded, flight)
+    assert statuses == {"pinned": "pass", "needs-arm": "starved", "pinned-away": "starved"}
+    with db.read() as conn:
+        steps = {s.job: s for s in dbf.get_steps(conn, flight)}
+        jobs_ = {j.job: j for j in dbf.get_jobs(conn, flight)}
+    assert jobs_["pinned"].host == "second"
+    assert (steps["needs-arm"].testid, steps["needs-arm"].status) == ("hosts-allocate", "starved")
