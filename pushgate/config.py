@@ -102,6 +102,8 @@ class BranchConfig(_Model):
     push: bool = True
     schedule: str | None = None
     retest_max_fraction: float = 0.1
+    # Hand the regressions of a reported flight to the bisector (osstest §6.4).
+    bisect: bool = True
     mail_to: list[str] = Field(default_factory=list)
     mail_cc: list[str] = Field(default_factory=list)
     mail_bcc: list[str] = Field(default_factory=list)

@@ -228,8 +228,10 @@ def run_cycle(
     run: RunFn | None = None,
     stopper: Stopper | None = None,
     new_flight: bool = True,
+    bisect: bool = True,
 ) -> CycleResult:
-    """One cycle of `branch` (see the module doc); resumes an interrupted one first."""
+    """One cycle of `branch` (see the module doc); resumes an interrupted one first.
+    bisect=False leaves regressions to a bisection started by other means."""
     loaded.branch(branch)
     run = run or (lambda d, lo, f: run_flight(d, lo, f))
     stopper = stopper or Stopper()
@@ -246,13 +248,41 @@ def run_cycle(
                 cyc = _cycle_row(db, flight)
         if cyc is not None:
             res.flight, res.reason = cyc.flight, cyc.reason
-            res.action = _advance(db, loaded, cyc, run, stopper, res)
+            res.action = _advance(db, loaded, cyc, run, stopper, res, bisect)
     deliver_due(db, mailer)
     return res
 
 
+def hand_to_bisector(db: Database, loaded: Loaded, cyc: dbg.CycleRow,
+                     c: Classification) -> list[str]:
+    """§6.4: bisect the main flight's regressions, unless the branch says not to or the
+    report has broken lines. Runs the bisection to its end (it resumes if interrupted:
+    the cycle stays at its `bisect` stage until it is done). Never fails the cycle."""
+    if not loaded.branch(cyc.branch).bisect:
+        return []
+    regs = list(dict.fromkeys(
+        (f.job, f.testid) for f in c.all_failures
+        if f.blocker == BLOCKER_REGRESSION and f.in_flight is None))
+    if not regs:
+        return []
+    if any(m.startswith("broken") for m in c.mro):
+        return ["no bisection: the report has broken jobs or steps"]
+    try:
+        from pushgate.bisect.runner import start_for_regressions
+    except ImportError:
+        return []
+    try:
+        results = start_for_regressions(db, loaded, cyc.flight, regressions=regs)
+    except Exception as e:  # noqa: BLE001 - the bisector must not stop the gate
+        log.exception("flight %s: bisection failed", cyc.flight)
+        return [f"bisection failed: {e}"]
+    return [f"bisection of {r.job} {r.testid}: {r.outcome}"
+            + (f", culprit {r.culprit_tree} {r.culprit_commit}" if r.culprit_commit else "")
+            for r in results]
+
+
 def _advance(db: Database, loaded: Loaded, cyc: dbg.CycleRow, run: RunFn, stopper: Stopper,
-             res: CycleResult) -> str:
+             res: CycleResult, bisect: bool = True) -> str:
     """Take the cycle of `cyc.flight` through its remaining stages."""
     flight = cyc.flight
     if cyc.stage == "flight":
@@ -297,9 +327,18 @@ def _advance(db: Database, loaded: Loaded, cyc: dbg.CycleRow, run: RunFn, stoppe
         rep = build_report(db, loaded, flight)
         enqueue_report(db, loaded, rep)
         with db.write() as conn:
-            dbg.set_stage(conn, flight, "done")
+            dbg.set_stage(conn, flight, "bisect")
         res.report = rep
         pause_point("mail")
+        cyc = _cycle_row(db, flight)
+    if cyc.stage == "bisect":
+        if stopper.stop:
+            return "stopped"
+        if bisect:
+            c = res.report.classification if res.report else classify_flight(db, loaded, flight)
+            res.notes += hand_to_bisector(db, loaded, cyc, c)
+        with db.write() as conn:
+            dbg.set_stage(conn, flight, "done")
     if res.report is None:
         res.report = build_report(db, loaded, flight)
     if res.push is None:

@@ -41,6 +41,7 @@ jobs = ["build", "test-*"]
 mail_to = ["App List <list@example.org>"]
 mail_cc = ["cc@example.org"]
 mail_bcc = ["hidden@example.org"]
+bisect = {bisect}
 {branch_extra}
 
 # One slot: concurrent `git worktree add` in one mirror races inside git (see the report).
@@ -150,7 +151,7 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
 
 def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
                       branch_extra: str = "", separate_push_repo: bool = False,
-                      slots: int = 1) -> GateProject:
+                      slots: int = 1, bisect: bool = False) -> GateProject:
     base.mkdir(parents=True, exist_ok=True)
     bare = make_bare(base / "app.git")
     work = make_repo(base / "work")
@@ -160,6 +161,7 @@ def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
     cfg = CONFIG.format(
         database=f'database = "{db_url}"' if db_url else "",
         bare=bare, ctrl=ctrl, mail=mail, branch_extra=branch_extra, slots=slots,
+        bisect="true" if bisect else "false",
         push_url=f'push_url = "{push_bare}"' if push_bare else "",
     )
     path = base / "pushgate.toml"

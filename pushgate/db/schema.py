@@ -245,7 +245,7 @@ gate_cycles = Table(
     Column("reason", Text, nullable=False, default=""),
     Column("retest_flight", Integer),
     Column("retest_note", Text),
-    # flight -> retest -> push -> report -> done
+    # flight -> retest -> push -> report -> bisect -> done
     Column("stage", String(20), nullable=False),
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),

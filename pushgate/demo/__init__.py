@@ -58,7 +58,7 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
                 console.print(f"committed {sha[:12]} to staging: {msg.splitlines()[0]}",
                               highlight=False)
             t0 = time.monotonic()
-            res = run_cycle(db, loaded, "rpn")
+            res = run_cycle(db, loaded, "rpn", bisect=False)
             timings.append(time.monotonic() - t0)
             _show(console, title, res, timings[-1])
             if change is BUGGY:

@@ -178,3 +178,26 @@ def test_separate_push_repository(tmp_path: Path) -> None:
     assert r2.report is not None and r2.report.classification.that == {"app": c1}
     assert r2.push is not None and r2.push.status == "pushed" and p.tested() == c2
     db.dispose()
+
+
+def test_regressions_are_handed_to_the_bisector(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path, bisect=True)
+    db, loaded = _open(p)
+    p.commit("one")
+    run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    bad = p.commit("BUG")
+    mailer = MemoryMailer()
+    r = run_cycle(db, loaded, "app", mailer=mailer)
+    assert r.action == "done", r.notes
+    assert any(n.startswith("bisection of test-content check: ") and bad in n
+               for n in r.notes), r.notes
+    with db.read() as conn:
+        cyc = dbg.get_cycle(conn, r.flight or 0)
+    assert cyc is not None and cyc.stage == "done"
+    # The bisection mail replies to a report of this cycle: the flight's (or, as the
+    # bisector picks its latest failure, the retest's: see the gate's notes).
+    replies = [s.message for s in mailer.sent if s.message["In-Reply-To"]]
+    ids = {f"<pushgate-report-{f}@pushgate.invalid>" for f in (r.flight, cyc.retest_flight)}
+    assert replies and all(m["In-Reply-To"] in ids for m in replies)
+    assert run_cycle(db, loaded, "app", mailer=MemoryMailer()).action == "idle"
+    db.dispose()
