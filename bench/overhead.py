@@ -115,6 +115,8 @@ def main() -> None:
         flight_s = time_flight(base, a.jobs, a.steps, a.slots, ["true"], a.db)
         ideal = a.jobs * a.steps * 0.05 / a.slots
         sleep_s = time_flight(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"], a.db)
+        # The same sleeps under make: what process start-up alone costs on this machine.
+        make_sleep_s = time_make(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"])
     n = a.jobs * a.steps
     print(f"{a.jobs} jobs x {a.steps} steps of `true` on {a.slots} slots:")
     print(f"  make -j{a.slots}:  {make_s:.3f} s")
@@ -123,6 +125,11 @@ def main() -> None:
     print(
         f"{a.jobs} jobs x {a.steps} steps of `sleep 0.05`: {sleep_s:.3f} s, ideal {ideal:.3f} s, "
         f"efficiency {ideal / sleep_s:.1%}"
+    )
+    print(
+        f"  make -j{a.slots} runs the same sleeps in {make_sleep_s:.3f} s (efficiency "
+        f"{ideal / make_sleep_s:.1%}): process start-up alone; pushgate / make = "
+        f"{sleep_s / make_sleep_s:.2f}"
     )
     print(
         json.dumps(
@@ -134,6 +141,9 @@ def main() -> None:
                 "sleep_flight_s": round(sleep_s, 4),
                 "sleep_ideal_s": round(ideal, 4),
                 "sleep_efficiency": round(ideal / sleep_s, 4),
+                "make_sleep_s": round(make_sleep_s, 4),
+                "make_sleep_efficiency": round(ideal / make_sleep_s, 4),
+                "sleep_ratio_vs_make": round(sleep_s / make_sleep_s, 3),
             }
         )
     )

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,20 @@ class RunContext:
     flight: int
     progress: Progress = field(default_factory=Progress)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # One thread for the runner's step transactions: a commit then blocks
+    # neither the event loop nor the other jobs' output and exits.
+    db_thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="pushgate-db")
+    )
+
+    async def write(self, fn: Callable[[Connection], None]) -> None:
+        """Run fn in a write transaction on the DB thread (in call order)."""
+
+        def txn() -> None:
+            with self.db.write() as conn:
+                fn(conn)
+
+        await asyncio.get_running_loop().run_in_executor(self.db_thread, txn)
 
 
 def log_relpath(flight: int, job: str, stepno: int, testid: str) -> str:
@@ -132,12 +147,12 @@ class JobRun:
     async def run(self) -> str:
         ctx = self.ctx
         ctx.progress.job_started(self.job, self.claim.host)
-        with ctx.db.write() as conn:
+
+        def begin(conn: Connection) -> None:
             dbf.set_flight_running(conn, ctx.flight)
             dbf.set_job_status(conn, ctx.flight, self.job, Status.RUNNING)
             if self.deps:
                 # Prerequisites were checked by the scheduler before it claimed a host.
-                self.stepno = 1
                 dbf.start_step(
                     conn,
                     ctx.flight,
@@ -149,6 +164,10 @@ class JobRun:
                     status=Status.PASS,
                     finish=time.time(),
                 )
+
+        if self.deps:
+            self.stepno = 1
+        await ctx.write(begin)
         try:
             if await self._prepare():
                 await self._steps()
@@ -161,11 +180,14 @@ class JobRun:
             outputs[f"built_revision_{tree}"] = self.runvars[f"revision_{tree}"]
         if kept:
             outputs["artifacts"] = ",".join(kept)
-        with ctx.db.write() as conn:
+
+        def end(conn: Connection) -> None:
             self.flush(conn)
             dbf.set_runvars(conn, ctx.flight, self.job, outputs)
             dbf.set_job_status(conn, ctx.flight, self.job, status, final=True)
             dbh.release_slot(conn, self.claim, ctx.flight, self.job)
+
+        await ctx.write(end)
         ctx.progress.job_done(self.job, status)
         return status
 
@@ -256,11 +278,16 @@ class JobRun:
             self.stepno += 1
             stepno = self.stepno
             rel = log_relpath(ctx.flight, self.job, stepno, step.testid)
+
             # The previous step's result commits in the same transaction that
             # starts this one: still before this step's command runs (invariant 3).
-            with ctx.db.write() as conn:
+            def begin(
+                conn: Connection, stepno: int = stepno, step: StepConfig = step, rel: str = rel
+            ) -> None:
                 self.flush(conn)
                 dbf.start_step(conn, ctx.flight, self.job, stepno, step.testid, step.fatal, rel)
+
+            await ctx.write(begin)
             outcome = await self._run_step(step, stepno, ctx.loaded.logs_dir / rel)
             status, reason = self._status(outcome, step)
             self.pending.append((stepno, status, reason))

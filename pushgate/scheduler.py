@@ -172,6 +172,7 @@ class FlightRunner:
         finally:
             hb.cancel()
             await self.ctx.executor.close()
+            self.ctx.db_thread.shutdown(wait=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)

@@ -58,7 +58,7 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, spawn_threads: int = 2) -> None:
+    def __init__(self, spawn_threads: int = 4) -> None:
         self._pool = ThreadPoolExecutor(spawn_threads, thread_name_prefix="pushgate-spawn")
 
     @staticmethod
