@@ -151,7 +151,7 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
 
 def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
                       branch_extra: str = "", separate_push_repo: bool = False,
-                      slots: int = 1, bisect: bool = False) -> GateProject:
+                      slots: int = 1, bisect: bool = False, extra: str = "") -> GateProject:
     base.mkdir(parents=True, exist_ok=True)
     bare = make_bare(base / "app.git")
     work = make_repo(base / "work")
@@ -165,7 +165,7 @@ def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
         push_url=f'push_url = "{push_bare}"' if push_bare else "",
     )
     path = base / "pushgate.toml"
-    path.write_text(cfg)
+    path.write_text(cfg + extra.format(bare=bare))
     return GateProject(base, work, bare, ctrl, path, push_bare)
 
 

@@ -130,3 +130,42 @@ def test_sigterm_stops_after_the_current_step(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert p.tested() == c1
     assert _subjects(p) == ["[app test] 1: all pass - PUSHED"]
+
+
+SECOND_BRANCH = """
+[trees.app2]
+url = "{bare}"
+input_ref = "main"
+tested_ref = "tested2"
+
+[branches.app2]
+tree = "app2"
+other_trees = ["app"]
+jobs = ["build", "test-*"]
+mail_to = ["list@example.org"]
+bisect = false
+"""
+
+
+def test_branches_run_in_parallel(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path, slots=2, extra=SECOND_BRANCH)
+    p.flag("slow", content="1.5")  # each flight takes at least 1.5 s
+    c1 = p.commit("one")
+    out = p.cli("daemon", "--once")
+    assert out.returncode == 0, out.stderr
+    from tests.gitrepo import remote_head
+
+    assert p.tested() == c1 and remote_head(p.bare, "tested2") == c1
+    db = _db(p)
+    from pushgate.db import flights as dbf
+
+    with db.read() as conn:
+        fl = {f.branch: f for f in dbf.list_flights(conn)}
+    db.dispose()
+    a, b = fl["app"], fl["app2"]
+    assert a.started and a.finished and b.started and b.finished
+    assert a.started < b.finished and b.started < a.finished  # the two flights overlapped
+    assert sorted(_subjects(p)) == ["[app test] 1: all pass - PUSHED",
+                                    "[app2 test] 2: all pass - PUSHED"] or \
+        sorted(_subjects(p)) == ["[app test] 2: all pass - PUSHED",
+                                 "[app2 test] 1: all pass - PUSHED"]
