@@ -201,3 +201,28 @@ def test_regressions_are_handed_to_the_bisector(tmp_path: Path) -> None:
     assert replies and all(m["In-Reply-To"] in ids for m in replies)
     assert run_cycle(db, loaded, "app", mailer=MemoryMailer()).action == "idle"
     db.dispose()
+
+
+def test_mail_server_down_does_not_change_the_cycle(tmp_path: Path) -> None:
+    from pushgate.db.schema import mail_queue
+    from pushgate.mail import parse
+    from tests.smtpserver import SmtpServer
+
+    srv = SmtpServer()  # down for now
+    p = make_gate_project(tmp_path, mail=f'mode = "smtp"\nhost = "127.0.0.1"\nport = {srv.port}')
+    c1 = p.commit("one")
+    out = p.cli("branch", "run", "-q", "app")
+    assert out.returncode == 0, out.stderr
+    assert "push: pushed" in out.stdout and p.tested() == c1
+    db, _ = _open(p)
+    with db.read() as conn:
+        (m,) = dbg.list_mail(conn)
+    assert m.status == "queued" and m.attempts == 1 and "127.0.0.1" in (m.last_error or "")
+    with db.write() as conn:  # skip the backoff wait
+        conn.execute(mail_queue.update().values(next_attempt=0))
+    with srv:
+        out = p.cli("mail", "flush")
+        assert "sent 1" in out.stdout, out.stdout + out.stderr
+        assert [parse(r.data)["Subject"] for r in srv.received] == [
+            "[app test] 1: all pass - PUSHED"]
+    db.dispose()
