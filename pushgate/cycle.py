@@ -33,7 +33,7 @@ from pushgate.flights import (
     resolve_tuple,
     select_branch_jobs,
 )
-from pushgate.gate import PUSHED_STATUSES, db_lock, pause_point, push_flight, push_url
+from pushgate.gate import db_lock, pause_point, push_flight, push_url
 from pushgate.mail import Mailer
 from pushgate.mailqueue import deliver_due, enqueue_report, mailer_for
 from pushgate.report.build import BuiltReport, build_report, classify_flight
@@ -129,9 +129,11 @@ def plan_flight(db: Database, loaded: Loaded, branch: str, *,
         return plan("baseline-test", tested, latest_tested, f"baseline {tested} never tested")
     if target != tested and (last is None or last.target != target or last.mode != "normal"):
         return plan("normal", target, tested, f"input moved to {target}")
-    pushed = last_push is not None and last_push.status in PUSHED_STATUSES
+    # A force retests the input only if the last verdict is what stopped its push (a push
+    # refused because the tested ref moved is not retried over and over).
+    held_back = last_push is not None and last_push.status == "not-pushed"
     forced = state.force or state.force_revision == target
-    if forced and target != tested and not pushed and state.blocked_why is None:
+    if forced and target != tested and held_back and state.blocked_why is None:
         return plan("normal", target, tested, "push forced")
     if _schedule_due(br.schedule, last.created if last else None, now):
         mode = "normal" if target != tested else "up-to-date"

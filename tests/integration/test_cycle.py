@@ -226,3 +226,24 @@ def test_mail_server_down_does_not_change_the_cycle(tmp_path: Path) -> None:
         assert [parse(r.data)["Subject"] for r in srv.received] == [
             "[app test] 1: all pass - PUSHED"]
     db.dispose()
+
+
+def test_schedule_makes_a_flight_when_nothing_is_new(tmp_path: Path) -> None:
+    import time
+
+    from pushgate.cycle import make_flight, plan_flight
+
+    p = make_gate_project(tmp_path, branch_extra='schedule = "*/5 * * * *"')
+    db, loaded = _open(p)
+    c1 = p.commit("one")
+    run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert p.tested() == c1
+    assert plan_flight(db, loaded, "app") is None  # not due yet: nothing to do
+    plan = plan_flight(db, loaded, "app", now=time.time() + 301)
+    assert plan is not None and plan.mode == "up-to-date" and plan.target == c1
+    flight = make_flight(db, loaded, "app", plan)
+    r = run_cycle(db, loaded, "app", mailer=MemoryMailer())
+    assert r.flight == flight and r.push is not None and r.push.status == "up-to-date"
+    assert r.report is not None and r.report.subject == f"[app test] {flight}: all pass"
+    assert "Published tested tree is already up to date." in r.report.body
+    db.dispose()
