@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,21 +108,39 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--db", default=None, help="database URL (default: SQLite in a temp dir)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each, interleaved; medians are reported (the machine is noisy)",
+    )
     a = ap.parse_args()
+    runs: dict[str, list[float]] = {"make": [], "flight": [], "sleep": [], "make_sleep": []}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         make_repo(base / "repo")
-        make_s = time_make(base, a.jobs, a.steps, a.slots, ["true"])
-        flight_s = time_flight(base, a.jobs, a.steps, a.slots, ["true"], a.db)
-        ideal = a.jobs * a.steps * 0.05 / a.slots
-        sleep_s = time_flight(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"], a.db)
-        # The same sleeps under make: what process start-up alone costs on this machine.
-        make_sleep_s = time_make(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"])
+        for _ in range(a.repeat):
+            runs["make"].append(time_make(base, a.jobs, a.steps, a.slots, ["true"]))
+            runs["flight"].append(time_flight(base, a.jobs, a.steps, a.slots, ["true"], a.db))
+        for _ in range(max(1, a.repeat // 2)):
+            runs["sleep"].append(
+                time_flight(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"], a.db)
+            )
+            # The same sleeps under make: what process start-up alone costs on this machine.
+            runs["make_sleep"].append(time_make(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"]))
+    make_s, flight_s, sleep_s, make_sleep_s = (
+        statistics.median(runs[k]) for k in ("make", "flight", "sleep", "make_sleep")
+    )
+    ideal = a.jobs * a.steps * 0.05 / a.slots
     n = a.jobs * a.steps
     print(f"{a.jobs} jobs x {a.steps} steps of `true` on {a.slots} slots:")
     print(f"  make -j{a.slots}:  {make_s:.3f} s")
     print(f"  pushgate:  {flight_s:.3f} s  ({flight_s / n * 1000:.2f} ms per step)")
-    print(f"  ratio:     {flight_s / make_s:.2f}")
+    print(
+        f"  ratio:     {flight_s / make_s:.2f}   (medians of {a.repeat}; make runs "
+        f"{', '.join(f'{x:.2f}' for x in runs['make'])}, pushgate runs "
+        f"{', '.join(f'{x:.2f}' for x in runs['flight'])})"
+    )
     print(
         f"{a.jobs} jobs x {a.steps} steps of `sleep 0.05`: {sleep_s:.3f} s, ideal {ideal:.3f} s, "
         f"efficiency {ideal / sleep_s:.1%}"

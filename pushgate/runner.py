@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
@@ -30,6 +31,7 @@ from pushgate.git import GitError
 from pushgate.model import Status, job_rollup
 
 BUILD_CHECK = "build-check(1)"
+T = TypeVar("T")
 
 
 class Interrupted(Exception):
@@ -55,20 +57,74 @@ class RunContext:
     flight: int
     progress: Progress = field(default_factory=Progress)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # One thread for the runner's step transactions: a commit then blocks
-    # neither the event loop nor the other jobs' output and exits.
-    db_thread: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="pushgate-db")
-    )
+    writer: GroupWriter | None = None
 
-    async def write(self, fn: Callable[[Connection], None]) -> None:
-        """Run fn in a write transaction on the DB thread (in call order)."""
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn in a write transaction, committed before this returns; fn's result."""
+        if self.writer is None:
+            self.writer = GroupWriter(self.db)
+        return await self.writer.write(fn)
 
-        def txn() -> None:
-            with self.db.write() as conn:
-                fn(conn)
 
-        await asyncio.get_running_loop().run_in_executor(self.db_thread, txn)
+class GroupWriter:
+    """Group commit for the runner's step and job transactions.
+
+    Writes that arrive while a commit is under way are committed together in
+    the next transaction, on one DB thread: each caller still waits for its own
+    commit (invariant 3), but eight jobs finishing steps at once pay for one
+    commit, not eight, and the event loop never waits on the database.
+    """
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="pushgate-db")
+        self.queue: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self.draining = False
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self.queue.append((fn, fut))
+        if not self.draining:
+            self.draining = True
+            loop.create_task(self._drain())
+        return await fut
+
+    def _commit(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
+        with self.db.write() as conn:
+            return [fn(conn) for fn in fns]
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.queue:
+                batch, self.queue = self.queue, []
+                results: list[tuple[Any, BaseException | None]]
+                try:
+                    values = await loop.run_in_executor(
+                        self.thread, self._commit, [f for f, _ in batch]
+                    )
+                    results = [(v, None) for v in values]
+                except Exception:  # noqa: BLE001 - retried one by one to find the culprit
+                    results = []
+                    for fn, _ in batch:
+                        try:
+                            [v] = await loop.run_in_executor(self.thread, self._commit, [fn])
+                            results.append((v, None))
+                        except Exception as e:  # noqa: BLE001 - handed to that caller
+                            results.append((None, e))
+                for (_, fut), (value, err) in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if err is None:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(err)
+        finally:
+            self.draining = False
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True)
 
 
 def log_relpath(flight: int, job: str, stepno: int, testid: str) -> str:
@@ -82,42 +138,33 @@ def command_argv(step: StepConfig) -> list[str]:
     return ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
 
 
-def block_job(ctx: RunContext, job: str, status: str, why: str) -> None:
-    """A job whose buildjob did not pass: build-check(1) blocked (or starved), nothing run."""
-    rel = log_relpath(ctx.flight, job, 1, BUILD_CHECK)
+async def _record_only_step(ctx: RunContext, job: str, testid: str, status: str, why: str) -> None:
+    """A job that ends before running anything: one finished step with the reason, logged."""
+    rel = log_relpath(ctx.flight, job, 1, testid)
     path = ctx.loaded.logs_dir / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{stamp()} [pushgate] {why}\n")
     now = time.time()
-    with ctx.db.write() as conn:
+
+    def record(conn: Connection) -> None:
         dbf.start_step(
-            conn, ctx.flight, job, 1, BUILD_CHECK, True, rel, status=status, finish=now, reason=why
+            conn, ctx.flight, job, 1, testid, True, rel, status=status, finish=now, reason=why
         )
         dbf.set_job_status(conn, ctx.flight, job, status, final=True)
-    ctx.progress.step_done(job, 1, BUILD_CHECK, status)
+
+    await ctx.write(record)
+    ctx.progress.step_done(job, 1, testid, status)
     ctx.progress.job_done(job, status)
 
 
-def starve_job(ctx: RunContext, job: str, why: str) -> None:
-    rel = log_relpath(ctx.flight, job, 1, "hosts-allocate")
-    path = ctx.loaded.logs_dir / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{stamp()} [pushgate] {why}\n")
-    with ctx.db.write() as conn:
-        dbf.start_step(
-            conn,
-            ctx.flight,
-            job,
-            1,
-            "hosts-allocate",
-            True,
-            rel,
-            status=Status.STARVED,
-            finish=time.time(),
-            reason=why,
-        )
-        dbf.set_job_status(conn, ctx.flight, job, Status.STARVED, final=True)
-    ctx.progress.job_done(job, Status.STARVED)
+async def block_job(ctx: RunContext, job: str, status: str, why: str) -> None:
+    """A job whose buildjob did not pass: build-check(1) blocked (or starved), nothing run."""
+    await _record_only_step(ctx, job, BUILD_CHECK, status, why)
+
+
+async def starve_job(ctx: RunContext, job: str, why: str) -> None:
+    """No host can ever run the job: hosts-allocate starved."""
+    await _record_only_step(ctx, job, "hosts-allocate", Status.STARVED, why)
 
 
 class JobRun:

@@ -16,6 +16,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
+
 from pushgate.config import Loaded
 from pushgate.db import flights as dbf
 from pushgate.db import hosts as dbh
@@ -32,10 +34,6 @@ POLL_S = 0.5
 
 class FlightRunError(Exception):
     pass
-
-
-class _NoSlot(Exception):
-    """Rolls back a job claim when no slot could be had in the same transaction."""
 
 
 def runner_id() -> str:
@@ -172,7 +170,8 @@ class FlightRunner:
         finally:
             hb.cancel()
             await self.ctx.executor.close()
-            self.ctx.db_thread.shutdown(wait=True)
+            if self.ctx.writer is not None:
+                self.ctx.writer.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)
@@ -190,17 +189,21 @@ class FlightRunner:
         while True:
             await asyncio.sleep(rc.heartbeat_s)
             until = time.time() + rc.lease_s
-            with self.db.write() as conn:
+
+            def beat(conn: Connection, until: float = until) -> None:
                 dbf.heartbeat(conn, self.ctx.runner_id, until)
                 dbh.heartbeat_slots(conn, self.ctx.runner_id, until)
+
+            await self.ctx.write(beat)
 
     async def _loop(self) -> None:
         state = self._load()
         with self.db.read() as conn:
             hosts = dbh.list_hosts(conn)
+        last_recover = time.monotonic()
         while True:
             if not self.ctx.stopping.is_set():
-                self._start_ready(state, hosts)
+                await self._start_ready(state, hosts)
             pending = [
                 s
                 for j, s in state.items()
@@ -226,10 +229,15 @@ class FlightRunner:
                 for t in done:
                     job = next(j for j, tk in self.tasks.items() if tk is t)
                     del self.tasks[job]
-                    state[job].status = self._result(job, t)
+                    state[job].status = await self._result(job, t)
                     self.dep_status[(self.flight, job)] = state[job].status
             else:
+                # Our jobs wait for slots or jobs of other runners: if one of them
+                # died meanwhile, its lease runs out and we take its work over.
                 await asyncio.sleep(POLL_S)
+                if time.monotonic() - last_recover > self.loaded.cfg.runner.heartbeat_s:
+                    last_recover = time.monotonic()
+                    self.notes += recover(self.db, self.flight)
                 state = self._load()
 
     def _on_signal(self) -> None:
@@ -242,25 +250,26 @@ class FlightRunner:
                 t.cancel()
         self.ctx.stopping.set()
 
-    def _result(self, job: str, task: asyncio.Task[str]) -> str:
-        if task.cancelled():
-            with self.db.write() as conn:
+    async def _result(self, job: str, task: asyncio.Task[str]) -> str:
+        if not task.cancelled() and task.exception() is None:
+            return task.result()
+        exc = None if task.cancelled() else task.exception()
+        if exc is None or isinstance(exc, Interrupted):
+
+            def requeue(conn: Connection) -> None:
                 dbh.release_job_slots(conn, self.flight, job)
                 dbf.requeue_job(conn, self.flight, job, self.ctx.runner_id)
+
+            await self.ctx.write(requeue)
             self.notes.append(f"{job}: interrupted, requeued")
             return Status.QUEUED
-        exc = task.exception()
-        if exc is None:
-            return task.result()
-        if isinstance(exc, Interrupted):
-            with self.db.write() as conn:
-                dbh.release_job_slots(conn, self.flight, job)
-                dbf.requeue_job(conn, self.flight, job, self.ctx.runner_id)
-            return Status.QUEUED
+
         # A harness bug must not leave the job running: break it and carry on.
-        with self.db.write() as conn:
+        def broken(conn: Connection) -> None:
             dbh.release_job_slots(conn, self.flight, job)
             dbf.break_job(conn, self.flight, job, f"harness error: {exc!r}")
+
+        await self.ctx.write(broken)
         self.notes.append(f"{job}: harness error {exc!r}")
         return Status.BROKEN
 
@@ -275,7 +284,7 @@ class FlightRunner:
                 bad.append(j if f == self.flight else f"{f}.{j}")
         return final, bad
 
-    def _start_ready(self, state: dict[str, _JobState], hosts: list[dbh.HostRow]) -> None:
+    async def _start_ready(self, state: dict[str, _JobState], hosts: list[dbh.HostRow]) -> None:
         with self.db.read() as conn:
             held = dbh.held_slots(conn)
         free: dict[str, int] = {h.host: h.slots for h in hosts}
@@ -290,7 +299,7 @@ class FlightRunner:
             if bad:
                 dep_st = {self.dep_status.get((f, j)) for _, f, j in st.deps}
                 status = Status.STARVED if Status.STARVED in dep_st else Status.BLOCKED
-                block_job(self.ctx, job, status, f"buildjob {', '.join(bad)} did not pass")
+                await block_job(self.ctx, job, status, f"buildjob {', '.join(bad)} did not pass")
                 st.status = status
                 self.dep_status[(self.flight, job)] = status
                 continue
@@ -304,14 +313,14 @@ class FlightRunner:
             if not eligible:
                 want = ",".join(sorted(st.flags)) or "-"
                 where = f" and is {pinned}" if pinned else ""
-                starve_job(self.ctx, job, f"no host has flags {want}{where}")
+                await starve_job(self.ctx, job, f"no host has flags {want}{where}")
                 st.status = Status.STARVED
                 self.dep_status[(self.flight, job)] = Status.STARVED
                 continue
             candidates = [h for h in eligible if free.get(h, 0) > 0]
             if not candidates:
                 continue
-            claim = self._claim(job, candidates)
+            claim = await self._claim(job, candidates)
             if claim is None:
                 for h in candidates:
                     free[h] = 0  # taken by another runner meanwhile
@@ -325,19 +334,21 @@ class FlightRunner:
             run = JobRun(self.ctx, job, claim, st.runvars, st.deps)
             self.tasks[job] = asyncio.create_task(run.run())
 
-    def _claim(self, job: str, hosts: list[str]) -> dbh.Claim | str | None:
+    async def _claim(self, job: str, hosts: list[str]) -> dbh.Claim | str | None:
         """A slot for the job; "taken" if another runner has the job; None if no slot."""
         until = time.time() + self.loaded.cfg.runner.lease_s
-        try:
-            with self.db.write() as conn:
-                if not dbf.claim_job(conn, self.flight, job, self.ctx.runner_id, until):
-                    return "taken"
-                claim = dbh.claim_slot(conn, hosts, self.flight, job, self.ctx.runner_id, until)
-                if claim is None:
-                    raise _NoSlot()
-                return claim
-        except _NoSlot:
-            return None
+        rid = self.ctx.runner_id
+
+        def claim(conn: Connection) -> dbh.Claim | str | None:
+            if not dbf.claim_job(conn, self.flight, job, rid, until):
+                return "taken"
+            got = dbh.claim_slot(conn, hosts, self.flight, job, rid, until)
+            if got is None:
+                # No rollback inside a group commit: undo the job claim by hand.
+                dbf.unclaim_job(conn, self.flight, job, rid)
+            return got
+
+        return await self.ctx.write(claim)
 
 
 def _flags(runvars: dict[str, str]) -> frozenset[str]:

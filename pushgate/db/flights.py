@@ -256,6 +256,20 @@ def claim_job(conn: Connection, flight: int, job: str, runner: str, lease_until:
     return res.rowcount == 1
 
 
+def unclaim_job(conn: Connection, flight: int, job: str, runner: str) -> None:
+    """Give a just-claimed job back to the queue (no slot could be had after all)."""
+    conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.flight == flight,
+            jobs.c.job == job,
+            jobs.c.runner == runner,
+            jobs.c.status == Status.PREPARING,
+        )
+        .values(status=Status.QUEUED, runner=None, lease_until=None, started=None)
+    )
+
+
 def set_job_status(
     conn: Connection, flight: int, job: str, status: str, *, final: bool = False
 ) -> None:
