@@ -18,7 +18,15 @@ from pushgate import config as cfgmod
 from pushgate.cycle import CycleResult, run_cycle
 from pushgate.db.engine import Database
 from pushgate.demo.bisect import demo_bisect
-from pushgate.demo.project import BUGGY, FIX, commit, make_project, write_config
+from pushgate.demo.project import (
+    BUGGY,
+    FIX,
+    SERIES_AFTER,
+    SERIES_BEFORE,
+    commit,
+    make_project,
+    write_config,
+)
 from pushgate.mailqueue import mail_settings
 
 
@@ -43,15 +51,16 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
     loaded = cfgmod.load(cfg_path)
     db = Database(loaded.database_url)
     db.upgrade()
-    steps = [
-        ("1. the good history: tested, pushed to master", None),
-        ("2. a commit with a real bug: regressions, not pushed", BUGGY),
-        ("3. the fix: all pass, pushed", FIX),
+    steps: list[tuple[str, list[tuple[str, dict[str, str]]]]] = [
+        ("1. the good history: tested, pushed to master", []),
+        ("2. a patch series with a real bug in it: regressions, not pushed",
+         [*SERIES_BEFORE, BUGGY, *SERIES_AFTER]),
+        ("3. the fix: all pass, pushed", [FIX]),
     ]
     timings = []
     try:
-        for title, change in steps:
-            if change is not None:
+        for title, changes in steps:
+            for change in changes:
                 msg, files = change
                 sha = commit(repo, msg, files, author="Carol Example <carol@example.org>"
                              if change is BUGGY else None)
@@ -61,7 +70,7 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
             res = run_cycle(db, loaded, "rpn", bisect=False)
             timings.append(time.monotonic() - t0)
             _show(console, title, res, timings[-1])
-            if change is BUGGY:
+            if BUGGY in changes:
                 demo_bisect(db, loaded, res.flight, console)
     finally:
         db.dispose()

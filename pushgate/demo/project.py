@@ -153,6 +153,21 @@ VERSIONS: list[tuple[str, dict[str, str]]] = [
         "tests/unit.sh": UNIT_SH, "tests/cli.sh": CLI_SH}),
 ]
 
+# A patch series lands on staging: harmless commits around one with a real bug, so
+# the bisector has a range to search.
+SERIES_BEFORE: list[tuple[str, dict[str, str]]] = [
+    ("README: usage examples\n\nSigned-off-by: Dan Example <dan@example.org>",
+     {"README.md": README + "\nExamples: `rpn 2 3 '*'` prints 6; `rpn 7 2 -` prints 5.\n"}),
+    ("Makefile: an install target\n\nSigned-off-by: Erin Example <erin@example.org>\n"
+     "Reviewed-by: Alice Example <alice@example.org>",
+     {"Makefile": MAKEFILE + "\ninstall: rpn\n\tinstall -m 755 rpn $(DESTDIR)/usr/bin/rpn\n"}),
+]
+SERIES_AFTER: list[tuple[str, dict[str, str]]] = [
+    ("README: how to run the tests\n\nSigned-off-by: Dan Example <dan@example.org>",
+     {"README.md": README + "\nExamples: `rpn 2 3 '*'` prints 6; `rpn 7 2 -` prints 5.\n"
+      "\nRun `make check` before sending patches.\n"}),
+]
+
 # A commit with a real bug: subtraction swaps its operands.
 BUGGY = ("rpn: tidy the operator switch\n\nSigned-off-by: Carol Example <carol@example.org>",
          {"rpn.c": RPN_C.replace("case '-': push(a - b);", "case '-': push(b - a);")})

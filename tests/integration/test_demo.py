@@ -35,3 +35,9 @@ def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
     times = [float(t) for t in re.findall(r"([\d.]+) s", text.split("cycle wall times:")[1]
                                                               .splitlines()[0])]
     assert len(times) == 3 and all(t < 30 for t in times)
+    # The bisector names the commit with the bug, inside a series of harmless ones.
+    log = subprocess.run(["git", "-C", str(d / "rpn"), "log", "--format=%H %s", "staging"],
+                         capture_output=True, text=True, check=True).stdout
+    buggy = next(line.split()[0] for line in log.splitlines()
+                 if line.endswith("rpn: tidy the operator switch"))
+    assert f"culprit of test-release-unit unit: rpn {buggy}" in text
