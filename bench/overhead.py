@@ -109,6 +109,12 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--db", default=None, help="database URL (default: SQLite in a temp dir)")
     ap.add_argument(
+        "--tmp",
+        default=None,
+        help="where the state (logs, database) goes, e.g. /dev/shm to leave the disk out "
+        "(default: the system temp dir)",
+    )
+    ap.add_argument(
         "--repeat",
         type=int,
         default=3,
@@ -116,7 +122,7 @@ def main() -> None:
     )
     a = ap.parse_args()
     runs: dict[str, list[float]] = {"make": [], "flight": [], "sleep": [], "make_sleep": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
         base = Path(tmp)
         make_repo(base / "repo")
         for _ in range(a.repeat):

@@ -189,7 +189,9 @@ class JobRun:
         self.artifacts = job_artifacts(ctx.loaded, ctx.flight, job)
         self.checkouts: dict[str, Path] = {}
         self.results: list[tuple[str, bool]] = []
-        self.pending: list[tuple[int, str, str | None]] = []
+        # Writes not yet committed: they go with the next transaction, which always
+        # comes before the next command runs (invariant 3).
+        self.pending: list[Callable[[Connection], None]] = []
 
     async def run(self) -> str:
         ctx = self.ctx
@@ -214,7 +216,7 @@ class JobRun:
 
         if self.deps:
             self.stepno = 1
-        await ctx.write(begin)
+        self.pending.append(begin)
         try:
             if await self._prepare():
                 await self._steps()
@@ -266,19 +268,23 @@ class JobRun:
         path = self.ctx.loaded.logs_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{stamp()} [pushgate] {message}\n")
-        with self.ctx.db.write() as conn:
+        stepno, now = self.stepno, time.time()
+
+        def record(conn: Connection) -> None:
             dbf.start_step(
                 conn,
                 self.ctx.flight,
                 self.job,
-                self.stepno,
+                stepno,
                 testid,
                 True,
                 rel,
                 status=status,
-                finish=time.time(),
+                finish=now,
                 reason=message,
             )
+
+        self.pending.append(record)
         self.results.append((status, True))
 
     def env(self, step: StepConfig, stepno: int) -> dict[str, str]:
@@ -337,16 +343,24 @@ class JobRun:
             await ctx.write(begin)
             outcome = await self._run_step(step, stepno, ctx.loaded.logs_dir / rel)
             status, reason = self._status(outcome, step)
-            self.pending.append((stepno, status, reason))
+            self.pending.append(self._finisher(stepno, status, reason))
             ctx.progress.step_done(self.job, stepno, step.testid, status)
             self.results.append((status, step.fatal))
             if status != Status.PASS and step.fatal:
                 failed = True
 
+    def _finisher(
+        self, stepno: int, status: str, reason: str | None
+    ) -> Callable[[Connection], None]:
+        def finish(conn: Connection) -> None:
+            dbf.finish_step(conn, self.ctx.flight, self.job, stepno, status, reason)
+
+        return finish
+
     def flush(self, conn: Connection) -> None:
         """Commit step results not yet written (with the caller's transaction)."""
-        for stepno, status, reason in self.pending:
-            dbf.finish_step(conn, self.ctx.flight, self.job, stepno, status, reason)
+        for write in self.pending:
+            write(conn)
         self.pending.clear()
 
     async def _run_step(self, step: StepConfig, stepno: int, log: Path) -> StepOutcome:
