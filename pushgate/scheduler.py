@@ -22,6 +22,7 @@ from pushgate.config import Loaded
 from pushgate.db import flights as dbf
 from pushgate.db import hosts as dbh
 from pushgate.db.engine import Database
+from pushgate.db.history import compute_flight_built
 from pushgate.executors.base import Executor
 from pushgate.executors.local import LocalExecutor, kill_orphans
 from pushgate.model import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, Status
@@ -178,9 +179,10 @@ class FlightRunner:
                 except (NotImplementedError, RuntimeError):
                     pass
         with self.db.write() as conn:
-            finished = dbf.finish_flight_if_done(conn, self.flight)
-        if finished:
-            _compute_built(self.db, self.flight)
+            # The built tuple is computed by whichever runner blesses the flight,
+            # in the same transaction, so history never sees one without the other.
+            if dbf.finish_flight_if_done(conn, self.flight):
+                compute_flight_built(conn, self.flight)
         with self.db.read() as conn:
             return {j.job: j.status for j in dbf.get_jobs(conn, self.flight)}
 
@@ -353,16 +355,6 @@ class FlightRunner:
 
 def _flags(runvars: dict[str, str]) -> frozenset[str]:
     return frozenset(f for f in runvars.get("all_hostflags", "").split(",") if f)
-
-
-def _compute_built(db: Database, flight: int) -> None:
-    """Precompute the flight's built tuple for history lookups (classifier's query)."""
-    try:
-        from pushgate.db.history import compute_flight_built
-    except ImportError:
-        return
-    with db.write() as conn:
-        compute_flight_built(conn, flight)
 
 
 def run_flight(

@@ -224,7 +224,13 @@ def set_flight_running(conn: Connection, flight: int) -> None:
 
 
 def finish_flight_if_done(conn: Connection, flight: int) -> bool:
-    """Bless the flight when no job is left active; returns True if it is finished."""
+    """Bless the flight when no job is left active.
+
+    Returns True only for the one caller whose transaction blessed it: the
+    conditional UPDATE makes concurrent runners of one flight agree on that
+    (on PostgreSQL the second waits for the first's row lock, then matches
+    nothing), so per-flight finishing work runs once.
+    """
     active = conn.execute(
         select(func.count())
         .select_from(jobs)
@@ -232,16 +238,12 @@ def finish_flight_if_done(conn: Connection, flight: int) -> bool:
     ).scalar_one()
     if active:
         return False
-    row = conn.execute(
-        select(flights.c.blessing, flights.c.bless_as).where(flights.c.flight == flight)
-    ).one()
-    if row.blessing in ("constructing", "running"):
-        conn.execute(
-            update(flights)
-            .where(flights.c.flight == flight)
-            .values(blessing=row.bless_as, finished=time.time())
-        )
-    return True
+    res = conn.execute(
+        update(flights)
+        .where(flights.c.flight == flight, flights.c.blessing.in_(["constructing", "running"]))
+        .values(blessing=flights.c.bless_as, finished=time.time())
+    )
+    return res.rowcount == 1
 
 
 def claim_job(conn: Connection, flight: int, job: str, runner: str, lease_until: float) -> bool:
