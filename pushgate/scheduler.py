@@ -292,6 +292,7 @@ class FlightRunner:
         free: dict[str, int] = {h.host: h.slots for h in hosts}
         for host, _, _, _ in held:
             free[host] = free.get(host, 0) - 1
+        wanted: list[tuple[str, _JobState, list[str]]] = []
         for job, st in state.items():
             if st.status != Status.QUEUED or job in self.tasks:
                 continue
@@ -322,16 +323,17 @@ class FlightRunner:
             candidates = [h for h in eligible if free.get(h, 0) > 0]
             if not candidates:
                 continue
-            claim = await self._claim(job, candidates)
+            free[candidates[0]] -= 1  # tentatively: the claim may land on another candidate
+            wanted.append((job, st, candidates))
+        # All claims of this round go to the writer at once: one group commit.
+        claims = await asyncio.gather(*(self._claim(job, c) for job, _, c in wanted))
+        for (job, st, _), claim in zip(wanted, claims, strict=True):
             if claim is None:
-                for h in candidates:
-                    free[h] = 0  # taken by another runner meanwhile
-                continue
+                continue  # no slot after all (another runner's); retried next round
             if claim == "taken":
                 st.status = Status.PREPARING  # another runner claimed the job
                 continue
             assert isinstance(claim, dbh.Claim)
-            free[claim.host] -= 1
             st.status = Status.PREPARING
             run = JobRun(self.ctx, job, claim, st.runvars, st.deps)
             self.tasks[job] = asyncio.create_task(run.run())
