@@ -69,6 +69,12 @@ def list_bisections(conn: Connection, limit: int = 50) -> list[BisectionRow]:
     return [_row(r) for r in conn.execute(q)]
 
 
+def of_flight(conn: Connection, flight: int) -> list[BisectionRow]:
+    """Bisections of the failures of `flight` (their latest failure is that flight)."""
+    q = select(bisections).where(bisections.c.latest_flight == flight).order_by(bisections.c.id)
+    return [_row(r) for r in conn.execute(q)]
+
+
 def latest_for(conn: Connection, branch: str, job: str, testid: str) -> BisectionRow | None:
     q = (
         select(bisections)

@@ -201,7 +201,17 @@ def build_report(db: Database, loaded: Loaded, flight: int, *,
 def write_flight_html(db: Database, loaded: Loaded, flight: int, out_dir: Path,
                       rep: BuiltReport | None = None) -> list[Path]:
     """The flight's HTML pages (report.html's renderer) in out_dir, linking to its logs."""
-    from pushgate.report.html import FlightData, JobData, RunvarData, StepData, write_html
+    from pushgate.bisect.report import graph_relpath
+    from pushgate.db import bisections as dbb
+    from pushgate.flights import job_artifacts
+    from pushgate.report.html import (
+        ArtifactData,
+        FlightData,
+        JobData,
+        RunvarData,
+        StepData,
+        write_html,
+    )
 
     with db.read() as conn:
         info = dbf.get_flight(conn, flight)
@@ -209,6 +219,22 @@ def write_flight_html(db: Database, loaded: Loaded, flight: int, out_dir: Path,
             raise ReportError(f"flight {flight} does not exist")
         jobs = dbf.get_jobs(conn, flight)
         steps = dbf.get_steps(conn, flight)
+        bisections = dbb.of_flight(conn, flight)
+
+    def artifacts(job: str, listed: str) -> list[ArtifactData]:
+        # Artifacts live in the artifact store, not under the logs: listed with sizes.
+        out = []
+        for rel in filter(None, listed.split(",")):
+            p = job_artifacts(loaded, flight, job) / rel
+            out.append(ArtifactData(rel, None, p.stat().st_size if p.is_file() else None))
+        return out
+
+    links = []
+    for b in bisections:
+        svg = loaded.logs_dir / graph_relpath(b)
+        if svg.is_file():
+            culprit = f" {b.culprit_tree} {b.culprit_commit[:12]}" if b.culprit_commit else ""
+            links.append((f"bisection of {b.job} {b.testid}: {b.status}{culprit}", svg.as_uri()))
     prefix = f"{flight}/"
     data = FlightData(
         flight, info.branch, info.blessing, info.intended, info.started, info.finished,
@@ -221,7 +247,9 @@ def write_flight_html(db: Database, loaded: Loaded, flight: int, out_dir: Path,
             [RunvarData(k, v, k == "host" or k.startswith("built_revision_"))
              for k, v in sorted(j.runvars.items())],
             j.host, j.started, j.finished,
+            artifacts(j.job, j.runvars.get("artifacts", "")),
         ) for j in jobs],
+        links,
     )
     logs_base = (loaded.logs_dir / str(flight)).as_uri() + "/"
     return write_html(out_dir, data, rep.classification if rep else None, logs_base=logs_base)

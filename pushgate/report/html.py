@@ -90,6 +90,8 @@ class FlightData:
     finished: float | None = None
     revisions: dict[str, str] = field(default_factory=dict)
     jobs: list[JobData] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)
+    """(label, URL) of related pages, e.g. the bisections' revision graphs."""
 
 
 def status_class(status: str) -> str:

@@ -41,3 +41,21 @@ def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
     buggy = next(line.split()[0] for line in log.splitlines()
                  if line.endswith("rpn: tidy the operator switch"))
     assert f"culprit of test-release-unit unit: rpn {buggy}" in text
+
+    # The report of the regression flight, as HTML and JSON, from the command line.
+    cfg = str(d / "pushgate.toml")
+    n = re.search(r"\[rpn test\] (\d+): regressions", text).group(1)  # type: ignore[union-attr]
+    html = subprocess.run([sys.executable, "-m", "pushgate.cli", "-c", cfg, "report", n,
+                           "--html", str(tmp_path / "html")], capture_output=True, text=True)
+    assert html.returncode == 0, html.stderr
+    index = (tmp_path / "html" / "index.html").read_text()
+    assert f"bisection of test-release-unit unit: complete rpn {buggy[:12]}" in index
+    assert ".svg" in index and "REGR. vs. 1" in index
+    build_page = (tmp_path / "html" / "job-build-release.html").read_text()
+    assert "rpn/rpn" in build_page  # the kept artifact is listed
+    js = subprocess.run([sys.executable, "-m", "pushgate.cli", "-c", cfg, "report", n, "--json"],
+                        capture_output=True, text=True)
+    import json
+
+    data = json.loads(js.stdout)
+    assert any(f["job"] == "test-release-unit" and f["blocking"] for f in data["failures"])
