@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import mailbox
 import re
 import subprocess
@@ -55,7 +56,5 @@ def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
     assert "rpn/rpn" in build_page  # the kept artifact is listed
     js = subprocess.run([sys.executable, "-m", "pushgate.cli", "-c", cfg, "report", n, "--json"],
                         capture_output=True, text=True)
-    import json
-
     data = json.loads(js.stdout)
     assert any(f["job"] == "test-release-unit" and f["blocking"] for f in data["failures"])
