@@ -98,10 +98,17 @@ def render_svg(
     order = [n for n in graph.topo_order() if n in nodes]
     row = {n: i for i, n in enumerate(order)}
     lanes = _lanes(graph, nodes, latest)
-    width_chars = max((len(node_label(graph, n)) for n in order), default=12)
+    # Boxes fit the longer of their two lines (revisions, then flight:result list);
+    # the canvas also fits the title.
+    def results_text(n: Node) -> str:
+        return " ".join(f"{r.flight}:{r.result}" for r in results.get(n, ()))
+
+    width_chars = max((max(len(node_label(graph, n)), len(results_text(n))) for n in order),
+                      default=12)
     box_w = max(120, int(width_chars * 6.8) + 16)
     n_lanes = max(lanes.values(), default=0) + 1
-    width = 2 * MARGIN + box_w + (n_lanes - 1) * LANE_W + 20
+    width = max(2 * MARGIN + box_w + (n_lanes - 1) * LANE_W + 20,
+                2 * MARGIN + int(len(title) * 6.8) + 10)
     height = 2 * MARGIN + len(order) * ROW_H + 20
 
     def xy(n: Node) -> tuple[float, float]:
