@@ -58,6 +58,8 @@ class RunContext:
     progress: Progress = field(default_factory=Progress)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     writer: GroupWriter | None = None
+    # Whether this runner already moved the flight from constructing to running.
+    flight_running: bool = False
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in a write transaction, committed before this returns; fn's result."""
@@ -198,7 +200,9 @@ class JobRun:
         ctx.progress.job_started(self.job, self.claim.host)
 
         def begin(conn: Connection) -> None:
-            dbf.set_flight_running(conn, ctx.flight)
+            if not ctx.flight_running:
+                dbf.set_flight_running(conn, ctx.flight)
+                ctx.flight_running = True
             dbf.set_job_status(conn, ctx.flight, self.job, Status.RUNNING)
             if self.deps:
                 # Prerequisites were checked by the scheduler before it claimed a host.
