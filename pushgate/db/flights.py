@@ -255,7 +255,7 @@ _CLAIM_JOB = (
     )
     .values(
         status=Status.PREPARING.value,
-        runner=bindparam("runner"),
+        runner=bindparam("b_runner"),
         lease_until=bindparam("until"),
         started=bindparam("now"),
     )
@@ -266,7 +266,7 @@ def claim_job(conn: Connection, flight: int, job: str, runner: str, lease_until:
     """Move a queued job to preparing for this runner; False if someone else has it."""
     res = conn.execute(
         _CLAIM_JOB,
-        {"f": flight, "j": job, "runner": runner, "until": lease_until, "now": time.time()},
+        {"f": flight, "j": job, "b_runner": runner, "until": lease_until, "now": time.time()},
     )
     return res.rowcount == 1
 
@@ -453,17 +453,21 @@ def finish_step(
     )
 
 
+_DELETE_RUNVAR = delete(runvars).where(
+    runvars.c.flight == bindparam("f"),
+    runvars.c.job == bindparam("j"),
+    runvars.c.name == bindparam("b_name"),
+)
+_INSERT_RUNVAR = insert(runvars)
+
+
 def set_runvars(conn: Connection, flight: int, job: str, values: dict[str, str]) -> None:
     """Write synthetic (output) runvars; a newer value replaces an older one."""
     if not values:
         return
+    conn.execute(_DELETE_RUNVAR, [{"f": flight, "j": job, "b_name": k} for k in values])
     conn.execute(
-        delete(runvars).where(
-            runvars.c.flight == flight, runvars.c.job == job, runvars.c.name.in_(list(values))
-        )
-    )
-    conn.execute(
-        insert(runvars),
+        _INSERT_RUNVAR,
         [
             {"flight": flight, "job": job, "name": k, "value": v, "synth": True}
             for k, v in values.items()

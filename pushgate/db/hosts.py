@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
 
 from pushgate.db.schema import host_allocations, host_slots, hosts
 
@@ -82,6 +82,52 @@ def list_hosts(conn: Connection) -> list[HostRow]:
     ]
 
 
+# Prebuilt statements: claims and releases run once per job on the hot path.
+_FREE = or_(host_slots.c.flight.is_(None), host_slots.c.lease_until < bindparam("b_now"))
+_FIND_FREE = (
+    select(host_slots.c.slot)
+    .where(host_slots.c.host == bindparam("b_host"), _FREE)
+    .order_by(host_slots.c.slot)
+    .limit(1)
+)
+# PostgreSQL: a slot row another claim holds is skipped, not waited for.
+_FIND_FREE_PG = _FIND_FREE.with_for_update(skip_locked=True)
+_TAKE = (
+    update(host_slots)
+    .where(
+        host_slots.c.host == bindparam("b_host"), host_slots.c.slot == bindparam("b_slot"), _FREE
+    )
+    .values(
+        flight=bindparam("b_f"),
+        job=bindparam("b_j"),
+        runner=bindparam("b_runner"),
+        lease_until=bindparam("b_until"),
+    )
+)
+_RECORD = insert(host_allocations)
+_FREE_SLOT = (
+    update(host_slots)
+    .where(
+        host_slots.c.host == bindparam("b_host"),
+        host_slots.c.slot == bindparam("b_slot"),
+        host_slots.c.flight == bindparam("b_f"),
+        host_slots.c.job == bindparam("b_j"),
+    )
+    .values(flight=None, job=None, runner=None, lease_until=None)
+)
+_RELEASED = (
+    update(host_allocations)
+    .where(
+        host_allocations.c.host == bindparam("b_host"),
+        host_allocations.c.slot == bindparam("b_slot"),
+        host_allocations.c.flight == bindparam("b_f"),
+        host_allocations.c.job == bindparam("b_j"),
+        host_allocations.c.released.is_(None),
+    )
+    .values(released=bindparam("b_now"))
+)
+
+
 def claim_slot(
     conn: Connection,
     host_names: list[str],
@@ -93,58 +139,36 @@ def claim_slot(
 ) -> Claim | None:
     """Claim a free slot on the first of `host_names` that has one."""
     now = time.time() if now is None else now
-    free = or_(host_slots.c.flight.is_(None), host_slots.c.lease_until < now)
+    find = _FIND_FREE_PG if conn.dialect.name == "postgresql" else _FIND_FREE
     for name in host_names:
-        q = (
-            select(host_slots.c.slot)
-            .where(host_slots.c.host == name, free)
-            .order_by(host_slots.c.slot)
-            .limit(1)
-        )
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        slot = conn.execute(q).scalar_one_or_none()
+        slot = conn.execute(find, {"b_host": name, "b_now": now}).scalar_one_or_none()
         if slot is None:
             continue
         res = conn.execute(
-            update(host_slots)
-            .where(host_slots.c.host == name, host_slots.c.slot == slot, free)
-            .values(flight=flight, job=job, runner=runner, lease_until=lease_until)
+            _TAKE,
+            {
+                "b_host": name,
+                "b_slot": slot,
+                "b_now": now,
+                "b_f": flight,
+                "b_j": job,
+                "b_runner": runner,
+                "b_until": lease_until,
+            },
         )
         if res.rowcount != 1:
             continue
         conn.execute(
-            insert(host_allocations).values(
-                host=name, slot=slot, flight=flight, job=job, allocated=now
-            )
+            _RECORD, {"host": name, "slot": slot, "flight": flight, "job": job, "allocated": now}
         )
         return Claim(name, slot)
     return None
 
 
 def release_slot(conn: Connection, claim: Claim, flight: int, job: str) -> None:
-    now = time.time()
-    conn.execute(
-        update(host_slots)
-        .where(
-            host_slots.c.host == claim.host,
-            host_slots.c.slot == claim.slot,
-            host_slots.c.flight == flight,
-            host_slots.c.job == job,
-        )
-        .values(flight=None, job=None, runner=None, lease_until=None)
-    )
-    conn.execute(
-        update(host_allocations)
-        .where(
-            host_allocations.c.host == claim.host,
-            host_allocations.c.slot == claim.slot,
-            host_allocations.c.flight == flight,
-            host_allocations.c.job == job,
-            host_allocations.c.released.is_(None),
-        )
-        .values(released=now)
-    )
+    params = {"b_host": claim.host, "b_slot": claim.slot, "b_f": flight, "b_j": job}
+    conn.execute(_FREE_SLOT, params)
+    conn.execute(_RELEASED, {**params, "b_now": time.time()})
 
 
 def release_job_slots(conn: Connection, flight: int, job: str) -> None:
