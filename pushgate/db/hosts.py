@@ -198,9 +198,11 @@ def heartbeat_slots(conn: Connection, runner: str, lease_until: float) -> None:
     )
 
 
+_HELD = select(host_slots.c.host, host_slots.c.slot, host_slots.c.flight, host_slots.c.job).where(
+    host_slots.c.flight.is_not(None)
+)
+
+
 def held_slots(conn: Connection) -> list[tuple[str, int, int, str]]:
-    """(host, slot, flight, job) of every held slot."""
-    q = select(host_slots.c.host, host_slots.c.slot, host_slots.c.flight, host_slots.c.job).where(
-        host_slots.c.flight.is_not(None)
-    )
-    return [(r.host, r.slot, r.flight, r.job) for r in conn.execute(q)]
+    """(host, slot, flight, job) of every held slot (read once per scheduling round)."""
+    return [(r.host, r.slot, r.flight, r.job) for r in conn.execute(_HELD)]
