@@ -92,7 +92,7 @@ def check(ctx: Ctx, dump_flights: bool) -> None:
     if dump_flights:
         click.echo("\n".join(dump(ctx.loaded)))
         return
-    console.print(config_summary(ctx.loaded), highlight=False)
+    console.print(config_summary(ctx.loaded), highlight=False, soft_wrap=True)
 
 
 @main.group()
