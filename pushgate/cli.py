@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from pushgate import config as cfgmod
 from pushgate.config import ConfigError, Loaded
@@ -18,12 +19,16 @@ from pushgate.flights import FlightError
 from pushgate.git import GitError
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
-err_console = Console(stderr=True)
+# No markup: printed text (commit subjects, test output) may hold [brackets] of its own.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+    # The message may quote user text with brackets (TOML tables): never parse it as markup.
+    line = Text("error: ", style="bold red")
+    line.append(msg)
+    err_console.print(line, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
