@@ -131,3 +131,12 @@ def test_check_dump_flights(project: Project) -> None:
     assert "b test-x buildjob=build-x" in lines
     assert "b build-x revision_src=<src>" in lines
     assert not (project.dir / "state").exists()  # construction only, nothing fetched or written
+
+
+def test_error_text_is_printed_literally(tmp_path: Path) -> None:
+    cfg = tmp_path / "pushgate.toml"
+    cfg.write_text(
+        '[trees."[bold]x"]\nurl = "u"\n[jobs.j]\nsteps = [{testid = "t", command = "true"}]\n'
+    )
+    r = pg("-c", str(cfg), "check")
+    assert r.returncode == 2 and "invalid name '[bold]x'" in r.stderr
