@@ -18,6 +18,7 @@ from pushgate.bisect.search import Outcome
 from pushgate.bisect.svg import NodeResult, render_svg
 from pushgate.config import Loaded
 from pushgate.db import bisections as dbb
+from pushgate.db import flights as dbf
 from pushgate.db.engine import Database
 from pushgate.flights import mirror
 from pushgate.git import GitError
@@ -208,8 +209,13 @@ def enqueue_mail(db: Database, loaded: Loaded, row: dbb.BisectionRow,
         return False
     domain = loaded.cfg.mail.domain
     mid = make_message_id(f"bisection-{row.id}", row.latest_flight or 0, domain)
-    reply, refs = (thread_to_report(row.latest_flight, domain) if row.latest_flight
-                   else (None, []))
+    # Thread under the report that showed the failure: a retest has none of its own.
+    reply: str | None = None
+    refs: list[str] = []
+    if row.latest_flight:
+        with db.read() as conn:
+            reported = dbf.reported_in(conn, row.latest_flight)
+        reply, refs = thread_to_report(reported, domain)
     msg = build_message(subject=res.subject, body=res.body, from_addr=loaded.cfg.mail.from_addr,
                         to=to, cc=[], message_id=mid, in_reply_to=reply, references=refs,
                         extra_headers={})

@@ -131,6 +131,16 @@ def flight_baselines(conn: Connection, flight: int) -> dict[str, str | None]:
     return {r.tree: r.baseline for r in conn.execute(q)}
 
 
+def reported_in(conn: Connection, flight: int) -> int:
+    """The flight whose report covers `flight`: a retest is reported with its parent."""
+    row = conn.execute(
+        select(flights.c.bless_as, flights.c.parent_flight).where(flights.c.flight == flight)
+    ).first()
+    if row is not None and row.bless_as == "real-retest" and row.parent_flight is not None:
+        return int(row.parent_flight)
+    return flight
+
+
 def bless_as(conn: Connection, flight: int) -> str:
     return str(
         conn.execute(select(flights.c.bless_as).where(flights.c.flight == flight)).scalar_one()
