@@ -45,12 +45,6 @@ class Blessing(StrEnum):
     BROKEN = "broken"
 
 
-# The blessing a finished flight takes, from what it was created for.
-FINAL_BLESSINGS = frozenset(
-    {Blessing.REAL, Blessing.REAL_RETEST, Blessing.REAL_BISECT, Blessing.PLAY, Blessing.ADHOC}
-)
-
-
 def job_rollup(step_statuses: list[tuple[str, bool]]) -> Status:
     """Job status from its finished steps, in step order (osstest §3.4).
 

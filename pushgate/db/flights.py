@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from pushgate.db.schema import flight_revisions, flights, job_deps, jobs, runvars, steps
-from pushgate.model import ACTIVE_JOB_STATUSES, FlightInfo, JobInfo, Status, StepInfo
+from pushgate.model import (
+    ACTIVE_JOB_STATUSES,
+    STICKY_JOB_STATUSES,
+    FlightInfo,
+    JobInfo,
+    Status,
+    StepInfo,
+)
 
 
 @dataclass(frozen=True)
@@ -301,13 +308,11 @@ _SET_JOB_STATUS = (
         jobs.c.flight == bindparam("f"),
         jobs.c.job == bindparam("j"),
         # broken and aborted stick (osstest §1.3).
-        jobs.c.status.not_in([Status.BROKEN.value, Status.ABORTED.value]),
+        jobs.c.status.not_in([s.value for s in STICKY_JOB_STATUSES]),
     )
     .values(status=bindparam("st"))
 )
-_FINISH_JOB = _SET_JOB_STATUS.values(
-    finished=bindparam("now"), runner=None, lease_until=None, pgid=None
-)
+_FINISH_JOB = _SET_JOB_STATUS.values(finished=bindparam("now"), runner=None, lease_until=None)
 
 
 def set_job_status(
@@ -318,10 +323,6 @@ def set_job_status(
         conn.execute(_FINISH_JOB, {**params, "now": time.time()})
     else:
         conn.execute(_SET_JOB_STATUS, params)
-
-
-def set_job_pgid(conn: Connection, flight: int, job: str, pgid: int | None) -> None:
-    conn.execute(update(jobs).where(jobs.c.flight == flight, jobs.c.job == job).values(pgid=pgid))
 
 
 def heartbeat(conn: Connection, runner: str, lease_until: float) -> None:
@@ -337,19 +338,18 @@ class StaleJob:
     flight: int
     job: str
     runner: str | None
-    pgid: int | None
     attempts: int
 
 
 def stale_jobs(conn: Connection, flight: int, now: float, dead_runners: set[str]) -> list[StaleJob]:
     """Jobs left preparing/running by a runner that is gone (lease expired or known dead)."""
-    q = select(jobs.c.job, jobs.c.runner, jobs.c.pgid, jobs.c.attempts, jobs.c.lease_until).where(
+    q = select(jobs.c.job, jobs.c.runner, jobs.c.attempts, jobs.c.lease_until).where(
         jobs.c.flight == flight, jobs.c.status.in_([Status.PREPARING, Status.RUNNING])
     )
     out = []
     for r in conn.execute(q):
         if r.runner in dead_runners or r.lease_until is None or r.lease_until < now:
-            out.append(StaleJob(flight, r.job, r.runner, r.pgid, r.attempts))
+            out.append(StaleJob(flight, r.job, r.runner, r.attempts))
     return out
 
 
@@ -380,7 +380,6 @@ def requeue_job(conn: Connection, flight: int, job: str, expected_runner: str | 
             status=Status.QUEUED,
             runner=None,
             lease_until=None,
-            pgid=None,
             attempts=jobs.c.attempts + 1,
             started=None,
         )
@@ -407,7 +406,7 @@ def break_job(conn: Connection, flight: int, job: str, reason: str) -> None:
     conn.execute(
         update(jobs)
         .where(jobs.c.flight == flight, jobs.c.job == job)
-        .values(status=Status.BROKEN, finished=now, runner=None, lease_until=None, pgid=None)
+        .values(status=Status.BROKEN, finished=now, runner=None, lease_until=None)
     )
 
 

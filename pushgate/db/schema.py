@@ -87,8 +87,6 @@ jobs = Table(
     Column("lease_until", Float),
     # Attempts after a crash, so a job that kills its runner is not retried forever.
     Column("attempts", Integer, nullable=False, default=0),
-    # Process group of the running step, so a restarted runner can kill orphans.
-    Column("pgid", Integer),
     ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
     Index("ix_jobs_job_flight", "job", "flight"),
     Index("ix_jobs_status", "status"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,8 +17,6 @@ class StepRun:
     cwd: Path
     log: Path
     timeout: float
-    # Called with the process group id as soon as the command runs.
-    on_start: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,6 @@ class LocalExecutor:
         try:
             if proc is None:
                 return StepOutcome(None, error=error)
-            if req.on_start:
-                req.on_start(proc.pid)
             done = _Watch(loop, proc, log)
             try:
                 await asyncio.wait_for(asyncio.shield(done.finished), timeout=req.timeout)
