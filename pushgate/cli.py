@@ -84,9 +84,12 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 
 @main.command()
-@click.option("--dump-flights", is_flag=True,
-              help="Print every branch's constructed jobs and runvars, with placeholder "
-              "revisions, one per line (diff it to review a config change).")
+@click.option(
+    "--dump-flights",
+    is_flag=True,
+    help="Print every branch's constructed jobs and runvars, with placeholder "
+    "revisions, one per line (diff it to review a config change).",
+)
 @pass_ctx
 @handle_errors
 def check(ctx: Ctx, dump_flights: bool) -> None:
@@ -424,9 +427,16 @@ def _tree_revs(values: tuple[str, ...], what: str) -> dict[str, str] | None:
 @click.option("--osstest-exit-codes", is_flag=True, help="Exit 16 for a flake, as osstest.")
 @pass_ctx
 @handle_errors
-def bisect_cmd(ctx: Ctx, branch: str, job: str | None, testid: str | None,
-               good: tuple[str, ...], bad: tuple[str, ...], hosts: int,
-               osstest_exit_codes: bool) -> None:
+def bisect_cmd(
+    ctx: Ctx,
+    branch: str,
+    job: str | None,
+    testid: str | None,
+    good: tuple[str, ...],
+    bad: tuple[str, ...],
+    hosts: int,
+    osstest_exit_codes: bool,
+) -> None:
     """Bisect BRANCH JOB TESTID to its culprit; `pushgate bisect status` lists bisections.
 
     Exits with the outcome's code: 4 complete, 8 inconclusive, 12 inconsistent,
@@ -441,12 +451,23 @@ def bisect_cmd(ctx: Ctx, branch: str, job: str | None, testid: str | None,
     if hosts < 1:
         fail("--hosts must be at least 1")
     try:
-        res = bisect(ctx.db, ctx.loaded, branch, job, testid, _tree_revs(good, "--good"),
-                     _tree_revs(bad, "--bad"), hosts=hosts, say=click.echo)
+        res = bisect(
+            ctx.db,
+            ctx.loaded,
+            branch,
+            job,
+            testid,
+            _tree_revs(good, "--good"),
+            _tree_revs(bad, "--bad"),
+            hosts=hosts,
+            say=click.echo,
+        )
     except BisectError as e:
         fail(str(e))
-    click.echo(f"outcome: {res.outcome} ({len(res.probe_flights)} flights, {res.runs} runs,"
-               f" confidence {res.confidence:.5f})")
+    click.echo(
+        f"outcome: {res.outcome} ({len(res.probe_flights)} flights, {res.runs} runs,"
+        f" confidence {res.confidence:.5f})"
+    )
     if res.culprit_commit:
         click.echo(f"culprit: {res.culprit_tree} {res.culprit_commit}")
         for p in res.not_present:
@@ -467,14 +488,24 @@ def _bisect_status(ctx: Ctx) -> None:
 
     with ctx.db.read() as conn:
         rows = dbb.list_bisections(conn)
-    table = Table("id", "branch", "job", "testid", "status", "culprit", "confidence", "runs",
-                  "flights")
+    table = Table(
+        "id", "branch", "job", "testid", "status", "culprit", "confidence", "runs", "flights"
+    )
     for r in rows:
         culprit = f"{r.culprit_tree} {r.culprit_commit[:12]}" if r.culprit_commit else ""
         conf = f"{r.confidence:.4f}" if r.confidence is not None else ""
         # Text cells: a testid may contain [...] that rich would read as markup.
-        cells = [str(r.id), r.branch, r.job, r.testid, r.status, culprit, conf, str(r.runs),
-                 f"{r.basis_flight or '-'}..{r.latest_flight or '-'}"]
+        cells = [
+            str(r.id),
+            r.branch,
+            r.job,
+            r.testid,
+            r.status,
+            culprit,
+            conf,
+            str(r.runs),
+            f"{r.basis_flight or '-'}..{r.latest_flight or '-'}",
+        ]
         table.add_row(*(Text(c) for c in cells))
     console.print(table)
 

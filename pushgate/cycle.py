@@ -96,8 +96,9 @@ def _schedule_due(schedule: str | None, last_created: float | None, now: float) 
     return float(nxt) <= now
 
 
-def plan_flight(db: Database, loaded: Loaded, branch: str, *,
-                now: float | None = None) -> Plan | None:
+def plan_flight(
+    db: Database, loaded: Loaded, branch: str, *, now: float | None = None
+) -> Plan | None:
     """Fetch the branch's trees and say whether (and in which mode) a flight is due."""
     now = time.time() if now is None else now
     br = loaded.branch(branch)
@@ -123,8 +124,10 @@ def plan_flight(db: Database, loaded: Loaded, branch: str, *,
         bases[tree] = tested
         return Plan(mode, rev, that, tested, reason, Tuple(revs, bases))
 
-    if tested is not None and not base_tested and not (
-        last is not None and last.mode == "baseline-test" and last.target == tested
+    if (
+        tested is not None
+        and not base_tested
+        and not (last is not None and last.mode == "baseline-test" and last.target == tested)
     ):
         return plan("baseline-test", tested, latest_tested, f"baseline {tested} never tested")
     if target != tested and (last is None or last.target != target or last.mode != "normal"):
@@ -146,14 +149,29 @@ def make_flight(db: Database, loaded: Loaded, branch: str, p: Plan) -> int:
     br = loaded.branch(branch)
     trees = loaded.branch_trees(branch)
     planned = plan_jobs(loaded, branch, select_branch_jobs(loaded, branch, None), p.tup)
-    revisions = {t: (p.tup.revisions[t], loaded.trees[t].url, p.tup.baselines.get(t))
-                 for t in trees}
+    revisions = {
+        t: (p.tup.revisions[t], loaded.trees[t].url, p.tup.baselines.get(t)) for t in trees
+    }
     with db.write() as conn:
-        flight = dbf.create_flight(conn, branch=branch, intended="real", bless_as=br.blessing,
-                                   revisions=revisions, new_jobs=planned)
-        dbg.insert_cycle(conn, flight=flight, branch=branch, tree=br.tree, mode=p.mode,
-                         target=p.target, that_revision=p.that, expected_old=p.expected_old,
-                         reason=p.reason)
+        flight = dbf.create_flight(
+            conn,
+            branch=branch,
+            intended="real",
+            bless_as=br.blessing,
+            revisions=revisions,
+            new_jobs=planned,
+        )
+        dbg.insert_cycle(
+            conn,
+            flight=flight,
+            branch=branch,
+            tree=br.tree,
+            mode=p.mode,
+            target=p.target,
+            that_revision=p.that,
+            expected_old=p.expected_old,
+            reason=p.reason,
+        )
     return flight
 
 
@@ -184,8 +202,7 @@ def retest_plan(loaded: Loaded, cyc: dbg.CycleRow, c: Classification) -> tuple[l
     return jobs, f"retest of {', '.join(jobs)}"
 
 
-def make_retest(db: Database, loaded: Loaded, cyc: dbg.CycleRow, jobs: list[str],
-                note: str) -> int:
+def make_retest(db: Database, loaded: Loaded, cyc: dbg.CycleRow, jobs: list[str], note: str) -> int:
     """A real-retest flight of `jobs` on the same tuple, its builds those of the main
     flight; created together with the cycle's move to the retest stage."""
     with db.read() as conn:
@@ -202,9 +219,14 @@ def make_retest(db: Database, loaded: Loaded, cyc: dbg.CycleRow, jobs: list[str]
     with db.write() as conn:
         urls.update(dbf.flight_urls(conn, cyc.flight))
         retest = dbf.create_flight(
-            conn, branch=cyc.branch, intended="real", bless_as="real-retest",
+            conn,
+            branch=cyc.branch,
+            intended="real",
+            bless_as="real-retest",
             revisions={t: (r, urls[t], bases.get(t)) for t, r in info.revisions.items()},
-            new_jobs=planned, parent_flight=cyc.flight)
+            new_jobs=planned,
+            parent_flight=cyc.flight,
+        )
         dbg.set_stage(conn, cyc.flight, "retest", retest_flight=retest, retest_note=note)
     return retest
 
@@ -255,16 +277,21 @@ def run_cycle(
     return res
 
 
-def hand_to_bisector(db: Database, loaded: Loaded, cyc: dbg.CycleRow,
-                     c: Classification) -> list[str]:
+def hand_to_bisector(
+    db: Database, loaded: Loaded, cyc: dbg.CycleRow, c: Classification
+) -> list[str]:
     """§6.4: bisect the main flight's regressions, unless the branch says not to or the
     report has broken lines. Runs the bisection to its end (it resumes if interrupted:
     the cycle stays at its `bisect` stage until it is done). Never fails the cycle."""
     if not loaded.branch(cyc.branch).bisect:
         return []
-    regs = list(dict.fromkeys(
-        (f.job, f.testid) for f in c.all_failures
-        if f.blocker == BLOCKER_REGRESSION and f.in_flight is None))
+    regs = list(
+        dict.fromkeys(
+            (f.job, f.testid)
+            for f in c.all_failures
+            if f.blocker == BLOCKER_REGRESSION and f.in_flight is None
+        )
+    )
     if not regs:
         return []
     if any(m.startswith("broken") for m in c.mro):
@@ -278,13 +305,22 @@ def hand_to_bisector(db: Database, loaded: Loaded, cyc: dbg.CycleRow,
     except Exception as e:  # noqa: BLE001 - the bisector must not stop the gate
         log.exception("flight %s: bisection failed", cyc.flight)
         return [f"bisection failed: {e}"]
-    return [f"bisection of {r.job} {r.testid}: {r.outcome}"
-            + (f", culprit {r.culprit_tree} {r.culprit_commit}" if r.culprit_commit else "")
-            for r in results]
+    return [
+        f"bisection of {r.job} {r.testid}: {r.outcome}"
+        + (f", culprit {r.culprit_tree} {r.culprit_commit}" if r.culprit_commit else "")
+        for r in results
+    ]
 
 
-def _advance(db: Database, loaded: Loaded, cyc: dbg.CycleRow, run: RunFn, stopper: Stopper,
-             res: CycleResult, bisect: bool = True) -> str:
+def _advance(
+    db: Database,
+    loaded: Loaded,
+    cyc: dbg.CycleRow,
+    run: RunFn,
+    stopper: Stopper,
+    res: CycleResult,
+    bisect: bool = True,
+) -> str:
     """Take the cycle of `cyc.flight` through its remaining stages."""
     flight = cyc.flight
     if cyc.stage == "flight":

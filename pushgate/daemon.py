@@ -83,8 +83,17 @@ class Daemon:
     # -- the loop ---------------------------------------------------------------------------
 
     def child_argv(self, branch: str) -> list[str]:
-        return [sys.executable, "-m", "pushgate.cli", "-c", str(self.loaded.path.resolve()),
-                "branch", "run", "--quiet", branch]
+        return [
+            sys.executable,
+            "-m",
+            "pushgate.cli",
+            "-c",
+            str(self.loaded.path.resolve()),
+            "branch",
+            "run",
+            "--quiet",
+            branch,
+        ]
 
     def has_work(self, branch: str) -> bool:
         """Does the branch need a cycle now? (fetches its trees)"""
@@ -158,8 +167,7 @@ class Daemon:
         self.install_signals()
         while not self.stopping:
             self.step()
-            if self.once and all(st.cycles and st.child is None
-                                 for st in self.branches.values()):
+            if self.once and all(st.cycles and st.child is None for st in self.branches.values()):
                 break
             self.wake.clear()
             self.wake.wait(self.sleep_time())
@@ -186,6 +194,12 @@ class Daemon:
         self.reap()
 
 
-def run_daemon(db: Database, loaded: Loaded, *, poll_s: float = DEFAULT_POLL_S,
-               once: bool = False, mailer: Mailer | None = None) -> int:
+def run_daemon(
+    db: Database,
+    loaded: Loaded,
+    *,
+    poll_s: float = DEFAULT_POLL_S,
+    once: bool = False,
+    mailer: Mailer | None = None,
+) -> int:
     return Daemon(db, loaded, poll_s=poll_s, once=once, mailer=mailer).run()

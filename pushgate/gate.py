@@ -122,8 +122,14 @@ class Decision:
 
 
 def decide(
-    *, branch_push: bool, mode: str, blessing: str, target: str, expected_old: str | None,
-    tolerable: bool, state: dbg.GateState,
+    *,
+    branch_push: bool,
+    mode: str,
+    blessing: str,
+    target: str,
+    expected_old: str | None,
+    tolerable: bool,
+    state: dbg.GateState,
 ) -> Decision:
     """osstest §6.1: tolerable -> wantpush; force / force-rev -> wantpush; block -> no."""
     if mode not in ("normal", "up-to-date"):
@@ -176,16 +182,21 @@ def _settle_pending(db: Database, loaded: Loaded, row: dbg.PushRow) -> tuple[str
     except GitError as e:
         return "failed", f"{e}\n"
     if now_at == row.revision:
-        return "pushed", (f"{ref} is at {row.revision}: the push completed before pushgate "
-                          "was restarted (git's output was lost).\n")
+        return "pushed", (
+            f"{ref} is at {row.revision}: the push completed before pushgate "
+            "was restarted (git's output was lost).\n"
+        )
     if now_at == row.expected_old:
         return _git_push(db, loaded, row)
-    return "refused", (f"{ref} moved to {now_at or '(absent)'} while this push was pending "
-                       f"(expected {row.expected_old or '(absent)'}); not pushing.\n")
+    return "refused", (
+        f"{ref} moved to {now_at or '(absent)'} while this push was pending "
+        f"(expected {row.expected_old or '(absent)'}); not pushing.\n"
+    )
 
 
-def push_flight(db: Database, loaded: Loaded, flight: int, *, tolerable: bool,
-                blessing: str = "real") -> dbg.PushRow:
+def push_flight(
+    db: Database, loaded: Loaded, flight: int, *, tolerable: bool, blessing: str = "real"
+) -> dbg.PushRow:
     """Decide and, if so, push the flight's tested revision; idempotent per flight.
 
     Returns the recorded decision. A flight already decided is returned as it is (a
@@ -201,12 +212,26 @@ def push_flight(db: Database, loaded: Loaded, flight: int, *, tolerable: bool,
             row = dbg.get_push(conn, flight)
             state = dbg.get_gate(conn, cyc.branch)
         if row is None:
-            d = decide(branch_push=br.push, mode=cyc.mode, blessing=blessing, target=cyc.target,
-                       expected_old=cyc.expected_old, tolerable=tolerable, state=state)
+            d = decide(
+                branch_push=br.push,
+                mode=cyc.mode,
+                blessing=blessing,
+                target=cyc.target,
+                expected_old=cyc.expected_old,
+                tolerable=tolerable,
+                state=state,
+            )
             with db.write() as conn:
-                dbg.insert_push(conn, flight=flight, branch=cyc.branch, tree=cyc.tree,
-                                revision=cyc.target, expected_old=cyc.expected_old,
-                                status=d.kind, output="" if d.push else f"{d.why}\n")
+                dbg.insert_push(
+                    conn,
+                    flight=flight,
+                    branch=cyc.branch,
+                    tree=cyc.tree,
+                    revision=cyc.target,
+                    expected_old=cyc.expected_old,
+                    status=d.kind,
+                    output="" if d.push else f"{d.why}\n",
+                )
                 row = dbg.get_push(conn, flight)
             assert row is not None
             if d.push:

@@ -30,12 +30,27 @@ _FULL_HEX = re.compile(r"^[0-9a-f]{40}$")
 _REF_CHARS = re.compile(r"^[A-Za-z0-9._/+@-]+$")
 _URL_SECRET = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
 # Environment variables of the caller that git may keep (ssh setup, TLS trust, proxies).
-_KEEP_GIT_ENV = ("GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT", "GIT_SSL_CAINFO",
-                 "GIT_SSL_CAPATH", "GIT_PROXY_COMMAND")
+_KEEP_GIT_ENV = (
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_SSH_VARIANT",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+    "GIT_PROXY_COMMAND",
+)
 # Fixed output formats whatever the git defaults: the revision log is compared with osstest's.
-_CONFIG = ("core.pager=cat", "color.ui=false", "log.showSignature=false", "log.decorate=false",
-           "log.mailmap=false", "i18n.logOutputEncoding=UTF-8", "core.hooksPath=/dev/null",
-           "core.quotePath=false", "gc.auto=0", "maintenance.auto=false")
+_CONFIG = (
+    "core.pager=cat",
+    "color.ui=false",
+    "log.showSignature=false",
+    "log.decorate=false",
+    "log.mailmap=false",
+    "i18n.logOutputEncoding=UTF-8",
+    "core.hooksPath=/dev/null",
+    "core.quotePath=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+)
 PEOPLE_TRAILERS = ("signed-off-by", "tested-by", "acked-by", "committed-by", "from")
 _PEOPLE_RE = re.compile(
     r"^(?:author:\s+(?P<a>.*)|    (?:" + "|".join(PEOPLE_TRAILERS) + r"):\s+(?P<t>.*))$",
@@ -77,7 +92,10 @@ def check_ref(ref: str) -> str:
         raise GitError(f"bad ref {ref!r}: characters outside [A-Za-z0-9._/+@-]")
     proc = subprocess.run(
         ["git", "check-ref-format", "--allow-onelevel", ref],
-        env=git_env(), capture_output=True, check=False, timeout=LOCAL_TIMEOUT,
+        env=git_env(),
+        capture_output=True,
+        check=False,
+        timeout=LOCAL_TIMEOUT,
     )
     if proc.returncode != 0:
         raise GitError(f"bad ref {ref!r}: refused by git check-ref-format")
@@ -86,10 +104,15 @@ def check_ref(ref: str) -> str:
 
 def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment every git command runs with."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("GIT_") or k in _KEEP_GIT_ENV}
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull,
-               GIT_ASKPASS="", SSH_ASKPASS="", LC_ALL="C")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_GIT_ENV}
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_ASKPASS="",
+        SSH_ASKPASS="",
+        LC_ALL="C",
+    )
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     if extra:
         env.update(extra)
@@ -103,8 +126,14 @@ class GitResult:
     stderr: str
 
 
-def run_git(args: Sequence[str], *, git_dir: Path | None = None, timeout: float = LOCAL_TIMEOUT,
-            config: Sequence[str] = (), what: str = "git") -> GitResult:
+def run_git(
+    args: Sequence[str],
+    *,
+    git_dir: Path | None = None,
+    timeout: float = LOCAL_TIMEOUT,
+    config: Sequence[str] = (),
+    what: str = "git",
+) -> GitResult:
     """Run git with args (never through a shell); return its exit status and output.
 
     Runs in its own process group so a timeout also kills ssh/remote helpers git started.
@@ -116,16 +145,23 @@ def run_git(args: Sequence[str], *, git_dir: Path | None = None, timeout: float 
     if git_dir is not None:
         cmd.append(f"--git-dir={git_dir}")
     cmd += list(args)
-    proc = subprocess.Popen(cmd, env=git_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=git_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise GitError(f"{what}: git {args[0]} timed out after {timeout:g}s") from None
-    return GitResult(proc.returncode, out.decode("utf-8", "replace"),
-                     err.decode("utf-8", "replace"))
+    return GitResult(
+        proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    )
 
 
 @dataclass(frozen=True)
@@ -191,9 +227,13 @@ class Mirror:
     # -- plumbing -------------------------------------------------------------------------
 
     def _git(self, *args: str, network: bool = False, check: bool = True) -> GitResult:
-        res = run_git(args, git_dir=self.path, config=self.config,
-                      timeout=self.network_timeout if network else LOCAL_TIMEOUT,
-                      what=f"tree {self.name} ({redact_url(self.url)})")
+        res = run_git(
+            args,
+            git_dir=self.path,
+            config=self.config,
+            timeout=self.network_timeout if network else LOCAL_TIMEOUT,
+            what=f"tree {self.name} ({redact_url(self.url)})",
+        )
         if check and res.returncode != 0:
             raise GitError(f"tree {self.name}: git {args[0]} failed: {_first_line(res.stderr)}")
         return res
@@ -222,12 +262,17 @@ class Mirror:
                 return
             tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
             try:
-                res = run_git(["clone", "--mirror", "--quiet", "--", self.url, str(tmp / "m")],
-                              config=self.config, timeout=self.network_timeout,
-                              what=f"tree {self.name} ({redact_url(self.url)})")
+                res = run_git(
+                    ["clone", "--mirror", "--quiet", "--", self.url, str(tmp / "m")],
+                    config=self.config,
+                    timeout=self.network_timeout,
+                    what=f"tree {self.name} ({redact_url(self.url)})",
+                )
                 if res.returncode != 0:
-                    raise GitError(f"cannot fetch tree {self.name} from {redact_url(self.url)}: "
-                                   f"{_first_line(res.stderr)}")
+                    raise GitError(
+                        f"cannot fetch tree {self.name} from {redact_url(self.url)}: "
+                        f"{_first_line(res.stderr)}"
+                    )
                 os.rename(tmp / "m", self.path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -237,17 +282,35 @@ class Mirror:
         config says otherwise), pruning refs deleted upstream."""
         self.ensure()
         with self.lock():
-            res = self._git("fetch", "--prune", "--force", "--quiet", "--no-write-fetch-head",
-                            "--", self.url, "+refs/*:refs/*", network=True, check=False)
+            res = self._git(
+                "fetch",
+                "--prune",
+                "--force",
+                "--quiet",
+                "--no-write-fetch-head",
+                "--",
+                self.url,
+                "+refs/*:refs/*",
+                network=True,
+                check=False,
+            )
         if res.returncode != 0:
-            raise GitError(f"cannot fetch tree {self.name} from {redact_url(self.url)}: "
-                           f"{_first_line(res.stderr)}")
+            raise GitError(
+                f"cannot fetch tree {self.name} from {redact_url(self.url)}: "
+                f"{_first_line(res.stderr)}"
+            )
 
     # -- reading --------------------------------------------------------------------------
 
     def _verify(self, spec: str) -> str | None:
-        res = self._git("rev-parse", "--verify", "--quiet", "--end-of-options",
-                        f"{spec}^{{commit}}", check=False)
+        res = self._git(
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            f"{spec}^{{commit}}",
+            check=False,
+        )
         out = res.stdout.strip()
         return out if res.returncode == 0 and _FULL_HEX.match(out) else None
 
@@ -289,21 +352,47 @@ class Mirror:
 
     def log_range(self, base: str | None, target: str) -> list[Commit]:
         """Commits in base..target, in plain `git log` order (newest first)."""
-        fields = ["%H", "%P", "%an", "%ae", "%aI", "%cn", "%ce", "%cI",
-                  "%(trailers:only,unfold)", "%B"]
-        out = self._git("log", "-z", "--format=" + "%x00".join(fields),
-                        *self._range(base, target), "--").stdout
+        fields = [
+            "%H",
+            "%P",
+            "%an",
+            "%ae",
+            "%aI",
+            "%cn",
+            "%ce",
+            "%cI",
+            "%(trailers:only,unfold)",
+            "%B",
+        ]
+        out = self._git(
+            "log", "-z", "--format=" + "%x00".join(fields), *self._range(base, target), "--"
+        ).stdout
         parts = out.split("\0")
         n = len(fields)
         commits = []
         for i in range(0, len(parts) - n + 1, n):
-            sha, par, an, ae, ad, cn, ce, cd, trl, msg = parts[i:i + n]
+            sha, par, an, ae, ad, cn, ce, cd, trl, msg = parts[i : i + n]
             subject, _, body = msg.partition("\n")
-            trailers = tuple((k.strip(), v.strip()) for k, sep, v in
-                             (line.partition(":") for line in trl.splitlines()) if sep)
-            commits.append(Commit(sha, tuple(par.split()), an, ae, datetime.fromisoformat(ad),
-                                  cn, ce, datetime.fromisoformat(cd), subject,
-                                  body.strip("\n"), trailers))
+            trailers = tuple(
+                (k.strip(), v.strip())
+                for k, sep, v in (line.partition(":") for line in trl.splitlines())
+                if sep
+            )
+            commits.append(
+                Commit(
+                    sha,
+                    tuple(par.split()),
+                    an,
+                    ae,
+                    datetime.fromisoformat(ad),
+                    cn,
+                    ce,
+                    datetime.fromisoformat(cd),
+                    subject,
+                    body.strip("\n"),
+                    trailers,
+                )
+            )
         return commits
 
     def count_range(self, base: str | None, target: str) -> int:
@@ -311,8 +400,9 @@ class Mirror:
 
     def revision_log(self, base: str | None, target: str) -> str:
         """Plain `git log base..target` in git's default format (no submodule descent)."""
-        return self._git("log", "--no-color", "--format=medium", *self._range(base, target),
-                         "--").stdout
+        return self._git(
+            "log", "--no-color", "--format=medium", *self._range(base, target), "--"
+        ).stdout
 
     def revision_log_text(self, base: str | None, target: str, max_lines: int = 300) -> str:
         """The revision log as osstest prints it: the log if it has fewer than max_lines lines,
@@ -332,8 +422,16 @@ class Mirror:
         b, t = self._rev(base), self._rev(target)
         if not self.is_ancestor(b, t):
             return RevisionGraph({t: [b], b: []}, self._dates([b, t]), rewound=True)
-        out = self._git("rev-list", "--date-order", "--ancestry-path", "--parents",
-                        "--format=%ct", f"^{b}", t, "--").stdout
+        out = self._git(
+            "rev-list",
+            "--date-order",
+            "--ancestry-path",
+            "--parents",
+            "--format=%ct",
+            f"^{b}",
+            t,
+            "--",
+        ).stdout
         raw: dict[str, list[str]] = {}
         dates: dict[str, int] = {}
         lines = out.splitlines()
@@ -377,8 +475,9 @@ class Mirror:
         """Remove a worktree made by worktree() (and its registration); idempotent."""
         with self.lock():
             if dest.exists():
-                res = self._git("worktree", "remove", "--force", "--force", "--", str(dest),
-                                check=False)
+                res = self._git(
+                    "worktree", "remove", "--force", "--force", "--", str(dest), check=False
+                )
                 if res.returncode != 0:
                     shutil.rmtree(dest, ignore_errors=True)
             self._git("worktree", "prune")
@@ -391,16 +490,19 @@ class Mirror:
         _check_url(push_url)
         res = self._git("ls-remote", "--", push_url, full, network=True, check=False)
         if res.returncode != 0:
-            raise GitError(f"tree {self.name}: cannot list {full} at {redact_url(push_url)}: "
-                           f"{_first_line(res.stderr)}")
+            raise GitError(
+                f"tree {self.name}: cannot list {full} at {redact_url(push_url)}: "
+                f"{_first_line(res.stderr)}"
+            )
         for line in res.stdout.splitlines():
             sha, _, name = line.partition("\t")
             if name == full:
                 return sha
         return None
 
-    def push_with_lease(self, push_url: str, ref: str, new: str,
-                        expected_old: str | None) -> PushResult:
+    def push_with_lease(
+        self, push_url: str, ref: str, new: str, expected_old: str | None
+    ) -> PushResult:
         """Move branch ref at push_url from expected_old to new: fast-forward only, as a
         compare-and-swap (--force-with-lease). expected_old None means "ref must not exist".
 
@@ -415,22 +517,43 @@ class Mirror:
             if not self.has_commit(old_sha):
                 # The tested ref may live in another repository: fetch its objects (no ref is
                 # written) so the ancestry check can run.
-                res = self._git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--",
-                                push_url, full, network=True, check=False)
+                res = self._git(
+                    "fetch",
+                    "--quiet",
+                    "--no-tags",
+                    "--no-write-fetch-head",
+                    "--",
+                    push_url,
+                    full,
+                    network=True,
+                    check=False,
+                )
                 if res.returncode != 0 and "couldn't find remote ref" not in res.stderr:
-                    raise GitError(f"tree {self.name}: cannot push {full} to "
-                                   f"{redact_url(push_url)}: {_first_line(res.stderr)}")
+                    raise GitError(
+                        f"tree {self.name}: cannot push {full} to "
+                        f"{redact_url(push_url)}: {_first_line(res.stderr)}"
+                    )
             if not self.has_commit(old_sha):
-                return PushResult(False, f"{full} at {redact_url(push_url)}: expected old "
-                                  f"revision {old_sha} is unknown here; not pushing.\n",
-                                  "stale", old_sha, new_sha)
+                return PushResult(
+                    False,
+                    f"{full} at {redact_url(push_url)}: expected old "
+                    f"revision {old_sha} is unknown here; not pushing.\n",
+                    "stale",
+                    old_sha,
+                    new_sha,
+                )
             if not self.is_ancestor(old_sha, new_sha):
-                return PushResult(False, f"{new_sha} is not a fast-forward of {old_sha} "
-                                  f"({full}); not pushing.\n", "not-fast-forward",
-                                  old_sha, new_sha)
+                return PushResult(
+                    False,
+                    f"{new_sha} is not a fast-forward of {old_sha} ({full}); not pushing.\n",
+                    "not-fast-forward",
+                    old_sha,
+                    new_sha,
+                )
         lease = f"--force-with-lease={full}:{old_sha or ''}"
-        res = self._git("push", lease, "--", push_url, f"{new_sha}:{full}",
-                        network=True, check=False)
+        res = self._git(
+            "push", lease, "--", push_url, f"{new_sha}:{full}", network=True, check=False
+        )
         output = redact_url(res.stdout + res.stderr)
         if res.returncode == 0:
             reason = "up-to-date" if "Everything up-to-date" in output else "pushed"
@@ -439,8 +562,10 @@ class Mirror:
             return PushResult(False, output, "stale", old_sha, new_sha)
         if "[rejected]" in output or "[remote rejected]" in output:
             return PushResult(False, output, "rejected", old_sha, new_sha)
-        raise GitError(f"tree {self.name}: cannot push {full} to {redact_url(push_url)}: "
-                       f"{_first_line(res.stderr)}")
+        raise GitError(
+            f"tree {self.name}: cannot push {full} to {redact_url(push_url)}: "
+            f"{_first_line(res.stderr)}"
+        )
 
     def _rev_or_hex(self, rev: str) -> str:
         if _FULL_HEX.match(rev.lower()):

@@ -51,8 +51,18 @@ _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _OWN_HEADERS = frozenset(
     h.lower()
     for h in (
-        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "In-Reply-To",
-        "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "In-Reply-To",
+        "References",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
     )
 )
 
@@ -104,9 +114,15 @@ class MailSettings:
     def from_config(cls, cfg: MailConfig) -> MailSettings:
         """Settings from the ``[mail]`` table of pushgate.toml."""
         return cls(
-            mode=cfg.mode, host=cfg.host, port=cfg.port, security=cfg.security,
-            user=cfg.user, password_env=cfg.password_env, password_file=cfg.password_file,
-            from_addr=cfg.from_addr, mbox_path=cfg.mbox,
+            mode=cfg.mode,
+            host=cfg.host,
+            port=cfg.port,
+            security=cfg.security,
+            user=cfg.user,
+            password_env=cfg.password_env,
+            password_file=cfg.password_file,
+            from_addr=cfg.from_addr,
+            mbox_path=cfg.mbox,
         )
 
     def read_password(self) -> str | None:
@@ -157,9 +173,7 @@ def report_message_id(flight: int, domain: str) -> str:
     return make_message_id("report", flight, domain)
 
 
-def reply_headers(
-    parent_id: str, parent_references: Sequence[str] = ()
-) -> tuple[str, list[str]]:
+def reply_headers(parent_id: str, parent_references: Sequence[str] = ()) -> tuple[str, list[str]]:
     """(In-Reply-To, References) for a mail answering ``parent_id`` (RFC 5322 3.6.4)."""
     refs = [r for r in parent_references if r != parent_id]
     return parent_id, [*refs, parent_id]
@@ -304,8 +318,12 @@ def deliver(settings: MailSettings, msg: EmailMessage, recipients: list[str]) ->
         _deliver_mbox(settings, msg)
     else:
         _deliver_smtp(settings, msg, recipients)
-    log.info("mail %s delivered (%s) to %d recipient(s)",
-             msg.get("Message-ID"), settings.mode, len(recipients))
+    log.info(
+        "mail %s delivered (%s) to %d recipient(s)",
+        msg.get("Message-ID"),
+        settings.mode,
+        len(recipients),
+    )
 
 
 def _scrub(text: str, secret: str | None) -> str:
@@ -332,8 +350,12 @@ def _deliver_smtp(settings: MailSettings, msg: EmailMessage, recipients: list[st
     try:
         smtp: smtplib.SMTP
         if settings.security == "tls":
-            smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
-                                    context=settings.ssl_context())
+            smtp = smtplib.SMTP_SSL(
+                settings.host,
+                settings.port,
+                timeout=settings.timeout,
+                context=settings.ssl_context(),
+            )
         else:
             smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
         with smtp:
@@ -348,7 +370,9 @@ def _deliver_smtp(settings: MailSettings, msg: EmailMessage, recipients: list[st
     except smtplib.SMTPAuthenticationError as e:
         failure = PermanentMailError(
             f"SMTP authentication as {settings.user!r} at {where} failed: "
-            f"{_reply_text(e.smtp_code, e.smtp_error, password)}", recipients)
+            f"{_reply_text(e.smtp_code, e.smtp_error, password)}",
+            recipients,
+        )
     except smtplib.SMTPRecipientsRefused as e:
         refused = e.recipients
     except smtplib.SMTPResponseException as e:
@@ -359,15 +383,18 @@ def _deliver_smtp(settings: MailSettings, msg: EmailMessage, recipients: list[st
         failure = PermanentMailError(f"SMTP {where}: {_scrub(str(e), password)}", recipients)
     except ssl.SSLCertVerificationError as e:
         failure = PermanentMailError(
-            f"SMTP {where}: TLS certificate not trusted: {e.verify_message}", recipients)
+            f"SMTP {where}: TLS certificate not trusted: {e.verify_message}", recipients
+        )
     except UnicodeError:
         failure = PermanentMailError(
-            f"SMTP {where}: non-ASCII envelope address needs SMTPUTF8", recipients)
+            f"SMTP {where}: non-ASCII envelope address needs SMTPUTF8", recipients
+        )
     except (smtplib.SMTPException, OSError) as e:
         # refused, reset, timeout, DNS failure, TLS handshake trouble: try again later
         kind = "timed out" if isinstance(e, TimeoutError) else "failed"
         failure = TransientMailError(
-            f"SMTP {where} {kind}: {_scrub(str(e) or type(e).__name__, password)}", recipients)
+            f"SMTP {where} {kind}: {_scrub(str(e) or type(e).__name__, password)}", recipients
+        )
     if failure is not None:
         raise failure
     if refused:

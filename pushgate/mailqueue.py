@@ -76,23 +76,43 @@ def enqueue_report(db: Database, loaded: Loaded, rep: BuiltReport) -> bool:
         if dbg.get_mail(conn, mid) is not None:
             return False
     msg = build_message(
-        subject=rep.subject, body=rep.body, from_addr=loaded.cfg.mail.from_addr,
-        to=list(br.mail_to), cc=list(br.mail_cc), message_id=mid, in_reply_to=None,
-        references=[], extra_headers=rep.headers,
+        subject=rep.subject,
+        body=rep.body,
+        from_addr=loaded.cfg.mail.from_addr,
+        to=list(br.mail_to),
+        cc=list(br.mail_cc),
+        message_id=mid,
+        in_reply_to=None,
+        references=[],
+        extra_headers=rep.headers,
     )
     rcpts = envelope_recipients(br.mail_to, br.mail_cc, br.mail_bcc)
     # Bcc goes to the envelope only: the stored message never carries it.
-    return enqueue(db, message_id=mid, kind="report", flight=rep.flight,
-                   data=serialize(msg), recipients=rcpts)
+    return enqueue(
+        db, message_id=mid, kind="report", flight=rep.flight, data=serialize(msg), recipients=rcpts
+    )
 
 
-def enqueue(db: Database, *, message_id: str, kind: str, flight: int | None, data: bytes,
-            recipients: list[str]) -> bool:
+def enqueue(
+    db: Database,
+    *,
+    message_id: str,
+    kind: str,
+    flight: int | None,
+    data: bytes,
+    recipients: list[str],
+) -> bool:
     """Queue serialized message bytes for the envelope recipients, once per Message-ID."""
     with db.write() as conn:
-        return dbg.enqueue_mail(conn, message_id=message_id, kind=kind, flight=flight,
-                                recipients=recipients, message=data.decode("utf-8"),
-                                now=time.time())
+        return dbg.enqueue_mail(
+            conn,
+            message_id=message_id,
+            kind=kind,
+            flight=flight,
+            recipients=recipients,
+            message=data.decode("utf-8"),
+            now=time.time(),
+        )
 
 
 @dataclass
@@ -102,8 +122,9 @@ class FlushResult:
     failed: int = 0
 
 
-def deliver_due(db: Database, mailer: Mailer, *, now: float | None = None,
-                limit: int = 50) -> FlushResult:
+def deliver_due(
+    db: Database, mailer: Mailer, *, now: float | None = None, limit: int = 50
+) -> FlushResult:
     """Try every due message once; never raises for a delivery problem."""
     out = FlushResult()
     now = time.time() if now is None else now
@@ -121,15 +142,24 @@ def deliver_due(db: Database, mailer: Mailer, *, now: float | None = None,
             permanent = isinstance(e, PermanentMailError)
             delay = next_attempt_delay(m.attempts + 1)
             with db.write() as conn:
-                dbg.mark_failed(conn, m.id, error=str(e), permanent=permanent,
-                                next_attempt=time.time() + delay,
-                                recipients=e.recipients or None)
+                dbg.mark_failed(
+                    conn,
+                    m.id,
+                    error=str(e),
+                    permanent=permanent,
+                    next_attempt=time.time() + delay,
+                    recipients=e.recipients or None,
+                )
             if permanent:
                 out.failed += 1
             else:
                 out.retry += 1
-            log.warning("mail %s not delivered (%s): %s", m.message_id,
-                        "giving up" if permanent else f"retry in {delay:.0f}s", e)
+            log.warning(
+                "mail %s not delivered (%s): %s",
+                m.message_id,
+                "giving up" if permanent else f"retry in {delay:.0f}s",
+                e,
+            )
             continue
         with db.write() as conn:
             dbg.mark_sent(conn, m.id, time.time())

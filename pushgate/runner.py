@@ -14,7 +14,6 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,62 +70,68 @@ class RunContext:
 class GroupWriter:
     """Group commit for the runner's step and job transactions.
 
-    Writes that arrive while a commit is under way are committed together in
-    the next transaction, on one DB thread: each caller still waits for its own
-    commit (invariant 3), but eight jobs finishing steps at once pay for one
-    commit, not eight, and the event loop never waits on the database.
+    Writes asked for during one turn of the event loop are committed together
+    in one transaction at the end of that turn: each caller still waits for
+    its own commit (invariant 3), but eight jobs finishing steps at once pay
+    for one commit, not eight. The commit runs on the loop itself: a DB thread
+    was measured slower, as it and the loop fought over the GIL (a commit of a
+    few rows took 3 ms, a write waited 9 ms for it).
     """
 
     def __init__(self, db: Database):
         self.db = db
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="pushgate-db")
         self.queue: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
-        self.draining = False
+        # One connection for the runner's life: a pool checkout per commit costs
+        # more than the commit (measured 0.15 vs 0.06 ms for an empty one).
+        self.conn: Connection | None = None
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
+        if not self.queue:
+            loop.call_soon(self._flush)
         self.queue.append((fn, fut))
-        if not self.draining:
-            self.draining = True
-            loop.create_task(self._drain())
         return await fut
 
     def _commit(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
-        with self.db.write() as conn:
-            return [fn(conn) for fn in fns]
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
+        if self.conn is None:
+            self.conn = self.db.write_connection()
         try:
-            while self.queue:
-                batch, self.queue = self.queue, []
-                results: list[tuple[Any, BaseException | None]]
+            with self.conn.begin():
+                return [fn(self.conn) for fn in fns]
+        except Exception:
+            # The connection may be what failed (a restarted server): take a fresh one.
+            self.close()
+            raise
+
+    def _flush(self) -> None:
+        batch, self.queue = self.queue, []
+        results: list[tuple[Any, BaseException | None]]
+        try:
+            results = [(v, None) for v in self._commit([f for f, _ in batch])]
+        except Exception:  # noqa: BLE001 - retried one by one to find the culprit
+            results = []
+            for fn, _ in batch:
                 try:
-                    values = await loop.run_in_executor(
-                        self.thread, self._commit, [f for f, _ in batch]
-                    )
-                    results = [(v, None) for v in values]
-                except Exception:  # noqa: BLE001 - retried one by one to find the culprit
-                    results = []
-                    for fn, _ in batch:
-                        try:
-                            [v] = await loop.run_in_executor(self.thread, self._commit, [fn])
-                            results.append((v, None))
-                        except Exception as e:  # noqa: BLE001 - handed to that caller
-                            results.append((None, e))
-                for (_, fut), (value, err) in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if err is None:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(err)
-        finally:
-            self.draining = False
+                    [v] = self._commit([fn])
+                    results.append((v, None))
+                except Exception as e:  # noqa: BLE001 - handed to that caller
+                    results.append((None, e))
+        for (_, fut), (value, err) in zip(batch, results, strict=True):
+            if fut.done():
+                continue  # its caller was cancelled meanwhile; the write stands
+            if err is None:
+                fut.set_result(value)
+            else:
+                fut.set_exception(err)
 
     def close(self) -> None:
-        self.thread.shutdown(wait=True)
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection is dropped either way
+                pass
 
 
 def log_relpath(flight: int, job: str, stepno: int, testid: str) -> str:

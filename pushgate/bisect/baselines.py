@@ -38,7 +38,10 @@ def _probe_count(observations: Sequence[Observation]) -> int:
 
 
 def one_run_bisect(
-    graph: RevGraph, basis: Node, latest: Node, observations: Sequence[Observation],
+    graph: RevGraph,
+    basis: Node,
+    latest: Node,
+    observations: Sequence[Observation],
     hosts: int = 1,
 ) -> Decision:
     """git bisect run: one run per node, trusted."""
@@ -51,15 +54,24 @@ StepFn = Callable[[RevGraph, Node, Node, Sequence[Observation], int], Decision]
 def bisect_k(k: int) -> StepFn:
     """A step function for bisect-k (for drivers that take `step(graph, B, L, obs, hosts)`)."""
 
-    def _step(graph: RevGraph, basis: Node, latest: Node,
-              observations: Sequence[Observation], hosts: int = 1) -> Decision:
+    def _step(
+        graph: RevGraph,
+        basis: Node,
+        latest: Node,
+        observations: Sequence[Observation],
+        hosts: int = 1,
+    ) -> Decision:
         return bisect_k_step(graph, basis, latest, observations, k, hosts)
 
     return _step
 
 
 def bisect_k_step(
-    graph: RevGraph, basis: Node, latest: Node, observations: Sequence[Observation], k: int,
+    graph: RevGraph,
+    basis: Node,
+    latest: Node,
+    observations: Sequence[Observation],
+    k: int,
     hosts: int = 1,
 ) -> Decision:
     try:
@@ -84,8 +96,9 @@ def bisect_k_step(
         if node not in good and 0 < fails.get(node, 0) < k:
             return Probes((node,), "search")
     verdicts = [Observation(n, "pass", kind="history") for n in good]
-    verdicts += [Observation(n, "fail", kind="history") for n, c in fails.items()
-                 if c >= k and n not in good]
+    verdicts += [
+        Observation(n, "fail", kind="history") for n, c in fails.items() if c >= k and n not in good
+    ]
     post = _noiseless(idx, verdicts)
     top, p = post.top_candidate()
     if p >= 1 - 1e-9:
@@ -118,8 +131,13 @@ def _strict_sequence(
 
 
 def osstest_step(
-    graph: RevGraph, basis: Node, latest: Node, observations: Sequence[Observation],
-    hosts: int = 1, endpoint_repro: int = 2, final_repro: int = 3,
+    graph: RevGraph,
+    basis: Node,
+    latest: Node,
+    observations: Sequence[Observation],
+    hosts: int = 1,
+    endpoint_repro: int = 2,
+    final_repro: int = 3,
 ) -> Decision:
     try:
         idx = build_index(graph, basis, latest)
@@ -134,8 +152,9 @@ def osstest_step(
         return Outcome("unreproducible", None, 0.0, runs, reason=f"supposed {what}")
     if pairs < endpoint_repro:
         return Probes((need,), "endpoint")
-    verdicts = [Observation(o.node, o.result, kind="history") for o in observations
-                if o.result != "broken"]
+    verdicts = [
+        Observation(o.node, o.result, kind="history") for o in observations if o.result != "broken"
+    ]
     try:
         post = _noiseless(idx, verdicts)
     except ValueError:

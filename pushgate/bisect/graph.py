@@ -233,9 +233,7 @@ def parse_rev_list(text: str) -> tuple[dict[str, list[str]], dict[str, int]]:
 
 def chain_graph(n: int, tree: str = "t", start_date: int = 1_000_000) -> RevGraph:
     """A single-tree linear history of n+1 commits c0 (basis) .. cn (latest)."""
-    ps: dict[Node, list[Node]] = {
-        (f"c{i}",): [(f"c{i - 1}",)] if i else [] for i in range(n + 1)
-    }
+    ps: dict[Node, list[Node]] = {(f"c{i}",): [(f"c{i - 1}",)] if i else [] for i in range(n + 1)}
     return RevGraph([tree], ps, {(f"c{i}",): start_date + i for i in range(n + 1)})
 
 

@@ -119,8 +119,12 @@ def flake_grid(
 
 
 def learned_priors(
-    flakes: int, envs: int, total: int, strength: float = 10.0,
-    flake_default: float = 0.4, env_default: float = 0.02,
+    flakes: int,
+    envs: int,
+    total: int,
+    strength: float = 10.0,
+    flake_default: float = 0.4,
+    env_default: float = 0.02,
 ) -> tuple[float, float]:
     """(pi_flake, pi_env): Beta-smoothed shares of the step's past bisection outcomes (§3)."""
     return (
@@ -165,9 +169,7 @@ def build_index(graph: RevGraph, basis: Node, latest: Node) -> Index:
     for i, n in enumerate(cands):
         ps = [p for p in graph.parents(n) if p in pos or p == basis]
         rel_parents[n] = tuple(ps)
-        if len(ps) != 1 or (ps[0] != basis and pos[ps[0]] != i - 1) or (i == 0) != (
-            ps[0] == basis
-        ):
+        if len(ps) != 1 or (ps[0] != basis and pos[ps[0]] != i - 1) or (i == 0) != (ps[0] == basis):
             is_chain = False
         if is_chain:
             anc[n] = [(0, i)]
@@ -267,8 +269,9 @@ class Posterior:
         w = self.wprefix
         best_i = max(
             range(len(self.seg_mass)),
-            key=lambda i: self.seg_mass[i] / max(w[self.seg_start[i + 1]] - w[self.seg_start[i]],
-                                                 1e-300),
+            key=lambda i: (
+                self.seg_mass[i] / max(w[self.seg_start[i + 1]] - w[self.seg_start[i]], 1e-300)
+            ),
         )
         p = self.seg_start[best_i]
         node = self.idx.cands[p]
@@ -362,7 +365,7 @@ def compute_posterior(
             if sw <= 0:
                 row.append(-math.inf)
                 continue
-            ll = (_term(sf, l1e) + _term(sp, le) + _term(ftot - sf, lf) + _term(ptot - sp, l1f))
+            ll = _term(sf, l1e) + _term(sp, le) + _term(ftot - sf, lf) + _term(ptot - sp, l1f)
             row.append(lw + log_cul + math.log(sw / wtot) + ll)
         rows.append(row)
     top = max(max(r) for r in rows)
@@ -383,5 +386,6 @@ def compute_posterior(
     cum = [0.0]
     for m in seg_mass[:-1]:
         cum.append(cum[-1] + m)
-    return Posterior(idx, marg[0], marg[1], starts, seg_mass, cum, eps_acc / z, f_acc / z, w,
-                     weights is None)
+    return Posterior(
+        idx, marg[0], marg[1], starts, seg_mass, cum, eps_acc / z, f_acc / z, w, weights is None
+    )

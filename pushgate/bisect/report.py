@@ -67,9 +67,14 @@ def _results_by_node(trace: Sequence[TraceRow]) -> dict[Node, list[NodeResult]]:
     return out
 
 
-def write_graph(loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph,
-                trace: Sequence[TraceRow], out: Outcome | None,
-                mass: dict[Node, float] | None = None) -> Path | None:
+def write_graph(
+    loaded: Loaded,
+    row: dbb.BisectionRow,
+    graph: RevGraph,
+    trace: Sequence[TraceRow],
+    out: Outcome | None,
+    mass: dict[Node, float] | None = None,
+) -> Path | None:
     """Write the SVG next to the logs; None when the graph has no basis-to-latest part."""
     basis = tuple(row.basis[t] for t in graph.trees)
     latest = tuple(row.latest[t] for t in graph.trees)
@@ -78,10 +83,16 @@ def write_graph(loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph,
     except GraphError:
         return None
     svg = render_svg(
-        graph, nodes, _results_by_node(trace), basis=basis, latest=latest,
+        graph,
+        nodes,
+        _results_by_node(trace),
+        basis=basis,
+        latest=latest,
         target=out.culprit if out is not None else None,
         tree_urls={t: loaded.trees[t].url for t in graph.trees if t in loaded.trees},
-        logs_url=logs_base(loaded), title=f"{row.branch} {row.job} {row.testid}", mass=mass,
+        logs_url=logs_base(loaded),
+        title=f"{row.branch} {row.job} {row.testid}",
+        mass=mass,
     )
     path = loaded.logs_dir / graph_relpath(row)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,14 +111,24 @@ def _commit_log(loaded: Loaded, tree: str, parent: str, commit: str) -> list[str
     return [f"  {line}" for line in text.rstrip("\n").splitlines()]
 
 
-def summary_lines(loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph, out: Outcome,
-                  res: BisectResult, obs: Sequence[Observation]) -> list[str]:
-    lines = [f"Tree: {t} {loaded.trees[t].url if t in loaded.trees else ''}".rstrip()
-             for t in graph.trees]
+def summary_lines(
+    loaded: Loaded,
+    row: dbb.BisectionRow,
+    graph: RevGraph,
+    out: Outcome,
+    res: BisectResult,
+    obs: Sequence[Observation],
+) -> list[str]:
+    lines = [
+        f"Tree: {t} {loaded.trees[t].url if t in loaded.trees else ''}".rstrip()
+        for t in graph.trees
+    ]
     lines.append("")
     kind = out.kind
-    evidence = (f"f={out.f_mean:.2f} eps~{out.eps_mean:.2f}; runs {out.runs}"
-                f" in {res.rounds} rounds on {row.host}")
+    evidence = (
+        f"f={out.f_mean:.2f} eps~{out.eps_mean:.2f}; runs {out.runs}"
+        f" in {res.rounds} rounds on {row.host}"
+    )
     post = f"P(flake)={out.p_flake:.5f} P(env)={out.p_env:.5f}"
     if kind in ("complete", "inconsistent") and out.culprit is not None:
         lines += [HEADLINE[kind], ""]
@@ -123,24 +144,31 @@ def summary_lines(loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph, out: O
         lines.append(f"  Evidence:        {evidence}")
         lines += ["", ""]
         if res.culprit_tree and res.culprit_commit and res.not_present:
-            lines += _commit_log(loaded, res.culprit_tree, res.not_present[0],
-                                 res.culprit_commit)
+            lines += _commit_log(loaded, res.culprit_tree, res.not_present[0], res.culprit_commit)
         if kind == "inconsistent":
-            lines += ["", "*** HOWEVER - WARNING - INCONSISTENT TEST RESULTS ***", "",
-                      "  Some revisions produced unstable test results,",
-                      "  so interpret the results with caution.",
-                      f"  ({out.reason})", "  See revision graph output for details."]
+            lines += [
+                "",
+                "*** HOWEVER - WARNING - INCONSISTENT TEST RESULTS ***",
+                "",
+                "  Some revisions produced unstable test results,",
+                "  so interpret the results with caution.",
+                f"  ({out.reason})",
+                "  See revision graph output for details.",
+            ]
     elif kind == "flake":
         latest = tuple(row.latest[t] for t in graph.trees)
         at_l = [t for t in res.trace if t.node == latest and t.kind != "history"]
         n_fail = sum(t.result == "fail" for t in at_l)
         passed = ", ".join(str(t.flight) for t in at_l if t.result == "pass")
-        lines += [HEADLINE[kind], "",
-                  f"  Flaky step:      {row.job} {row.testid}",
-                  f"  Latest tuple:    {n_fail} fail / {len(at_l)} runs on {row.host}"
-                  f" (pass in {passed or 'none'})",
-                  f"  Posterior:       {post}",
-                  f"  Evidence:        {evidence}"]
+        lines += [
+            HEADLINE[kind],
+            "",
+            f"  Flaky step:      {row.job} {row.testid}",
+            f"  Latest tuple:    {n_fail} fail / {len(at_l)} runs on {row.host}"
+            f" (pass in {passed or 'none'})",
+            f"  Posterior:       {post}",
+            f"  Evidence:        {evidence}",
+        ]
     elif kind == "inconclusive":
         lines += [HEADLINE[kind], "", "  See revision graph output for details."]
         if out.credible:
@@ -149,48 +177,72 @@ def summary_lines(loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph, out: O
         lines.append(f"  Posterior:       P(top)={out.confidence:.5f} {post}")
         lines.append(f"  Evidence:        {evidence}; {out.reason}")
     elif kind == "unreproducible":
-        lines += [HEADLINE[kind], "",
-                  "Could not reproduce problem, or could not reproduce basis pass.",
-                  f"  Posterior:       {post}", f"  Evidence:        {evidence}"]
+        lines += [
+            HEADLINE[kind],
+            "",
+            "Could not reproduce problem, or could not reproduce basis pass.",
+            f"  Posterior:       {post}",
+            f"  Evidence:        {evidence}",
+        ]
     else:  # doubtful
-        lines += ["", out.reason or "No appropriate failure/pass pair found.", "",
-                  "Sorry, bisection not possible.", ""]
+        lines += [
+            "",
+            out.reason or "No appropriate failure/pass pair found.",
+            "",
+            "Sorry, bisection not possible.",
+            "",
+        ]
     return lines
 
 
-def render(loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph, out: Outcome,
-           res: BisectResult, obs: Sequence[Observation]) -> tuple[str, str]:
+def render(
+    loaded: Loaded,
+    row: dbb.BisectionRow,
+    graph: RevGraph,
+    out: Outcome,
+    res: BisectResult,
+    obs: Sequence[Observation],
+) -> tuple[str, str]:
     """(subject, body) of the outcome mail."""
     head = [f"branch {row.branch}", f"job {row.job}", f"testid {row.testid}", ""]
     summary = summary_lines(loaded, row, graph, out, res, obs)
     body = head + summary + [""]
     if out.kind != "doubtful" and res.svg_path is not None:
-        body += ["", "For bisection revision-tuple graph see:",
-                 f"   {logs_base(loaded)}/{graph_relpath(row)}",
-                 "Revision IDs in each graph node refer, respectively, to the Trees above.", ""]
+        body += [
+            "",
+            "For bisection revision-tuple graph see:",
+            f"   {logs_base(loaded)}/{graph_relpath(row)}",
+            "Revision IDs in each graph node refer, respectively, to the Trees above.",
+            "",
+        ]
     basis = tuple(row.basis.get(t, "") for t in graph.trees)
     latest = tuple(row.latest.get(t, "") for t in graph.trees)
-    trace = [DASHES,
-             f"Running pushgate bisect {row.branch} {row.job} {row.testid}",
-             "Searching for failure / basis pass:",
-             f" {row.latest_flight or '-'} fail [host={row.host}] / "
-             f"{row.basis_flight or '-'} ok.",
-             f"Failure / basis pass flights: {row.latest_flight or '-'} / "
-             f"{row.basis_flight or '-'}"]
-    trace += [f"Tree: {t} {loaded.trees[t].url if t in loaded.trees else ''}".rstrip()
-              for t in graph.trees]
-    trace += [f"Latest {_revs(latest)}", f"Basis pass {_revs(basis)}",
-              f"Loaded {len(graph)} nodes in revision graph", "Searching for test results:"]
+    trace = [
+        DASHES,
+        f"Running pushgate bisect {row.branch} {row.job} {row.testid}",
+        "Searching for failure / basis pass:",
+        f" {row.latest_flight or '-'} fail [host={row.host}] / {row.basis_flight or '-'} ok.",
+        f"Failure / basis pass flights: {row.latest_flight or '-'} / {row.basis_flight or '-'}",
+    ]
+    trace += [
+        f"Tree: {t} {loaded.trees[t].url if t in loaded.trees else ''}".rstrip()
+        for t in graph.trees
+    ]
+    trace += [
+        f"Latest {_revs(latest)}",
+        f"Basis pass {_revs(basis)}",
+        f"Loaded {len(graph)} nodes in revision graph",
+        "Searching for test results:",
+    ]
     trace += [f" {t.flight} {t.result} {_revs(t.node)}" for t in res.trace]
-    trace += [""] + summary[len(graph.trees) + 1:]
+    trace += [""] + summary[len(graph.trees) + 1 :]
     if res.svg_path is not None:
         trace.append(f"Revision graph left in {res.svg_path}.")
     trace.append(DASHES)
     return subject(row, out.kind), "\n".join(body + trace) + "\n"
 
 
-def enqueue_mail(db: Database, loaded: Loaded, row: dbb.BisectionRow,
-                 res: BisectResult) -> bool:
+def enqueue_mail(db: Database, loaded: Loaded, row: dbb.BisectionRow, res: BisectResult) -> bool:
     """Queue the outcome mail once per bisection, threaded to the failing flight's report."""
     from pushgate.mail import (
         build_message,
@@ -216,8 +268,22 @@ def enqueue_mail(db: Database, loaded: Loaded, row: dbb.BisectionRow,
         with db.read() as conn:
             reported = dbf.reported_in(conn, row.latest_flight)
         reply, refs = thread_to_report(reported, domain)
-    msg = build_message(subject=res.subject, body=res.body, from_addr=loaded.cfg.mail.from_addr,
-                        to=to, cc=[], message_id=mid, in_reply_to=reply, references=refs,
-                        extra_headers={})
-    return enqueue(db, message_id=mid, kind="bisection", flight=row.latest_flight,
-                   data=serialize(msg), recipients=envelope_recipients(to))
+    msg = build_message(
+        subject=res.subject,
+        body=res.body,
+        from_addr=loaded.cfg.mail.from_addr,
+        to=to,
+        cc=[],
+        message_id=mid,
+        in_reply_to=reply,
+        references=refs,
+        extra_headers={},
+    )
+    return enqueue(
+        db,
+        message_id=mid,
+        kind="bisection",
+        flight=row.latest_flight,
+        data=serialize(msg),
+        recipients=envelope_recipients(to),
+    )

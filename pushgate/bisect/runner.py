@@ -92,8 +92,7 @@ def _say_nothing(_: str) -> None:
 # ---------------------------------------------------------------- endpoints and graph
 
 
-def find_endpoints(db: Database, loaded: Loaded, branch: str, job: str,
-                   testid: str) -> Endpoints:
+def find_endpoints(db: Database, loaded: Loaded, branch: str, job: str, testid: str) -> Endpoints:
     """Latest failure: the newest finished `real`/`real-retest` flight where the step failed;
     basis pass: the newest older one where it passed (osstest §7.2, simplified to one host)."""
     with db.read() as conn:
@@ -102,12 +101,14 @@ def find_endpoints(db: Database, loaded: Loaded, branch: str, job: str,
     fail = next((r for r in reversed(done) if r.step_status == "fail"), None)
     if fail is None:
         raise BisectError("No appropriate failure/pass pair found.")
-    good = next((r for r in reversed(done) if r.flight < fail.flight
-                 and r.step_status == "pass"), None)
+    good = next(
+        (r for r in reversed(done) if r.flight < fail.flight and r.step_status == "pass"), None
+    )
     if good is None:
         raise BisectError("No appropriate failure/pass pair found.")
-    return Endpoints(good.revisions, fail.revisions, good.flight, fail.flight,
-                     fail.host or _default_host(loaded))
+    return Endpoints(
+        good.revisions, fail.revisions, good.flight, fail.flight, fail.host or _default_host(loaded)
+    )
 
 
 def _default_host(loaded: Loaded) -> str:
@@ -171,8 +172,9 @@ def node_of(graph: RevGraph, revs: dict[str, str]) -> Node | None:
 # ---------------------------------------------------------------- evidence
 
 
-def collect(db: Database, row: dbb.BisectionRow, graph: RevGraph
-            ) -> tuple[list[Observation], list[TraceRow]]:
+def collect(
+    db: Database, row: dbb.BisectionRow, graph: RevGraph
+) -> tuple[list[Observation], list[TraceRow]]:
     """Every finished flight of the branch that ran the job at a node of the graph, in flight
     order. Only pass/fail of the step is evidence; a probe that broke or was blocked counts
     as `broken` (budget, and the node turns untestable), other statuses are not evidence."""
@@ -187,7 +189,7 @@ def collect(db: Database, row: dbb.BisectionRow, graph: RevGraph
         if node is None:
             continue
         probe = r.bless_as == "real-bisect" and r.flight > row.start_flight
-        kind = ("trigger" if r.flight == row.latest_flight else "probe" if probe else "history")
+        kind = "trigger" if r.flight == row.latest_flight else "probe" if probe else "history"
         if r.step_status in ("pass", "fail") and r.job_status != "broken":
             result = r.step_status
         elif probe:
@@ -249,8 +251,13 @@ def needed_jobs(loaded: Loaded, job: str) -> list[str]:
     return order
 
 
-def make_probe_flight(db: Database, loaded: Loaded, row: dbb.BisectionRow,
-                      revs: dict[str, str], say: Say = _say_nothing) -> int:
+def make_probe_flight(
+    db: Database,
+    loaded: Loaded,
+    row: dbb.BisectionRow,
+    revs: dict[str, str],
+    say: Say = _say_nothing,
+) -> int:
     """A `real-bisect` flight of the job at `revs`, reusing passing builds with identical
     input runvars from any earlier flight, the job pinned to the bisection's host."""
     branch = row.branch
@@ -282,8 +289,13 @@ def make_probe_flight(db: Database, loaded: Loaded, row: dbb.BisectionRow,
     }
     with db.write() as conn:
         return dbf.create_flight(
-            conn, branch=branch, intended="real", bless_as="real-bisect",
-            revisions=revisions, new_jobs=pinned, parent_flight=row.latest_flight,
+            conn,
+            branch=branch,
+            intended="real",
+            bless_as="real-bisect",
+            revisions=revisions,
+            new_jobs=pinned,
+            parent_flight=row.latest_flight,
         )
 
 
@@ -297,9 +309,15 @@ def _artifacts_kept(loaded: Loaded, flight: int, job: str) -> bool:
 # ---------------------------------------------------------------- the loop
 
 
-def open_bisection(db: Database, loaded: Loaded, branch: str, job: str, testid: str,
-                   good: dict[str, str] | None, bad: dict[str, str] | None
-                   ) -> tuple[dbb.BisectionRow, bool]:
+def open_bisection(
+    db: Database,
+    loaded: Loaded,
+    branch: str,
+    job: str,
+    testid: str,
+    good: dict[str, str] | None,
+    bad: dict[str, str] | None,
+) -> tuple[dbb.BisectionRow, bool]:
     """The running bisection of (branch, job, testid), created if there is none."""
     loaded.branch(branch)
     if job not in loaded.jobs:
@@ -326,9 +344,17 @@ def open_bisection(db: Database, loaded: Loaded, branch: str, job: str, testid: 
         try:
             with db.write() as conn:
                 return dbb.create_bisection(
-                    conn, branch=branch, job=job, testid=testid, basis=basis, latest=latest,
-                    basis_flight=bflight, latest_flight=lflight, host=ep.host,
-                    start_flight=dbb.max_flight_number(conn))
+                    conn,
+                    branch=branch,
+                    job=job,
+                    testid=testid,
+                    basis=basis,
+                    latest=latest,
+                    basis_flight=bflight,
+                    latest_flight=lflight,
+                    host=ep.host,
+                    start_flight=dbb.max_flight_number(conn),
+                )
         except IntegrityError:  # a racing creator on PostgreSQL (unique `active`)
             if attempt == 2:
                 raise
@@ -353,8 +379,10 @@ def bisect(
     """Bisect (branch, job, testid) to its end, running `real-bisect` flights."""
     say = say or _say_nothing
     row, created = open_bisection(db, loaded, branch, job, testid, good, bad)
-    say(f"bisection {row.id} {'started' if created else 'resumed'}: {branch} {job} {testid}"
-        f" on {row.host}")
+    say(
+        f"bisection {row.id} {'started' if created else 'resumed'}: {branch} {job} {testid}"
+        f" on {row.host}"
+    )
     graph = tuple_graph(loaded, row.basis, row.latest)
     say(f"Loaded {len(graph)} nodes in revision graph")
     basis = node_of(graph, row.basis)
@@ -370,13 +398,25 @@ def bisect(
             run_flight(db, loaded, f)
         obs, trace = collect(db, row, graph)
         if basis is None or latest is None:
-            decision: Outcome | Probes = Outcome("doubtful", None, 0.0, 0,
-                                                 reason="basis or latest not in the graph")
+            decision: Outcome | Probes = Outcome(
+                "doubtful", None, 0.0, 0, reason="basis or latest not in the graph"
+            )
         else:
             decision = step(graph, basis, latest, obs, sp, hosts)
         if isinstance(decision, Outcome):
-            return _finish(db, loaded, row, graph, decision, obs, trace, rounds, say, mail,
-                           _mass(graph, row, obs, sp))
+            return _finish(
+                db,
+                loaded,
+                row,
+                graph,
+                decision,
+                obs,
+                trace,
+                rounds,
+                say,
+                mail,
+                _mass(graph, row, obs, sp),
+            )
         rounds += 1
         if rounds > max_rounds:
             raise BisectError(f"bisection {row.id}: more than {max_rounds} rounds")
@@ -384,8 +424,10 @@ def bisect(
         for node in decision.nodes:
             f = make_probe_flight(db, loaded, row, graph.as_dict(node), say)
             made.append(f)
-            say(f"flight {f}: testing {' '.join(c[:12] for c in node)} ({decision.phase},"
-                f" P(top)={decision.p_top:.3f} P(flake)={decision.p_flake:.3f})")
+            say(
+                f"flight {f}: testing {' '.join(c[:12] for c in node)} ({decision.phase},"
+                f" P(top)={decision.p_top:.3f} P(flake)={decision.p_flake:.3f})"
+            )
         for f, statuses in zip(made, _run_all(db, loaded, made), strict=True):
             say(f"flight {f}: {job} {statuses.get(job, '?')}")
         with db.write() as conn:
@@ -401,24 +443,33 @@ def _run_all(db: Database, loaded: Loaded, flights: list[int]) -> list[dict[str,
         return [st for st, _ in pool.map(lambda f: run_flight(db, loaded, f), flights)]
 
 
-def _mass(graph: RevGraph, row: dbb.BisectionRow, obs: Sequence[Observation],
-          sp: SearchParams) -> dict[Node, float] | None:
+def _mass(
+    graph: RevGraph, row: dbb.BisectionRow, obs: Sequence[Observation], sp: SearchParams
+) -> dict[Node, float] | None:
     """Posterior mass per candidate, to shade the SVG's untested nodes."""
     basis, latest = node_of(graph, row.basis), node_of(graph, row.latest)
     if basis is None or latest is None:
         return None
     try:
         idx = build_index(graph, basis, latest)
-        post = compute_posterior(idx, [o for o in obs if o.host == row.host], sp.fgrid,
-                                 sp.eps_grid, sp.eps_weights, sp.pi_flake, sp.pi_env,
-                                 sp.prior_weights)
+        post = compute_posterior(
+            idx,
+            [o for o in obs if o.host == row.host],
+            sp.fgrid,
+            sp.eps_grid,
+            sp.eps_weights,
+            sp.pi_flake,
+            sp.pi_env,
+            sp.prior_weights,
+        )
     except (GraphError, ValueError):
         return None
     return {n: post.node_mass(n) for n in idx.cands}
 
 
-def _blame(graph: RevGraph, culprit: Node, basis: Node | None
-           ) -> tuple[str | None, str | None, list[str]]:
+def _blame(
+    graph: RevGraph, culprit: Node, basis: Node | None
+) -> tuple[str | None, str | None, list[str]]:
     """(tree, commit, [commit in each parent]) of the one tree the culprit's edges change."""
     tree = commit = None
     not_present: list[str] = []
@@ -430,9 +481,19 @@ def _blame(graph: RevGraph, culprit: Node, basis: Node | None
     return tree, commit, not_present
 
 
-def _finish(db: Database, loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph,
-            out: Outcome, obs: Sequence[Observation], trace: list[TraceRow], rounds: int,
-            say: Say, mail: bool, mass: dict[Node, float] | None = None) -> BisectResult:
+def _finish(
+    db: Database,
+    loaded: Loaded,
+    row: dbb.BisectionRow,
+    graph: RevGraph,
+    out: Outcome,
+    obs: Sequence[Observation],
+    trace: list[TraceRow],
+    rounds: int,
+    say: Say,
+    mail: bool,
+    mass: dict[Node, float] | None = None,
+) -> BisectResult:
     from pushgate.bisect import report as rep
 
     tree = commit = None
@@ -443,16 +504,35 @@ def _finish(db: Database, loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph
         tree, commit, not_present = _blame(graph, out.culprit, node_of(graph, row.basis))
     probes = sorted({t.flight for t in trace if t.kind == "probe"})
     res = BisectResult(
-        id=row.id, branch=row.branch, job=row.job, testid=row.testid, outcome=out.kind,
-        exit_code=EXIT_CODES[out.kind], culprit=culprit, culprit_tree=tree,
-        culprit_commit=commit, not_present=not_present, confidence=out.confidence,
-        runs=out.runs, probe_flights=probes, rounds=rounds, reason=out.reason, trace=trace,
+        id=row.id,
+        branch=row.branch,
+        job=row.job,
+        testid=row.testid,
+        outcome=out.kind,
+        exit_code=EXIT_CODES[out.kind],
+        culprit=culprit,
+        culprit_tree=tree,
+        culprit_commit=commit,
+        not_present=not_present,
+        confidence=out.confidence,
+        runs=out.runs,
+        probe_flights=probes,
+        rounds=rounds,
+        reason=out.reason,
+        trace=trace,
     )
     if row.status == "running":
         with db.write() as conn:
-            dbb.finish_bisection(conn, row.id, status=out.kind, culprit_tree=tree,
-                                 culprit_commit=commit, confidence=out.confidence,
-                                 runs=out.runs, reason=out.reason)
+            dbb.finish_bisection(
+                conn,
+                row.id,
+                status=out.kind,
+                culprit_tree=tree,
+                culprit_commit=commit,
+                confidence=out.confidence,
+                runs=out.runs,
+                reason=out.reason,
+            )
     res.svg_path = rep.write_graph(loaded, row, graph, trace, out, mass)
     res.subject, res.body = rep.render(loaded, row, graph, out, res, obs)
     if mail:
@@ -461,9 +541,14 @@ def _finish(db: Database, loaded: Loaded, row: dbb.BisectionRow, graph: RevGraph
     return res
 
 
-def start_for_regressions(db: Database, loaded: Loaded, flight: int,
-                          regressions: Iterable[tuple[str, str]] | None = None,
-                          run: bool = True, say: Say | None = None) -> list[BisectResult]:
+def start_for_regressions(
+    db: Database,
+    loaded: Loaded,
+    flight: int,
+    regressions: Iterable[tuple[str, str]] | None = None,
+    run: bool = True,
+    say: Say | None = None,
+) -> list[BisectResult]:
     """Bisect each regression of `flight` (one bisection per (branch, job, testid), deduped).
 
     `regressions` are (job, testid) pairs; by default the flight's failed steps the
@@ -477,8 +562,12 @@ def start_for_regressions(db: Database, loaded: Loaded, flight: int,
     for job, testid in pairs:
         with db.read() as conn:
             last = dbb.latest_for(conn, info.branch, job, testid)
-        if last is not None and last.status != "running" and last.latest_flight is not None \
-                and last.latest_flight >= flight:
+        if (
+            last is not None
+            and last.status != "running"
+            and last.latest_flight is not None
+            and last.latest_flight >= flight
+        ):
             continue  # this failure was bisected already
         try:
             if not run:

@@ -127,7 +127,10 @@ def binom_sf(k: int, n: int, p: float) -> float:
 
 
 def repro_sequence(
-    obs: Sequence[Observation], firsts: Sequence[Node], second: Node, want_first: str,
+    obs: Sequence[Observation],
+    firsts: Sequence[Node],
+    second: Node,
+    want_first: str,
     want_second: str,
 ) -> tuple[int, int, list[Node]]:
     """Match osstest's alternating sequence: every `firsts` node gives `want_first`, then
@@ -162,8 +165,9 @@ def credible_set(post: Posterior, mass: float = 0.9, limit: int = 10) -> tuple[N
     w = post.wprefix
     order = sorted(
         range(len(post.seg_mass)),
-        key=lambda i: -post.seg_mass[i] / max(w[post.seg_start[i + 1]] - w[post.seg_start[i]],
-                                               1e-300),
+        key=lambda i: (
+            -post.seg_mass[i] / max(w[post.seg_start[i + 1]] - w[post.seg_start[i]], 1e-300)
+        ),
     )
     out: list[Node] = []
     acc = 0.0
@@ -178,7 +182,10 @@ def credible_set(post: Posterior, mass: float = 0.9, limit: int = 10) -> tuple[N
 
 
 def choose_probe(
-    post: Posterior, t: float, testable: set[Node] | None, tie: float,
+    post: Posterior,
+    t: float,
+    testable: set[Node] | None,
+    tie: float,
     pbad_cache: dict[Node, float],
 ) -> Node | None:
     """x* = argmin |Pbad(x) - t| over testable candidates; near-ties go to the lower Pbad (§5.2)."""
@@ -214,10 +221,16 @@ def choose_probe(
             # Ties at equal Pbad: more candidate ancestors, then the older node.
             if pb < t:
                 if lo is None or (pb, size[node], -idx.pos[node]) > (
-                        lo[0], size[lo[1]], -idx.pos[lo[1]]):
+                    lo[0],
+                    size[lo[1]],
+                    -idx.pos[lo[1]],
+                ):
                     lo = (pb, node)
             elif hi is None or (pb, -size[node], idx.pos[node]) < (
-                    hi[0], -size[hi[1]], idx.pos[hi[1]]):
+                hi[0],
+                -size[hi[1]],
+                idx.pos[hi[1]],
+            ):
                 hi = (pb, node)
     if lo is None:
         return hi[1] if hi else None
@@ -260,14 +273,21 @@ def step(
     runs = sum(1 for o in observations if o.kind == "probe")
     if params.fgrid.too_flaky:
         return Outcome("doubtful", None, 0.0, runs, reason="too flaky to bisect")
-    obs = [o for o in observations
-           if params.strict_host is None or o.host == params.strict_host]
+    obs = [o for o in observations if params.strict_host is None or o.host == params.strict_host]
     recent = [o for o in observations if o.kind == "probe"][-8:]
     if len(recent) >= 4 and 2 * sum(o.result == "broken" for o in recent) > len(recent):
         return Outcome("doubtful", None, 0.0, runs, reason="infrastructure: probes broken")
     try:
-        post = compute_posterior(idx, obs, params.fgrid, params.eps_grid, params.eps_weights,
-                                 params.pi_flake, params.pi_env, params.prior_weights)
+        post = compute_posterior(
+            idx,
+            obs,
+            params.fgrid,
+            params.eps_grid,
+            params.eps_weights,
+            params.pi_flake,
+            params.pi_env,
+            params.prior_weights,
+        )
     except ValueError:
         # Only a model without noise (f = 0 or eps = 0) can meet results it calls impossible.
         return Outcome("inconsistent", None, 0.0, runs, reason="results impossible under model")
@@ -277,13 +297,16 @@ def step(
     at_latest = sum(1 for o in evid if o.node == latest)
     basis_fails = sum(1 for o in evid if o.node == basis and o.result == "fail")
     max_runs = budget(len(idx.cands), params)
-    ev: _Evidence = {"p_flake": post.p_flake, "p_env": post.p_env, "f_mean": post.f_mean,
-          "eps_mean": post.eps_mean}
+    ev: _Evidence = {
+        "p_flake": post.p_flake,
+        "p_env": post.p_env,
+        "f_mean": post.f_mean,
+        "eps_mean": post.eps_mean,
+    }
     if post.p_flake >= tau and at_latest >= 2:
         return Outcome("flake", None, post.p_flake, runs, **ev)
     if post.p_env >= tau and basis_fails >= 1:
-        return Outcome("unreproducible", None, post.p_env, runs, reason="environment",
-                       **ev)
+        return Outcome("unreproducible", None, post.p_env, runs, reason="environment", **ev)
     if p_top >= params.tau_culprit:
         parents = [p for p in graph.parents(top) if p == basis or p in idx.pos]
         n = confirm_pairs(params.fgrid.conf, params.confirm_c, params.confirm_min)
@@ -291,19 +314,26 @@ def step(
         if pairs >= n:
             why = fit_check(post, obs, params)
             kind: OutcomeKind = "inconsistent" if why else "complete"
-            return Outcome(kind, top, p_top, runs, reason=why or f"{contrary} contrary",
-                           **ev)
+            return Outcome(kind, top, p_top, runs, reason=why or f"{contrary} contrary", **ev)
         if runs >= max_runs:
-            return Outcome("inconclusive", None, p_top, runs, reason="budget in confirmation",
-                           credible=credible_set(post), **ev)
+            return Outcome(
+                "inconclusive",
+                None,
+                p_top,
+                runs,
+                reason="budget in confirmation",
+                credible=credible_set(post),
+                **ev,
+            )
         seq: list[Node] = list(need)
         slots = max(1, min(hosts, max_runs - runs))
         while len(seq) < slots:
             seq += parents + [top]
         return Probes(tuple(seq[:slots]), "confirm", top, p_top, **ev)
     if runs >= max_runs:
-        return Outcome("inconclusive", None, p_top, runs, reason="budget",
-                       credible=credible_set(post), **ev)
+        return Outcome(
+            "inconclusive", None, p_top, runs, reason="budget", credible=credible_set(post), **ev
+        )
     n_conf = confirm_pairs(params.fgrid.conf, params.confirm_c, params.confirm_min)
     per_node: dict[Node, int] = {}
     for o in observations:
@@ -312,8 +342,15 @@ def step(
     if per_node and max(per_node.values()) > max(2 * n_conf + 4, max_runs // 2):
         # Repeats are deliberate in a noisy search, but not without bound (§5.5). The design's
         # 2n + 4 alone cost 2.5% accuracy at f = 0.2 in the simulator, hence half the budget.
-        return Outcome("doubtful", None, p_top, runs, reason="flailing: identical probes",
-                       credible=credible_set(post), **ev)
+        return Outcome(
+            "doubtful",
+            None,
+            p_top,
+            runs,
+            reason="flailing: identical probes",
+            credible=credible_set(post),
+            **ev,
+        )
     testable = _testable(idx, observations, params)
     probes: list[Node] = []
     phase = "search"
@@ -333,8 +370,15 @@ def step(
             break
         probes.append(x)
     if not probes:
-        return Outcome("inconclusive", None, p_top, runs, reason="mass on untestable nodes",
-                       credible=credible_set(post), **ev)
+        return Outcome(
+            "inconclusive",
+            None,
+            p_top,
+            runs,
+            reason="mass on untestable nodes",
+            credible=credible_set(post),
+            **ev,
+        )
     if p_top >= params.align_from and phase == "search":
         # Near the end the search probes the top node and its parents; taking them in the
         # order of osstest's alternating sequence lets these runs also count as confirmation.
@@ -349,8 +393,9 @@ def step(
     return Probes(tuple(probes[:hosts]), phase, top, p_top, **ev)
 
 
-def _testable(idx: Index, observations: Sequence[Observation],
-              params: SearchParams) -> set[Node] | None:
+def _testable(
+    idx: Index, observations: Sequence[Observation], params: SearchParams
+) -> set[Node] | None:
     broken: dict[Node, int] = {}
     for o in observations:
         if o.result == "broken":

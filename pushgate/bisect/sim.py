@@ -47,8 +47,14 @@ class SimResult:
 
 
 def simulate(
-    stepfn: StepFn, graph: RevGraph, basis: Node, latest: Node, truth: Truth, seed: int,
-    hosts: int = 1, max_rounds: int = 2000,
+    stepfn: StepFn,
+    graph: RevGraph,
+    basis: Node,
+    latest: Node,
+    truth: Truth,
+    seed: int,
+    hosts: int = 1,
+    max_rounds: int = 2000,
 ) -> SimResult:
     """Run a bisection to its end. The basis pass and the triggering failure pre-exist."""
     store = FakeResults(graph, truth, seed)
@@ -76,8 +82,13 @@ def history_counts(f: float, rng: random.Random, runs: int = 50) -> tuple[int, i
 
 
 def pushgate_step(params: SearchParams) -> StepFn:
-    def _step(graph: RevGraph, basis: Node, latest: Node,
-              observations: Sequence[Observation], hosts: int = 1) -> Decision:
+    def _step(
+        graph: RevGraph,
+        basis: Node,
+        latest: Node,
+        observations: Sequence[Observation],
+        hosts: int = 1,
+    ) -> Decision:
         return step(graph, basis, latest, observations, params, hosts)
 
     return _step
@@ -115,7 +126,10 @@ def methods(
 
 
 def random_dag_histories(
-    rng: random.Random, trees: int = 2, commits: int = 12, merge_prob: float = 0.1,
+    rng: random.Random,
+    trees: int = 2,
+    commits: int = 12,
+    merge_prob: float = 0.1,
     outside_prob: float = 0.3,
 ) -> dict[str, TreeHistory]:
     """Synthetic trees: mainlines with merged side arms (1-20 commits), some arms forking from
@@ -150,8 +164,9 @@ def random_dag_histories(
     return out
 
 
-def random_dag(rng: random.Random, trees: int = 2, commits: int = 12) -> tuple[RevGraph, Node,
-                                                                              Node]:
+def random_dag(
+    rng: random.Random, trees: int = 2, commits: int = 12
+) -> tuple[RevGraph, Node, Node]:
     hist = random_dag_histories(rng, trees, commits)
     graph = build_tuple_graph(hist)
     basis = tuple(hist[t].basis for t in graph.trees)

@@ -98,17 +98,20 @@ def render_svg(
     order = [n for n in graph.topo_order() if n in nodes]
     row = {n: i for i, n in enumerate(order)}
     lanes = _lanes(graph, nodes, latest)
+
     # Boxes fit the longer of their two lines (revisions, then flight:result list);
     # the canvas also fits the title.
     def results_text(n: Node) -> str:
         return " ".join(f"{r.flight}:{r.result}" for r in results.get(n, ()))
 
-    width_chars = max((max(len(node_label(graph, n)), len(results_text(n))) for n in order),
-                      default=12)
+    width_chars = max(
+        (max(len(node_label(graph, n)), len(results_text(n))) for n in order), default=12
+    )
     box_w = max(120, int(width_chars * 6.8) + 16)
     n_lanes = max(lanes.values(), default=0) + 1
-    width = max(2 * MARGIN + box_w + (n_lanes - 1) * LANE_W + 20,
-                2 * MARGIN + int(len(title) * 6.8) + 10)
+    width = max(
+        2 * MARGIN + box_w + (n_lanes - 1) * LANE_W + 20, 2 * MARGIN + int(len(title) * 6.8) + 10
+    )
     height = 2 * MARGIN + len(order) * ROW_H + 20
 
     def xy(n: Node) -> tuple[float, float]:
@@ -129,8 +132,9 @@ def render_svg(
         for p in graph.parents(n):
             if p in nodes:
                 x2, y2 = xy(p)
-                out.append(f'<line x1="{x1 + 20}" y1="{y1 + 34}" x2="{x2 + 20}" y2="{y2}"'
-                           ' stroke="black"/>')
+                out.append(
+                    f'<line x1="{x1 + 20}" y1="{y1 + 34}" x2="{x2 + 20}" y2="{y2}" stroke="black"/>'
+                )
     for n in order:
         x, y = xy(n)
         rs = sorted(results.get(n, ()), key=lambda r: r.flight)
@@ -143,21 +147,35 @@ def render_svg(
         stroke = ' stroke="black" stroke-width="3"' if bold else ' stroke="black"'
         h = 34
         if n == latest:
-            shape = (f'<rect x="{x}" y="{y}" width="{box_w}" height="{h}" rx="{h / 2}"'
-                     f' fill="{fill}" fill-opacity="{opacity:.2f}"{stroke}/>')
+            shape = (
+                f'<rect x="{x}" y="{y}" width="{box_w}" height="{h}" rx="{h / 2}"'
+                f' fill="{fill}" fill-opacity="{opacity:.2f}"{stroke}/>'
+            )
         elif n == basis:
-            pts = [(x + 10, y), (x + box_w - 10, y), (x + box_w, y + h / 2),
-                   (x + box_w - 10, y + h), (x + 10, y + h), (x, y + h / 2)]
-            shape = (f'<polygon points="{" ".join(f"{a},{b}" for a, b in pts)}"'
-                     f' fill="{fill}" fill-opacity="{opacity:.2f}"{stroke}/>')
+            pts = [
+                (x + 10, y),
+                (x + box_w - 10, y),
+                (x + box_w, y + h / 2),
+                (x + box_w - 10, y + h),
+                (x + 10, y + h),
+                (x, y + h / 2),
+            ]
+            shape = (
+                f'<polygon points="{" ".join(f"{a},{b}" for a, b in pts)}"'
+                f' fill="{fill}" fill-opacity="{opacity:.2f}"{stroke}/>'
+            )
         else:
-            shape = (f'<rect x="{x}" y="{y}" width="{box_w}" height="{h}"'
-                     f' fill="{fill}" fill-opacity="{opacity:.2f}"{stroke}/>')
+            shape = (
+                f'<rect x="{x}" y="{y}" width="{box_w}" height="{h}"'
+                f' fill="{fill}" fill-opacity="{opacity:.2f}"{stroke}/>'
+            )
         out.append(f'<g class="node {state}">')
         out.append(shape)
         if bold:  # the double border
-            out.append(f'<rect x="{x + 3}" y="{y + 3}" width="{box_w - 6}" height="{h - 6}"'
-                       ' fill="none" stroke="black"/>')
+            out.append(
+                f'<rect x="{x + 3}" y="{y + 3}" width="{box_w - 6}" height="{h - 6}"'
+                ' fill="none" stroke="black"/>'
+            )
         weight = ' font-weight="bold"' if bold else ""
         # Line 1: revisions, each linking to <tree url>#<commit>.
         out.append(f'<text x="{x + 8}" y="{y + 14}" fill="{ink}"{weight}>')
@@ -169,15 +187,16 @@ def render_svg(
                 short = f"*{short}*"
             sep = "," if i else ""
             href = quoteattr(f"{tree_urls.get(t, '')}#{rev}")
-            out.append(f'{sep}<a xlink:href={href} href={href}><tspan>{escape(short)}'
-                       "</tspan></a>")
+            out.append(f"{sep}<a xlink:href={href} href={href}><tspan>{escape(short)}</tspan></a>")
         out.append("</text>")
         out.append(f'<text x="{x + 8}" y="{y + 28}" fill="{ink}"{weight}>')
         for i, r in enumerate(rs):
             href = quoteattr(f"{logs_url.rstrip('/')}/{r.flight}/")
             sep = " " if i else ""
-            out.append(f"{sep}<a xlink:href={href} href={href}><tspan>"
-                       f"{escape(f'{r.flight}:{r.result}')}</tspan></a>")
+            out.append(
+                f"{sep}<a xlink:href={href} href={href}><tspan>"
+                f"{escape(f'{r.flight}:{r.result}')}</tspan></a>"
+            )
         out.append("</text></g>")
     out.append("</svg>")
     return "\n".join(out) + "\n"

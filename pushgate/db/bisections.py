@@ -39,12 +39,24 @@ class BisectionRow:
 def _row(r: object) -> BisectionRow:
     m = r._mapping  # type: ignore[attr-defined]
     return BisectionRow(
-        id=m["id"], branch=m["branch"], job=m["job"], testid=m["testid"],
-        basis=json.loads(m["basis"]), latest=json.loads(m["latest"]),
-        basis_flight=m["basis_flight"], latest_flight=m["latest_flight"], host=m["host"],
-        start_flight=m["start_flight"], status=m["status"], culprit_tree=m["culprit_tree"],
-        culprit_commit=m["culprit_commit"], confidence=m["confidence"], runs=m["runs"],
-        reason=m["reason"], created=m["created"], finished=m["finished"],
+        id=m["id"],
+        branch=m["branch"],
+        job=m["job"],
+        testid=m["testid"],
+        basis=json.loads(m["basis"]),
+        latest=json.loads(m["latest"]),
+        basis_flight=m["basis_flight"],
+        latest_flight=m["latest_flight"],
+        host=m["host"],
+        start_flight=m["start_flight"],
+        status=m["status"],
+        culprit_tree=m["culprit_tree"],
+        culprit_commit=m["culprit_commit"],
+        confidence=m["confidence"],
+        runs=m["runs"],
+        reason=m["reason"],
+        created=m["created"],
+        finished=m["finished"],
     )
 
 
@@ -78,8 +90,9 @@ def of_flight(conn: Connection, flight: int) -> list[BisectionRow]:
 def latest_for(conn: Connection, branch: str, job: str, testid: str) -> BisectionRow | None:
     q = (
         select(bisections)
-        .where(bisections.c.branch == branch, bisections.c.job == job,
-               bisections.c.testid == testid)
+        .where(
+            bisections.c.branch == branch, bisections.c.job == job, bisections.c.testid == testid
+        )
         .order_by(bisections.c.id.desc())
         .limit(1)
     )
@@ -88,8 +101,16 @@ def latest_for(conn: Connection, branch: str, job: str, testid: str) -> Bisectio
 
 
 def create_bisection(
-    conn: Connection, *, branch: str, job: str, testid: str, basis: dict[str, str],
-    latest: dict[str, str], basis_flight: int | None, latest_flight: int | None, host: str,
+    conn: Connection,
+    *,
+    branch: str,
+    job: str,
+    testid: str,
+    basis: dict[str, str],
+    latest: dict[str, str],
+    basis_flight: int | None,
+    latest_flight: int | None,
+    host: str,
     start_flight: int,
 ) -> tuple[BisectionRow, bool]:
     """The running bisection of (branch, job, testid): (row, True) if this call made it.
@@ -100,12 +121,23 @@ def create_bisection(
         return existing, False
     # SQLite serialises writers (BEGIN IMMEDIATE); on PostgreSQL a racing insert raises
     # IntegrityError and the caller's retry finds the other row.
-    res = conn.execute(insert(bisections).values(
-        branch=branch, job=job, testid=testid, active=active_key(branch, job, testid),
-        basis=json.dumps(basis, sort_keys=True), latest=json.dumps(latest, sort_keys=True),
-        basis_flight=basis_flight, latest_flight=latest_flight, host=host,
-        start_flight=start_flight, status="running", runs=0, created=time.time(),
-    ))
+    res = conn.execute(
+        insert(bisections).values(
+            branch=branch,
+            job=job,
+            testid=testid,
+            active=active_key(branch, job, testid),
+            basis=json.dumps(basis, sort_keys=True),
+            latest=json.dumps(latest, sort_keys=True),
+            basis_flight=basis_flight,
+            latest_flight=latest_flight,
+            host=host,
+            start_flight=start_flight,
+            status="running",
+            runs=0,
+            created=time.time(),
+        )
+    )
     pk = res.inserted_primary_key
     assert pk is not None
     row = get_bisection(conn, int(pk[0]))
@@ -114,15 +146,29 @@ def create_bisection(
 
 
 def finish_bisection(
-    conn: Connection, bid: int, *, status: str, culprit_tree: str | None,
-    culprit_commit: str | None, confidence: float, runs: int, reason: str,
+    conn: Connection,
+    bid: int,
+    *,
+    status: str,
+    culprit_tree: str | None,
+    culprit_commit: str | None,
+    confidence: float,
+    runs: int,
+    reason: str,
 ) -> None:
     conn.execute(
         update(bisections)
         .where(bisections.c.id == bid)
-        .values(status=status, active=None, culprit_tree=culprit_tree,
-                culprit_commit=culprit_commit, confidence=confidence, runs=runs,
-                reason=reason, finished=time.time())
+        .values(
+            status=status,
+            active=None,
+            culprit_tree=culprit_tree,
+            culprit_commit=culprit_commit,
+            confidence=confidence,
+            runs=runs,
+            reason=reason,
+            finished=time.time(),
+        )
     )
 
 
@@ -148,8 +194,13 @@ class StepRun:
     revisions: dict[str, str]
 
 
-def step_runs(conn: Connection, branch: str, job: str, testid: str,
-              blessings: Iterable[str] = BISECT_BLESSINGS) -> list[StepRun]:
+def step_runs(
+    conn: Connection,
+    branch: str,
+    job: str,
+    testid: str,
+    blessings: Iterable[str] = BISECT_BLESSINGS,
+) -> list[StepRun]:
     """Every flight of the branch with these blessings (as blessed when finished) that has the
     job, oldest first, with the step's status, the job's host and the flight's tuple."""
     q = (
@@ -179,32 +230,44 @@ def step_runs(conn: Connection, branch: str, job: str, testid: str,
     }
     revs: dict[int, dict[str, str]] = {}
     for fr in conn.execute(
-        select(flight_revisions.c.flight, flight_revisions.c.tree, flight_revisions.c.revision)
-        .where(flight_revisions.c.flight.in_(ids))
+        select(
+            flight_revisions.c.flight, flight_revisions.c.tree, flight_revisions.c.revision
+        ).where(flight_revisions.c.flight.in_(ids))
     ):
         revs.setdefault(fr.flight, {})[fr.tree] = fr.revision
     return [
-        StepRun(r.flight, r.bless_as, r.finished is not None, r.status, st.get(r.flight),
-                hosts.get(r.flight), revs.get(r.flight, {}))
+        StepRun(
+            r.flight,
+            r.bless_as,
+            r.finished is not None,
+            r.status,
+            st.get(r.flight),
+            hosts.get(r.flight),
+            revs.get(r.flight, {}),
+        )
         for r in rows
     ]
 
 
-def unfinished_probe_flights(conn: Connection, branch: str, job: str,
-                             after: int) -> list[int]:
+def unfinished_probe_flights(conn: Connection, branch: str, job: str, after: int) -> list[int]:
     """real-bisect flights of the branch with the job, above `after`, not finished yet."""
     q = (
         select(flights.c.flight)
         .join(jobs, and_(jobs.c.flight == flights.c.flight, jobs.c.job == job))
-        .where(flights.c.branch == branch, flights.c.bless_as == "real-bisect",
-               flights.c.flight > after, flights.c.finished.is_(None))
+        .where(
+            flights.c.branch == branch,
+            flights.c.bless_as == "real-bisect",
+            flights.c.flight > after,
+            flights.c.finished.is_(None),
+        )
         .order_by(flights.c.flight)
     )
     return [int(r[0]) for r in conn.execute(q)]
 
 
-def reusable_build(conn: Connection, job: str, wanted: dict[str, str],
-                   limit: int = 100) -> int | None:
+def reusable_build(
+    conn: Connection, job: str, wanted: dict[str, str], limit: int = 100
+) -> int | None:
     """The newest flight (any branch, any blessing) where `job` passed with exactly these input
     runvars (compared both ways, osstest §7.10), or None."""
     q = (

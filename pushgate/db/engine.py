@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.sql import Executable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _IMMEDIATE = "pushgate_immediate"
@@ -47,12 +48,78 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
             immediate = conn.get_execution_options().get(_IMMEDIATE, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            # On the driver directly: through exec_driver_sql this cost as much
+            # as the rest of a step's transaction.
+            conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                "BEGIN IMMEDIATE" if immediate else "BEGIN"
+            )
 
         return engine
     if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
     return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+class DriverStatement:
+    """A Core statement compiled once per dialect and run on the DB-API cursor.
+
+    For the per-step and per-job hot path, inside a transaction begun through
+    SQLAlchemy: executing through SQLAlchemy costs several times what the
+    driver does (measured 0.31 vs 0.15 ms for a step's two statements).
+    Parameters are plain values the driver takes as they are (str, int,
+    float, bool, None); constants written into the statement are filled in.
+    """
+
+    def __init__(self, stmt: Executable):
+        self.stmt = stmt
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+
+    def _prepare(self, conn: Connection, params: dict[str, Any]) -> tuple[str, Any]:
+        compiled = self._compiled.get(conn.dialect.name)
+        if compiled is None:
+            c = self.stmt.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
+            if c.post_compile_params:
+                raise ValueError("a DriverStatement cannot have expanding (IN) parameters")
+            fixed = {
+                name: value
+                for name, value in c.construct_params(_check=False).items()
+                if not c.binds[name].required
+            }
+            order = tuple(c.positiontup) if c.positional else None
+            compiled = self._compiled[conn.dialect.name] = (c.string, order, fixed)
+        sql, order, fixed = compiled
+        if fixed:
+            params = fixed | params
+        return sql, tuple(params[n] for n in order) if order is not None else params
+
+    def __call__(self, conn: Connection, params: dict[str, Any]) -> int:
+        """Execute; returns the number of rows changed."""
+        sql, args = self._prepare(conn, params)
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.execute(sql, args)
+            return int(cur.rowcount)
+        finally:
+            cur.close()
+
+    def many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        prepared = [self._prepare(conn, r) for r in rows]
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.executemany(prepared[0][0], [a for _, a in prepared])
+        finally:
+            cur.close()
+
+    def rows(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        sql, args = self._prepare(conn, params)
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.execute(sql, args)
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
 
 
 class Database:
@@ -70,9 +137,14 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction: BEGIN IMMEDIATE on SQLite; commits on success."""
-        with self.engine.connect().execution_options(**{_IMMEDIATE: True}) as conn:
+        with self.write_connection() as conn:
             with conn.begin():
                 yield conn
+
+    def write_connection(self) -> Connection:
+        """A connection whose transactions are write transactions, for a caller
+        that keeps it across many (see `write`); the caller closes it."""
+        return self.engine.connect().execution_options(**{_IMMEDIATE: True})
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
+from pushgate.db.engine import DriverStatement
 from pushgate.db.schema import flight_revisions, flights, job_deps, jobs, runvars, steps
 from pushgate.model import (
     ACTIVE_JOB_STATUSES,
@@ -263,7 +264,7 @@ def finish_flight_if_done(conn: Connection, flight: int) -> bool:
     return res.rowcount == 1
 
 
-_CLAIM_JOB = (
+_CLAIM_JOB = DriverStatement(
     update(jobs)
     .where(
         jobs.c.flight == bindparam("f"),
@@ -281,11 +282,10 @@ _CLAIM_JOB = (
 
 def claim_job(conn: Connection, flight: int, job: str, runner: str, lease_until: float) -> bool:
     """Move a queued job to preparing for this runner; False if someone else has it."""
-    res = conn.execute(
-        _CLAIM_JOB,
-        {"f": flight, "j": job, "b_runner": runner, "until": lease_until, "now": time.time()},
+    changed = _CLAIM_JOB(
+        conn, {"f": flight, "j": job, "b_runner": runner, "until": lease_until, "now": time.time()}
     )
-    return res.rowcount == 1
+    return changed == 1
 
 
 def unclaim_job(conn: Connection, flight: int, job: str, runner: str) -> None:
@@ -302,17 +302,21 @@ def unclaim_job(conn: Connection, flight: int, job: str, runner: str) -> None:
     )
 
 
-_SET_JOB_STATUS = (
+_SET_JOB_STATUS_CORE = (
     update(jobs)
     .where(
         jobs.c.flight == bindparam("f"),
         jobs.c.job == bindparam("j"),
-        # broken and aborted stick (osstest §1.3).
-        jobs.c.status.not_in([s.value for s in STICKY_JOB_STATUSES]),
+        # broken and aborted stick (osstest §1.3); one != each, as a driver
+        # statement cannot expand an IN list.
+        *(jobs.c.status != s.value for s in STICKY_JOB_STATUSES),
     )
     .values(status=bindparam("st"))
 )
-_FINISH_JOB = _SET_JOB_STATUS.values(finished=bindparam("now"), runner=None, lease_until=None)
+_SET_JOB_STATUS = DriverStatement(_SET_JOB_STATUS_CORE)
+_FINISH_JOB = DriverStatement(
+    _SET_JOB_STATUS_CORE.values(finished=bindparam("now"), runner=None, lease_until=None)
+)
 
 
 def set_job_status(
@@ -320,9 +324,9 @@ def set_job_status(
 ) -> None:
     params = {"f": flight, "j": job, "st": str(status)}
     if final:
-        conn.execute(_FINISH_JOB, {**params, "now": time.time()})
+        _FINISH_JOB(conn, {**params, "now": time.time()})
     else:
-        conn.execute(_SET_JOB_STATUS, params)
+        _SET_JOB_STATUS(conn, params)
 
 
 def heartbeat(conn: Connection, runner: str, lease_until: float) -> None:
@@ -410,10 +414,23 @@ def break_job(conn: Connection, flight: int, job: str, reason: str) -> None:
     )
 
 
-# The per-step statements are built once: building a Core construct per call
-# costs about twice as much as executing it (measured: 0.33 vs 0.12 ms a step).
-_INSERT_STEP = insert(steps)
-_FINISH_STEP = (
+# The per-step statements run on the driver's cursor: building a Core construct
+# per call costs about twice as much as executing it, and executing through
+# SQLAlchemy twice what the driver does (measured per step: 0.33, 0.12, 0.06 ms).
+_STEP_COLUMNS = (
+    "flight",
+    "job",
+    "stepno",
+    "testid",
+    "status",
+    "fatal",
+    "started",
+    "finished",
+    "log",
+    "reason",
+)
+_INSERT_STEP = DriverStatement(insert(steps).values({c: bindparam(c) for c in _STEP_COLUMNS}))
+_FINISH_STEP = DriverStatement(
     update(steps)
     .where(
         steps.c.flight == bindparam("f"),
@@ -436,15 +453,15 @@ def start_step(
     finish: float | None = None,
     reason: str | None = None,
 ) -> None:
-    conn.execute(
-        _INSERT_STEP,
+    _INSERT_STEP(
+        conn,
         {
             "flight": flight,
             "job": job,
             "stepno": stepno,
             "testid": testid,
             "status": str(status),
-            "fatal": fatal,
+            "fatal": bool(fatal),
             "started": time.time(),
             "finished": finish,
             "log": log,
@@ -456,27 +473,31 @@ def start_step(
 def finish_step(
     conn: Connection, flight: int, job: str, stepno: int, status: str, reason: str | None = None
 ) -> None:
-    conn.execute(
-        _FINISH_STEP,
+    _FINISH_STEP(
+        conn,
         {"f": flight, "j": job, "n": stepno, "st": str(status), "fin": time.time(), "why": reason},
     )
 
 
-_DELETE_RUNVAR = delete(runvars).where(
-    runvars.c.flight == bindparam("f"),
-    runvars.c.job == bindparam("j"),
-    runvars.c.name == bindparam("b_name"),
+_DELETE_RUNVAR = DriverStatement(
+    delete(runvars).where(
+        runvars.c.flight == bindparam("f"),
+        runvars.c.job == bindparam("j"),
+        runvars.c.name == bindparam("b_name"),
+    )
 )
-_INSERT_RUNVAR = insert(runvars)
+_INSERT_RUNVAR = DriverStatement(
+    insert(runvars).values({c: bindparam(c) for c in ("flight", "job", "name", "value", "synth")})
+)
 
 
 def set_runvars(conn: Connection, flight: int, job: str, values: dict[str, str]) -> None:
     """Write synthetic (output) runvars; a newer value replaces an older one."""
     if not values:
         return
-    conn.execute(_DELETE_RUNVAR, [{"f": flight, "j": job, "b_name": k} for k in values])
-    conn.execute(
-        _INSERT_RUNVAR,
+    _DELETE_RUNVAR.many(conn, [{"f": flight, "j": job, "b_name": k} for k in values])
+    _INSERT_RUNVAR.many(
+        conn,
         [
             {"flight": flight, "job": job, "name": k, "value": v, "synth": True}
             for k, v in values.items()

@@ -47,22 +47,49 @@ class CycleRow:
 
 def _cycle(row: Any) -> CycleRow:
     return CycleRow(
-        row.flight, row.branch, row.tree, row.mode, row.target, row.that_revision,
-        row.expected_old, row.reason, row.retest_flight, row.retest_note, row.stage,
+        row.flight,
+        row.branch,
+        row.tree,
+        row.mode,
+        row.target,
+        row.that_revision,
+        row.expected_old,
+        row.reason,
+        row.retest_flight,
+        row.retest_note,
+        row.stage,
         row.created,
     )
 
 
 def insert_cycle(
-    conn: Connection, *, flight: int, branch: str, tree: str, mode: str, target: str,
-    that_revision: str | None, expected_old: str | None, reason: str,
+    conn: Connection,
+    *,
+    flight: int,
+    branch: str,
+    tree: str,
+    mode: str,
+    target: str,
+    that_revision: str | None,
+    expected_old: str | None,
+    reason: str,
 ) -> None:
     now = time.time()
-    conn.execute(insert(gate_cycles).values(
-        flight=flight, branch=branch, tree=tree, mode=mode, target=target,
-        that_revision=that_revision, expected_old=expected_old, reason=reason,
-        stage="flight", created=now, updated=now,
-    ))
+    conn.execute(
+        insert(gate_cycles).values(
+            flight=flight,
+            branch=branch,
+            tree=tree,
+            mode=mode,
+            target=target,
+            that_revision=that_revision,
+            expected_old=expected_old,
+            reason=reason,
+            stage="flight",
+            created=now,
+            updated=now,
+        )
+    )
 
 
 def get_cycle(conn: Connection, flight: int) -> CycleRow | None:
@@ -88,22 +115,28 @@ def set_stage(conn: Connection, flight: int, stage: str, **fields: Any) -> None:
     allowed = {"retest_flight", "retest_note"}
     if set(fields) - allowed:
         raise ValueError(f"unknown cycle fields {sorted(set(fields) - allowed)}")
-    conn.execute(update(gate_cycles).where(gate_cycles.c.flight == flight)
-                 .values(stage=stage, updated=time.time(), **fields))
+    conn.execute(
+        update(gate_cycles)
+        .where(gate_cycles.c.flight == flight)
+        .values(stage=stage, updated=time.time(), **fields)
+    )
 
 
 def retest_parent(conn: Connection, flight: int) -> int | None:
     """The main flight whose cycle made `flight` as its retest, if any."""
-    row = conn.execute(select(gate_cycles.c.flight)
-                       .where(gate_cycles.c.retest_flight == flight)).first()
+    row = conn.execute(
+        select(gate_cycles.c.flight).where(gate_cycles.c.retest_flight == flight)
+    ).first()
     return int(row[0]) if row else None
 
 
 def child_flights(conn: Connection, flight: int, bless_as: str) -> list[int]:
     """Flights made for `flight` (retests, bisections) with the given final blessing."""
-    q = (select(flights.c.flight)
-         .where(flights.c.parent_flight == flight, flights.c.bless_as == bless_as)
-         .order_by(flights.c.flight))
+    q = (
+        select(flights.c.flight)
+        .where(flights.c.parent_flight == flight, flights.c.bless_as == bless_as)
+        .order_by(flights.c.flight)
+    )
     return [int(f) for (f,) in conn.execute(q)]
 
 
@@ -115,25 +148,40 @@ def flight_finished(conn: Connection, flight: int) -> bool:
 # --- history the gate needs -------------------------------------------------------------------
 
 
-def revision_tested(conn: Connection, branch: str, tree: str, revision: str,
-                    blessing: str = "real") -> bool:
+def revision_tested(
+    conn: Connection, branch: str, tree: str, revision: str, blessing: str = "real"
+) -> bool:
     """Some finished flight of the branch built exactly `revision` of `tree` (§2.5)."""
-    q = (select(flight_built.c.flight)
-         .join(flights, flights.c.flight == flight_built.c.flight)
-         .where(flights.c.branch == branch, flights.c.blessing == blessing,
-                flight_built.c.tree == tree, flight_built.c.revision == revision)
-         .limit(1))
+    q = (
+        select(flight_built.c.flight)
+        .join(flights, flights.c.flight == flight_built.c.flight)
+        .where(
+            flights.c.branch == branch,
+            flights.c.blessing == blessing,
+            flight_built.c.tree == tree,
+            flight_built.c.revision == revision,
+        )
+        .limit(1)
+    )
     return conn.execute(q).first() is not None
 
 
-def latest_tested_revision(conn: Connection, branch: str, tree: str,
-                           blessing: str = "real") -> str | None:
+def latest_tested_revision(
+    conn: Connection, branch: str, tree: str, blessing: str = "real"
+) -> str | None:
     """The revision of `tree` built by the branch's newest finished flight that built one."""
-    q = (select(flight_built.c.revision)
-         .join(flights, flights.c.flight == flight_built.c.flight)
-         .where(flights.c.branch == branch, flights.c.blessing == blessing,
-                flight_built.c.tree == tree, flight_built.c.revision.is_not(None))
-         .order_by(flights.c.flight.desc()).limit(1))
+    q = (
+        select(flight_built.c.revision)
+        .join(flights, flights.c.flight == flight_built.c.flight)
+        .where(
+            flights.c.branch == branch,
+            flights.c.blessing == blessing,
+            flight_built.c.tree == tree,
+            flight_built.c.revision.is_not(None),
+        )
+        .order_by(flights.c.flight.desc())
+        .limit(1)
+    )
     row = conn.execute(q).first()
     return str(row[0]) if row else None
 
@@ -145,19 +193,30 @@ class AgeFlight:
     started: float
 
 
-def branch_flight_revisions(conn: Connection, branch: str, tree: str, max_flight: int,
-                            blessings: tuple[str, ...] = ("real",)) -> list[AgeFlight]:
+def branch_flight_revisions(
+    conn: Connection,
+    branch: str,
+    tree: str,
+    max_flight: int,
+    blessings: tuple[str, ...] = ("real",),
+) -> list[AgeFlight]:
     """(flight, targeted revision of tree, start) of the branch's main flights up to
     max_flight, ascending; the reported flight counts even while still unblessed."""
-    q = (select(flights.c.flight, flight_revisions.c.revision, flights.c.started,
-                flights.c.created)
-         .join(flight_revisions, flight_revisions.c.flight == flights.c.flight)
-         .where(flights.c.branch == branch, flight_revisions.c.tree == tree,
-                flights.c.flight <= max_flight,
-                (flights.c.blessing.in_(blessings)) | (flights.c.flight == max_flight))
-         .order_by(flights.c.flight))
-    return [AgeFlight(int(f), str(r), float(s if s is not None else c))
-            for f, r, s, c in conn.execute(q)]
+    q = (
+        select(flights.c.flight, flight_revisions.c.revision, flights.c.started, flights.c.created)
+        .join(flight_revisions, flight_revisions.c.flight == flights.c.flight)
+        .where(
+            flights.c.branch == branch,
+            flight_revisions.c.tree == tree,
+            flights.c.flight <= max_flight,
+            (flights.c.blessing.in_(blessings)) | (flights.c.flight == max_flight),
+        )
+        .order_by(flights.c.flight)
+    )
+    return [
+        AgeFlight(int(f), str(r), float(s if s is not None else c))
+        for f, r, s, c in conn.execute(q)
+    ]
 
 
 # --- pushes -------------------------------------------------------------------------------------
@@ -180,23 +239,52 @@ def get_push(conn: Connection, flight: int) -> PushRow | None:
     r = conn.execute(select(pushes).where(pushes.c.flight == flight)).first()
     if r is None:
         return None
-    return PushRow(r.flight, r.branch, r.tree, r.revision, r.expected_old, r.status,
-                   r.output, r.created, r.finished)
+    return PushRow(
+        r.flight,
+        r.branch,
+        r.tree,
+        r.revision,
+        r.expected_old,
+        r.status,
+        r.output,
+        r.created,
+        r.finished,
+    )
 
 
-def insert_push(conn: Connection, *, flight: int, branch: str, tree: str, revision: str,
-                expected_old: str | None, status: str, output: str = "") -> None:
+def insert_push(
+    conn: Connection,
+    *,
+    flight: int,
+    branch: str,
+    tree: str,
+    revision: str,
+    expected_old: str | None,
+    status: str,
+    output: str = "",
+) -> None:
     now = time.time()
-    conn.execute(insert(pushes).values(
-        flight=flight, branch=branch, tree=tree, revision=revision, expected_old=expected_old,
-        status=status, output=output, created=now,
-        finished=None if status == "pending" else now,
-    ))
+    conn.execute(
+        insert(pushes).values(
+            flight=flight,
+            branch=branch,
+            tree=tree,
+            revision=revision,
+            expected_old=expected_old,
+            status=status,
+            output=output,
+            created=now,
+            finished=None if status == "pending" else now,
+        )
+    )
 
 
 def finish_push(conn: Connection, flight: int, status: str, output: str) -> None:
-    conn.execute(update(pushes).where(pushes.c.flight == flight)
-                 .values(status=status, output=output, finished=time.time()))
+    conn.execute(
+        update(pushes)
+        .where(pushes.c.flight == flight)
+        .values(status=status, output=output, finished=time.time())
+    )
 
 
 def pushes_of(conn: Connection, branch: str) -> list[PushRow]:
@@ -228,10 +316,15 @@ def get_gate(conn: Connection, branch: str) -> GateState:
 
 
 def put_gate(conn: Connection, state: GateState) -> None:
-    values = {"blocked_why": state.blocked_why, "force": state.force,
-              "force_revision": state.force_revision, "updated": time.time()}
-    done = conn.execute(update(gate_state).where(gate_state.c.branch == state.branch)
-                        .values(**values))
+    values = {
+        "blocked_why": state.blocked_why,
+        "force": state.force,
+        "force_revision": state.force_revision,
+        "updated": time.time(),
+    }
+    done = conn.execute(
+        update(gate_state).where(gate_state.c.branch == state.branch).values(**values)
+    )
     if done.rowcount == 0:
         conn.execute(insert(gate_state).values(branch=state.branch, **values))
 
@@ -255,23 +348,55 @@ class MailRow:
 
 
 def _mail(r: Any) -> MailRow:
-    return MailRow(r.id, r.message_id, r.kind, r.flight,
-                   [a for a in r.recipients.split("\n") if a], r.message, r.status,
-                   r.attempts, r.next_attempt, r.last_error, r.sent)
+    return MailRow(
+        r.id,
+        r.message_id,
+        r.kind,
+        r.flight,
+        [a for a in r.recipients.split("\n") if a],
+        r.message,
+        r.status,
+        r.attempts,
+        r.next_attempt,
+        r.last_error,
+        r.sent,
+    )
 
 
-def enqueue_mail(conn: Connection, *, message_id: str, kind: str, flight: int | None,
-                 recipients: list[str], message: str, now: float) -> bool:
+def enqueue_mail(
+    conn: Connection,
+    *,
+    message_id: str,
+    kind: str,
+    flight: int | None,
+    recipients: list[str],
+    message: str,
+    now: float,
+) -> bool:
     """Queue a message once: False if one with this Message-ID was already queued."""
-    values = dict(message_id=message_id, kind=kind, flight=flight,
-                  recipients="\n".join(recipients), message=message, status="queued",
-                  attempts=0, next_attempt=now, created=now)
+    values = dict(
+        message_id=message_id,
+        kind=kind,
+        flight=flight,
+        recipients="\n".join(recipients),
+        message=message,
+        status="queued",
+        attempts=0,
+        next_attempt=now,
+        created=now,
+    )
     if conn.dialect.name == "postgresql":
-        stmt: Any = postgresql.insert(mail_queue).values(**values).on_conflict_do_nothing(
-            index_elements=["message_id"])
+        stmt: Any = (
+            postgresql.insert(mail_queue)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["message_id"])
+        )
     else:
-        stmt = sqlite.insert(mail_queue).values(**values).on_conflict_do_nothing(
-            index_elements=["message_id"])
+        stmt = (
+            sqlite.insert(mail_queue)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["message_id"])
+        )
     return bool(conn.execute(stmt).rowcount)
 
 
@@ -281,32 +406,52 @@ def get_mail(conn: Connection, message_id: str) -> MailRow | None:
 
 
 def due_mail(conn: Connection, now: float, limit: int = 50) -> list[MailRow]:
-    q = (select(mail_queue)
-         .where(mail_queue.c.status == "queued", mail_queue.c.next_attempt <= now)
-         .order_by(mail_queue.c.next_attempt, mail_queue.c.id).limit(limit))
+    q = (
+        select(mail_queue)
+        .where(mail_queue.c.status == "queued", mail_queue.c.next_attempt <= now)
+        .order_by(mail_queue.c.next_attempt, mail_queue.c.id)
+        .limit(limit)
+    )
     return [_mail(r) for r in conn.execute(q)]
 
 
 def claim_mail(conn: Connection, mail_id: int, now: float, hold_s: float) -> bool:
     """Take a due message for `hold_s` seconds (another sender skips it meanwhile; a sender
     that dies lets it fall due again)."""
-    res = conn.execute(update(mail_queue)
-                       .where(mail_queue.c.id == mail_id, mail_queue.c.status == "queued",
-                              mail_queue.c.next_attempt <= now)
-                       .values(next_attempt=now + hold_s))
+    res = conn.execute(
+        update(mail_queue)
+        .where(
+            mail_queue.c.id == mail_id,
+            mail_queue.c.status == "queued",
+            mail_queue.c.next_attempt <= now,
+        )
+        .values(next_attempt=now + hold_s)
+    )
     return res.rowcount == 1
 
 
 def mark_sent(conn: Connection, mail_id: int, now: float) -> None:
-    conn.execute(update(mail_queue).where(mail_queue.c.id == mail_id)
-                 .values(status="sent", sent=now, attempts=mail_queue.c.attempts + 1,
-                         last_error=None))
+    conn.execute(
+        update(mail_queue)
+        .where(mail_queue.c.id == mail_id)
+        .values(status="sent", sent=now, attempts=mail_queue.c.attempts + 1, last_error=None)
+    )
 
 
-def mark_failed(conn: Connection, mail_id: int, *, error: str, permanent: bool,
-                next_attempt: float, recipients: list[str] | None) -> None:
-    values: dict[str, Any] = {"attempts": mail_queue.c.attempts + 1, "last_error": error,
-                              "next_attempt": next_attempt}
+def mark_failed(
+    conn: Connection,
+    mail_id: int,
+    *,
+    error: str,
+    permanent: bool,
+    next_attempt: float,
+    recipients: list[str] | None,
+) -> None:
+    values: dict[str, Any] = {
+        "attempts": mail_queue.c.attempts + 1,
+        "last_error": error,
+        "next_attempt": next_attempt,
+    }
     if permanent:
         values["status"] = "failed"
     if recipients:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
 
+from pushgate.db.engine import DriverStatement
 from pushgate.db.schema import host_allocations, host_slots, hosts
 
 
@@ -84,15 +85,16 @@ def list_hosts(conn: Connection) -> list[HostRow]:
 
 # Prebuilt statements: claims and releases run once per job on the hot path.
 _FREE = or_(host_slots.c.flight.is_(None), host_slots.c.lease_until < bindparam("b_now"))
-_FIND_FREE = (
+_FIND_FREE_CORE = (
     select(host_slots.c.slot)
     .where(host_slots.c.host == bindparam("b_host"), _FREE)
     .order_by(host_slots.c.slot)
     .limit(1)
 )
+_FIND_FREE = DriverStatement(_FIND_FREE_CORE)
 # PostgreSQL: a slot row another claim holds is skipped, not waited for.
-_FIND_FREE_PG = _FIND_FREE.with_for_update(skip_locked=True)
-_TAKE = (
+_FIND_FREE_PG = DriverStatement(_FIND_FREE_CORE.with_for_update(skip_locked=True))
+_TAKE = DriverStatement(
     update(host_slots)
     .where(
         host_slots.c.host == bindparam("b_host"), host_slots.c.slot == bindparam("b_slot"), _FREE
@@ -104,8 +106,12 @@ _TAKE = (
         lease_until=bindparam("b_until"),
     )
 )
-_RECORD = insert(host_allocations)
-_FREE_SLOT = (
+_RECORD = DriverStatement(
+    insert(host_allocations).values(
+        {c: bindparam(c) for c in ("host", "slot", "flight", "job", "allocated")}
+    )
+)
+_FREE_SLOT = DriverStatement(
     update(host_slots)
     .where(
         host_slots.c.host == bindparam("b_host"),
@@ -115,7 +121,7 @@ _FREE_SLOT = (
     )
     .values(flight=None, job=None, runner=None, lease_until=None)
 )
-_RELEASED = (
+_RELEASED = DriverStatement(
     update(host_allocations)
     .where(
         host_allocations.c.host == bindparam("b_host"),
@@ -141,11 +147,12 @@ def claim_slot(
     now = time.time() if now is None else now
     find = _FIND_FREE_PG if conn.dialect.name == "postgresql" else _FIND_FREE
     for name in host_names:
-        slot = conn.execute(find, {"b_host": name, "b_now": now}).scalar_one_or_none()
-        if slot is None:
+        found = find.rows(conn, {"b_host": name, "b_now": now})
+        if not found:
             continue
-        res = conn.execute(
-            _TAKE,
+        slot = found[0][0]
+        changed = _TAKE(
+            conn,
             {
                 "b_host": name,
                 "b_slot": slot,
@@ -156,19 +163,17 @@ def claim_slot(
                 "b_until": lease_until,
             },
         )
-        if res.rowcount != 1:
+        if changed != 1:
             continue
-        conn.execute(
-            _RECORD, {"host": name, "slot": slot, "flight": flight, "job": job, "allocated": now}
-        )
+        _RECORD(conn, {"host": name, "slot": slot, "flight": flight, "job": job, "allocated": now})
         return Claim(name, slot)
     return None
 
 
 def release_slot(conn: Connection, claim: Claim, flight: int, job: str) -> None:
     params = {"b_host": claim.host, "b_slot": claim.slot, "b_f": flight, "b_j": job}
-    conn.execute(_FREE_SLOT, params)
-    conn.execute(_RELEASED, {**params, "b_now": time.time()})
+    _FREE_SLOT(conn, params)
+    _RELEASED(conn, {**params, "b_now": time.time()})
 
 
 def release_job_slots(conn: Connection, flight: int, job: str) -> None:
@@ -198,11 +203,13 @@ def heartbeat_slots(conn: Connection, runner: str, lease_until: float) -> None:
     )
 
 
-_HELD = select(host_slots.c.host, host_slots.c.slot, host_slots.c.flight, host_slots.c.job).where(
-    host_slots.c.flight.is_not(None)
+_HELD = DriverStatement(
+    select(host_slots.c.host, host_slots.c.slot, host_slots.c.flight, host_slots.c.job).where(
+        host_slots.c.flight.is_not(None)
+    )
 )
 
 
 def held_slots(conn: Connection) -> list[tuple[str, int, int, str]]:
     """(host, slot, flight, job) of every held slot (read once per scheduling round)."""
-    return [(r.host, r.slot, r.flight, r.job) for r in conn.execute(_HELD)]
+    return [(h, int(s), int(f), j) for h, s, f, j in _HELD.rows(conn, {})]

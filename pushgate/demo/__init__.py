@@ -45,16 +45,19 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
     console.print(f"demo directory: {base}", highlight=False, soft_wrap=True)
     repo = base / "rpn"
     commits = make_project(repo)
-    console.print(f"project: {repo} ({len(commits)} commits on staging)", highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"project: {repo} ({len(commits)} commits on staging)", highlight=False, soft_wrap=True
+    )
     cfg_path = write_config(base, repo)
     loaded = cfgmod.load(cfg_path)
     db = Database(loaded.database_url)
     db.upgrade()
     steps: list[tuple[str, list[tuple[str, dict[str, str]]]]] = [
         ("1. the good history: tested, pushed to master", []),
-        ("2. a patch series with a real bug in it: regressions, not pushed",
-         [*SERIES_BEFORE, BUGGY, *SERIES_AFTER]),
+        (
+            "2. a patch series with a real bug in it: regressions, not pushed",
+            [*SERIES_BEFORE, BUGGY, *SERIES_AFTER],
+        ),
         ("3. the fix: all pass, pushed", [FIX]),
     ]
     timings = []
@@ -62,10 +65,15 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
         for title, changes in steps:
             for change in changes:
                 msg, files = change
-                sha = commit(repo, msg, files, author="Carol Example <carol@example.org>"
-                             if change is BUGGY else None)
-                console.print(f"committed {sha[:12]} to staging: {msg.splitlines()[0]}",
-                              highlight=False)
+                sha = commit(
+                    repo,
+                    msg,
+                    files,
+                    author="Carol Example <carol@example.org>" if change is BUGGY else None,
+                )
+                console.print(
+                    f"committed {sha[:12]} to staging: {msg.splitlines()[0]}", highlight=False
+                )
             t0 = time.monotonic()
             res = run_cycle(db, loaded, "rpn", bisect=False)
             timings.append(time.monotonic() - t0)
@@ -75,8 +83,7 @@ def run_demo(directory: Path | None, console: Console, *, quiet: bool = False) -
     finally:
         db.dispose()
     console.rule("summary")
-    console.print(f"cycle wall times: {', '.join(f'{t:.1f} s' for t in timings)}",
-                  highlight=False)
+    console.print(f"cycle wall times: {', '.join(f'{t:.1f} s' for t in timings)}", highlight=False)
     console.print(f"config: {cfg_path}", highlight=False, soft_wrap=True)
     console.print(f"mbox:   {mail_settings(loaded).mbox_path}", highlight=False, soft_wrap=True)
     console.print(f"logs:   {loaded.logs_dir}", highlight=False, soft_wrap=True)

@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-RPN_C = r'''/* rpn: evaluate a reverse-Polish expression given as arguments. */
+RPN_C = r"""/* rpn: evaluate a reverse-Polish expression given as arguments. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,7 +76,7 @@ int main(int argc, char **argv)
     printf("%g\n", stack[0]);
     return 0;
 }
-'''
+"""
 
 MAKEFILE = """CC ?= cc
 CFLAGS ?= -O2 -Wall
@@ -142,38 +142,57 @@ A tiny reverse-Polish calculator: `rpn 1 2 +` prints `3`.
 """
 
 VERSIONS: list[tuple[str, dict[str, str]]] = [
-    ("rpn: a reverse-Polish calculator", {
-        "rpn.c": RPN_C.replace("    case '*': push(a * b); break;\n", "")
-                      .replace("strchr(\"+-*/\"", "strchr(\"+-/\""),
-        "Makefile": MAKEFILE, "README.md": README}),
-    ("rpn: multiplication\n\nSigned-off-by: Alice Example <alice@example.org>", {
-        "rpn.c": RPN_C}),
-    ("tests: unit and command-line tests\n\nSigned-off-by: Bob Example <bob@example.org>\n"
-     "Acked-by: Alice Example <alice@example.org>", {
-        "tests/unit.sh": UNIT_SH, "tests/cli.sh": CLI_SH}),
+    (
+        "rpn: a reverse-Polish calculator",
+        {
+            "rpn.c": RPN_C.replace("    case '*': push(a * b); break;\n", "").replace(
+                'strchr("+-*/"', 'strchr("+-/"'
+            ),
+            "Makefile": MAKEFILE,
+            "README.md": README,
+        },
+    ),
+    ("rpn: multiplication\n\nSigned-off-by: Alice Example <alice@example.org>", {"rpn.c": RPN_C}),
+    (
+        "tests: unit and command-line tests\n\nSigned-off-by: Bob Example <bob@example.org>\n"
+        "Acked-by: Alice Example <alice@example.org>",
+        {"tests/unit.sh": UNIT_SH, "tests/cli.sh": CLI_SH},
+    ),
 ]
 
 # A patch series lands on staging: harmless commits around one with a real bug, so
 # the bisector has a range to search.
 SERIES_BEFORE: list[tuple[str, dict[str, str]]] = [
-    ("README: usage examples\n\nSigned-off-by: Dan Example <dan@example.org>",
-     {"README.md": README + "\nExamples: `rpn 2 3 '*'` prints 6; `rpn 7 2 -` prints 5.\n"}),
-    ("Makefile: an install target\n\nSigned-off-by: Erin Example <erin@example.org>\n"
-     "Reviewed-by: Alice Example <alice@example.org>",
-     {"Makefile": MAKEFILE + "\ninstall: rpn\n\tinstall -m 755 rpn $(DESTDIR)/usr/bin/rpn\n"}),
+    (
+        "README: usage examples\n\nSigned-off-by: Dan Example <dan@example.org>",
+        {"README.md": README + "\nExamples: `rpn 2 3 '*'` prints 6; `rpn 7 2 -` prints 5.\n"},
+    ),
+    (
+        "Makefile: an install target\n\nSigned-off-by: Erin Example <erin@example.org>\n"
+        "Reviewed-by: Alice Example <alice@example.org>",
+        {"Makefile": MAKEFILE + "\ninstall: rpn\n\tinstall -m 755 rpn $(DESTDIR)/usr/bin/rpn\n"},
+    ),
 ]
 SERIES_AFTER: list[tuple[str, dict[str, str]]] = [
-    ("README: how to run the tests\n\nSigned-off-by: Dan Example <dan@example.org>",
-     {"README.md": README + "\nExamples: `rpn 2 3 '*'` prints 6; `rpn 7 2 -` prints 5.\n"
-      "\nRun `make check` before sending patches.\n"}),
+    (
+        "README: how to run the tests\n\nSigned-off-by: Dan Example <dan@example.org>",
+        {
+            "README.md": README + "\nExamples: `rpn 2 3 '*'` prints 6; `rpn 7 2 -` prints 5.\n"
+            "\nRun `make check` before sending patches.\n"
+        },
+    ),
 ]
 
 # A commit with a real bug: subtraction swaps its operands.
-BUGGY = ("rpn: tidy the operator switch\n\nSigned-off-by: Carol Example <carol@example.org>",
-         {"rpn.c": RPN_C.replace("case '-': push(a - b);", "case '-': push(b - a);")})
-FIX = ("rpn: fix operand order of subtraction\n\n"
-       "Reported-by: pushgate\nSigned-off-by: Alice Example <alice@example.org>",
-       {"rpn.c": RPN_C})
+BUGGY = (
+    "rpn: tidy the operator switch\n\nSigned-off-by: Carol Example <carol@example.org>",
+    {"rpn.c": RPN_C.replace("case '-': push(a - b);", "case '-': push(b - a);")},
+)
+FIX = (
+    "rpn: fix operand order of subtraction\n\n"
+    "Reported-by: pushgate\nSigned-off-by: Alice Example <alice@example.org>",
+    {"rpn.c": RPN_C},
+)
 
 CONFIG = """# pushgate.toml for the demo project (made by `pushgate demo`).
 
@@ -228,15 +247,25 @@ steps = [
 
 def _git(repo: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1",
-               GIT_AUTHOR_NAME="Alice Example", GIT_AUTHOR_EMAIL="alice@example.org",
-               GIT_COMMITTER_NAME="Alice Example", GIT_COMMITTER_EMAIL="alice@example.org")
-    return subprocess.run(["git", "-c", "init.defaultBranch=staging", *args], cwd=repo,
-                          env=env, check=True, capture_output=True, text=True).stdout.strip()
+    env.update(
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="Alice Example",
+        GIT_AUTHOR_EMAIL="alice@example.org",
+        GIT_COMMITTER_NAME="Alice Example",
+        GIT_COMMITTER_EMAIL="alice@example.org",
+    )
+    return subprocess.run(
+        ["git", "-c", "init.defaultBranch=staging", *args],
+        cwd=repo,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
-def commit(repo: Path, message: str, files: dict[str, str],
-           author: str | None = None) -> str:
+def commit(repo: Path, message: str, files: dict[str, str], author: str | None = None) -> str:
     for name, text in files.items():
         p = repo / name
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -100,8 +100,9 @@ def flight_versions(db: Database, loaded: Loaded, flight: int) -> Versions:
     return Versions(tree, {tree: info.revisions[tree]}, {tree: base} if base else {})
 
 
-def classify_flight(db: Database, loaded: Loaded, flight: int,
-                    versions: Versions | None = None) -> Classification:
+def classify_flight(
+    db: Database, loaded: Loaded, flight: int, versions: Versions | None = None
+) -> Classification:
     v = versions or flight_versions(db, loaded, flight)
     with db.read() as conn:
         info = dbf.get_flight(conn, flight)
@@ -112,12 +113,19 @@ def classify_flight(db: Database, loaded: Loaded, flight: int,
         with db.read() as conn:
             if dbg.flight_finished(conn, v.retest_flight):
                 refer.append(v.retest_flight)
-    return classify(db, flight, this=v.this, that=v.that, blessings=BLESSINGS, allow=allow,
-                    refer_to_flights=refer, tree=v.tree or None)
+    return classify(
+        db,
+        flight,
+        this=v.this,
+        that=v.that,
+        blessings=BLESSINGS,
+        allow=allow,
+        refer_to_flights=refer,
+        tree=v.tree or None,
+    )
 
 
-def push_age(db: Database, branch: str, flight: int, v: Versions,
-             now: datetime) -> PushAge | None:
+def push_age(db: Database, branch: str, flight: int, v: Versions, now: datetime) -> PushAge | None:
     """§5.5 over the branch's `real` flights up to this one."""
     if len(v.this) != 1 or list(v.this) != list(v.that):
         return None
@@ -139,8 +147,9 @@ def push_age(db: Database, branch: str, flight: int, v: Versions,
     return PushAge(line(basis, None), failing, same_line, now)
 
 
-def build_report(db: Database, loaded: Loaded, flight: int, *,
-                 now: datetime | None = None) -> BuiltReport:
+def build_report(
+    db: Database, loaded: Loaded, flight: int, *, now: datetime | None = None
+) -> BuiltReport:
     now = now or datetime.now(UTC)
     v = flight_versions(db, loaded, flight)
     c = classify_flight(db, loaded, flight, v)
@@ -190,16 +199,23 @@ def build_report(db: Database, loaded: Loaded, flight: int, *,
     data["subject"] = subject
     data["mode"] = v.mode
     data["retest_flight"] = v.retest_flight
-    data["push"] = None if row is None else {
-        "status": row.status, "revision": row.revision, "expected_old": row.expected_old,
-        "output": row.output, "pushed": state == "pushed",
-    }
+    data["push"] = (
+        None
+        if row is None
+        else {
+            "status": row.status,
+            "revision": row.revision,
+            "expected_old": row.expected_old,
+            "output": row.output,
+            "pushed": state == "pushed",
+        }
+    )
     return BuiltReport(flight, c.branch, subject, body, headers, c, state, v.mode, data)
 
 
-
-def write_flight_html(db: Database, loaded: Loaded, flight: int, out_dir: Path,
-                      rep: BuiltReport | None = None) -> list[Path]:
+def write_flight_html(
+    db: Database, loaded: Loaded, flight: int, out_dir: Path, rep: BuiltReport | None = None
+) -> list[Path]:
     """The flight's HTML pages (report.html's renderer) in out_dir, linking to its logs."""
     from pushgate.bisect.report import graph_relpath
     from pushgate.db import bisections as dbb
@@ -237,18 +253,40 @@ def write_flight_html(db: Database, loaded: Loaded, flight: int, out_dir: Path,
             links.append((f"bisection of {b.job} {b.testid}: {b.status}{culprit}", svg.as_uri()))
     prefix = f"{flight}/"
     data = FlightData(
-        flight, info.branch, info.blessing, info.intended, info.started, info.finished,
+        flight,
+        info.branch,
+        info.blessing,
+        info.intended,
+        info.started,
+        info.finished,
         dict(info.revisions),
-        [JobData(
-            j.job, j.status,
-            [StepData(s.stepno, s.testid, s.status, s.started, s.finished,
-                      s.log.removeprefix(prefix) if s.log else None)
-             for s in steps if s.job == j.job],
-            [RunvarData(k, v, k == "host" or k.startswith("built_revision_"))
-             for k, v in sorted(j.runvars.items())],
-            j.host, j.started, j.finished,
-            artifacts(j.job, j.runvars.get("artifacts", "")),
-        ) for j in jobs],
+        [
+            JobData(
+                j.job,
+                j.status,
+                [
+                    StepData(
+                        s.stepno,
+                        s.testid,
+                        s.status,
+                        s.started,
+                        s.finished,
+                        s.log.removeprefix(prefix) if s.log else None,
+                    )
+                    for s in steps
+                    if s.job == j.job
+                ],
+                [
+                    RunvarData(k, v, k == "host" or k.startswith("built_revision_"))
+                    for k, v in sorted(j.runvars.items())
+                ],
+                j.host,
+                j.started,
+                j.finished,
+                artifacts(j.job, j.runvars.get("artifacts", "")),
+            )
+            for j in jobs
+        ],
         links,
     )
     logs_base = (loaded.logs_dir / str(flight)).as_uri() + "/"

@@ -156,8 +156,9 @@ def step_rows(jobs: list[JobData]) -> list[str]:
         out.append(x)
         for y in after[x]:
             indeg[y] -= 1
-    return ([x for x in out if not x.startswith("logs-capture")]
-            + [x for x in out if x.startswith("logs-capture")])
+    return [x for x in out if not x.startswith("logs-capture")] + [
+        x for x in out if x.startswith("logs-capture")
+    ]
 
 
 def _labelled_steps(j: JobData) -> dict[str, StepData]:
@@ -170,8 +171,12 @@ def _labelled_steps(j: JobData) -> dict[str, StepData]:
 
 
 def _env() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
-                      undefined=StrictUndefined, keep_trailing_newline=True)
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
     env.filters["when"] = _when
     return env
 
@@ -180,13 +185,20 @@ def _report(c: Classification) -> dict[str, Any]:
     return {
         "verdict": c.verdict,
         "subject": render_subject(c),
-        "sections": [(" ".join(SECTION_HEADINGS[k]), [render_failure(f) for f in fs])
-                     for k, fs in c.sections()],
+        "sections": [
+            (" ".join(SECTION_HEADINGS[k]), [render_failure(f) for f in fs])
+            for k, fs in c.sections()
+        ],
     }
 
 
-def write_html(out_dir: Path, flight: FlightData, classification: Classification | None = None,
-               *, logs_base: str = "") -> list[Path]:
+def write_html(
+    out_dir: Path,
+    flight: FlightData,
+    classification: Classification | None = None,
+    *,
+    logs_base: str = "",
+) -> list[Path]:
     """Write index.html and one page per job into out_dir; return the paths written.
 
     logs_base: prefix of log and artifact links (a URL ending in `/`, or a relative path
@@ -201,39 +213,70 @@ def write_html(out_dir: Path, flight: FlightData, classification: Classification
     jobs = sorted(flight.jobs, key=lambda j: job_sort_key(j.job))
     views = []
     for j in jobs:
-        steps = [{"stepno": s.stepno, "testid": s.testid, "status": s.status,
-                  "status_class": status_class(s.status), "started": s.started,
-                  "duration": _duration(s), "href": link(logs_base, s.log),
-                  "note": notes.get((j.job, s.testid), "")}
-                 for s in sorted(j.steps, key=lambda s: s.stepno)]
-        views.append({
-            "job": j.job, "status": j.status, "status_class": status_class(j.status),
-            "page": job_page_name(j.job), "host": j.host, "started": j.started,
-            "finished": j.finished, "steps": steps,
-            "runvars": sorted(j.runvars, key=lambda r: (r.synth, r.name)),
-            "artifacts": [{"name": a.name, "href": link(logs_base, a.path), "size": a.size}
-                          for a in j.artifacts],
-            "logs": [{"name": x, "href": link(logs_base, x)} for x in j.logs],
-        })
+        steps = [
+            {
+                "stepno": s.stepno,
+                "testid": s.testid,
+                "status": s.status,
+                "status_class": status_class(s.status),
+                "started": s.started,
+                "duration": _duration(s),
+                "href": link(logs_base, s.log),
+                "note": notes.get((j.job, s.testid), ""),
+            }
+            for s in sorted(j.steps, key=lambda s: s.stepno)
+        ]
+        views.append(
+            {
+                "job": j.job,
+                "status": j.status,
+                "status_class": status_class(j.status),
+                "page": job_page_name(j.job),
+                "host": j.host,
+                "started": j.started,
+                "finished": j.finished,
+                "steps": steps,
+                "runvars": sorted(j.runvars, key=lambda r: (r.synth, r.name)),
+                "artifacts": [
+                    {"name": a.name, "href": link(logs_base, a.path), "size": a.size}
+                    for a in j.artifacts
+                ],
+                "logs": [{"name": x, "href": link(logs_base, x)} for x in j.logs],
+            }
+        )
     labelled = [_labelled_steps(j) for j in jobs]
     rows = []
     for label in step_rows(jobs):
         cells: list[dict[str, Any] | None] = []
         for j, by_label in zip(jobs, labelled, strict=True):
             s = by_label.get(label)
-            cells.append(None if s is None else {
-                "text": s.status, "status_class": status_class(s.status),
-                "href": link(logs_base, s.log), "note": notes.get((j.job, s.testid), ""),
-            })
+            cells.append(
+                None
+                if s is None
+                else {
+                    "text": s.status,
+                    "status_class": status_class(s.status),
+                    "href": link(logs_base, s.log),
+                    "note": notes.get((j.job, s.testid), ""),
+                }
+            )
         rows.append({"label": label, "cells": cells})
-    unfinished = sum(1 for j in flight.jobs for s in j.steps
-                     if s.status in ("running", "queued", "preparing"))
+    unfinished = sum(
+        1 for j in flight.jobs for s in j.steps if s.status in ("running", "queued", "preparing")
+    )
     written = []
     index = out_dir / "index.html"
-    index.write_text(env.get_template("flight.html").render(
-        flight=flight, jobs=views, rows=rows, css=CSS, unfinished=unfinished,
-        report=_report(classification) if classification is not None else None,
-    ), encoding="utf-8")
+    index.write_text(
+        env.get_template("flight.html").render(
+            flight=flight,
+            jobs=views,
+            rows=rows,
+            css=CSS,
+            unfinished=unfinished,
+            report=_report(classification) if classification is not None else None,
+        ),
+        encoding="utf-8",
+    )
     written.append(index)
     job_tpl = env.get_template("job.html")
     for v in views:

@@ -77,8 +77,9 @@ def commit_json(commit: Commit) -> dict[str, Any]:
     }
 
 
-def render_json(c: Classification, ctx: ReportContext | None = None,
-                push_state: str | None = None) -> dict[str, Any]:
+def render_json(
+    c: Classification, ctx: ReportContext | None = None, push_state: str | None = None
+) -> dict[str, Any]:
     """Everything a tool needs to act on the report; json.dumps-able as is."""
     ctx = ctx or ReportContext(logs_url="")
     return {
@@ -101,8 +102,10 @@ def render_json(c: Classification, ctx: ReportContext | None = None,
         "examined_failures": len(c.all_failures),
         "versions": {"this": dict(sorted(c.this.items())), "that": dict(sorted(c.that.items()))},
         "that_flight": c.that_flight,
-        "flights": [{"flight": r.flight, "branch": r.branch, "blessing": r.blessing,
-                     "intended": r.intended} for r in c.flights],
+        "flights": [
+            {"flight": r.flight, "branch": r.branch, "blessing": r.blessing, "intended": r.intended}
+            for r in c.flights
+        ],
         "heisen_flights": list(c.heisen_flights),
         "comparison_flights": list(c.comparison_flights),
         "jobs": [{"job": j.job, "status": j.status} for j in c.jobs],

@@ -91,15 +91,17 @@ def shrink_to(line: str, limit: int = LINE_LIMIT) -> str:
         i = line.rfind("  ")
         if i < 0:
             break
-        line = line[:i] + line[i + 1:]
+        line = line[:i] + line[i + 1 :]
     return line
 
 
 def failure_line(job: str, stepno: int | None, testid: str, status: str, annotation: str) -> str:
     """One failure line with osstest's columns (§5.3). Padding never truncates."""
     step = "" if stepno is None else str(stepno)
-    line = (f" {pad_right(job, 28)} {pad_left(step, 2)} {pad_right(testid, 28)} "
-            f"{pad_right(status, 8)} {annotation}")
+    line = (
+        f" {pad_right(job, 28)} {pad_left(step, 2)} {pad_right(testid, 28)} "
+        f"{pad_right(status, 8)} {annotation}"
+    )
     return shrink_to(line.rstrip())
 
 
@@ -117,8 +119,7 @@ def failure_section_lines(c: Classification) -> list[str]:
     return out
 
 
-def render_subject(c: Classification, push_state: str | None = None, *,
-                   kind: str = "test") -> str:
+def render_subject(c: Classification, push_state: str | None = None, *, kind: str = "test") -> str:
     """`[<branch> test] <flight>: <prefix><outcome>[ - PUSHED]`.
 
     push_state `pushed` appends ` - PUSHED`; anything else (None, `not-pushed`, ...) nothing.
@@ -131,8 +132,11 @@ def render_subject(c: Classification, push_state: str | None = None, *,
 
 def failure_header_items(c: Classification) -> list[str]:
     """`<branch>:<job>:<testid>:<status>:<analysis>`, one per printed failure, body order."""
-    return [f"{c.branch}:{f.job}:{f.testid}:{f.status}:{f.analysis}"
-            for _key, failures in c.sections() for f in failures]
+    return [
+        f"{c.branch}:{f.job}:{f.testid}:{f.status}:{f.analysis}"
+        for _key, failures in c.sections()
+        for f in failures
+    ]
 
 
 def version_items(versions: Mapping[str, str]) -> list[str]:
@@ -178,8 +182,10 @@ def age_line(label: str, line: AgeLine | None, now: datetime) -> str:
         return f"{head} {pad_left(NOT_FOUND, 34)}     "
     started = _utc(line.started)
     days = max(0, int((_utc(now) - started).total_seconds() // 86400))
-    text = (f"{head} {pad_left(str(line.flight), 6)}  "
-            f"{started.strftime('%Y-%m-%d %H:%M:%S')} Z {pad_left(str(days), 4)} days")
+    text = (
+        f"{head} {pad_left(str(line.flight), 6)}  "
+        f"{started.strftime('%Y-%m-%d %H:%M:%S')} Z {pad_left(str(days), 4)} days"
+    )
     if line.attempts is not None:
         text += f" {pad_left(str(line.attempts), 4)} attempts"
     return text
@@ -229,10 +235,16 @@ def push_part_text(kind: str, *, revision: str | None = None, output: str = "") 
         if not revision:
             raise ValueError("a pushed report needs the revision pushed")
         body = output.rstrip("\n")
-        return f"Pushing revision {revision}:\n\n{body}\n" if body else \
-            f"Pushing revision {revision}:\n"
-    texts = {"not-pushed": PUSH_NOT_ALLOWED, "up-to-date": PUSH_UP_TO_DATE,
-             "not-applicable": PUSH_NOT_APPLICABLE}
+        return (
+            f"Pushing revision {revision}:\n\n{body}\n"
+            if body
+            else f"Pushing revision {revision}:\n"
+        )
+    texts = {
+        "not-pushed": PUSH_NOT_ALLOWED,
+        "up-to-date": PUSH_UP_TO_DATE,
+        "not-applicable": PUSH_NOT_APPLICABLE,
+    }
     if kind not in texts:
         raise ValueError(f"unknown push part kind {kind!r}")
     return texts[kind] + "\n"
@@ -250,10 +262,13 @@ def flight_lines(c: Classification, logs_url: str) -> list[str]:
     """`flight N branch blessing [intended]` lines, then their log URLs (§5.2)."""
     refs = c.flights or []
     if not refs:
-        return [f"flight {c.flight} {c.branch} {c.blessing} [{c.intended}]",
-                f"{logs_url.rstrip('/')}/{c.flight}/"]
-    return ([f"flight {r.flight} {r.branch} {r.blessing} [{r.intended}]" for r in refs]
-            + [f"{logs_url.rstrip('/')}/{r.flight}/" for r in refs])
+        return [
+            f"flight {c.flight} {c.branch} {c.blessing} [{c.intended}]",
+            f"{logs_url.rstrip('/')}/{c.flight}/",
+        ]
+    return [f"flight {r.flight} {r.branch} {r.blessing} [{r.intended}]" for r in refs] + [
+        f"{logs_url.rstrip('/')}/{r.flight}/" for r in refs
+    ]
 
 
 def coverage_note(c: Classification) -> str | None:

@@ -31,15 +31,15 @@ def upgrade() -> None:
         sa.Column("created", sa.Float(), nullable=False),
         sa.Column("updated", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["flight"], ["flights.flight"],
-            name=op.f("fk_gate_cycles_flight_flights"), ondelete="CASCADE",
+            ["flight"],
+            ["flights.flight"],
+            name=op.f("fk_gate_cycles_flight_flights"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("flight", name=op.f("pk_gate_cycles")),
     )
     with op.batch_alter_table("gate_cycles", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_gate_cycles_branch_flight", ["branch", "flight"], unique=False
-        )
+        batch_op.create_index("ix_gate_cycles_branch_flight", ["branch", "flight"], unique=False)
 
 
 def downgrade() -> None:
