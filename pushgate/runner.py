@@ -199,6 +199,7 @@ class JobRun:
         # Writes not yet committed: they go with the next transaction, which always
         # comes before the next command runs (invariant 3).
         self.pending: list[Callable[[Connection], None]] = []
+        self._job_env: dict[str, str] | None = None
 
     async def run(self) -> str:
         ctx = self.ctx
@@ -229,9 +230,11 @@ class JobRun:
         try:
             if await self._prepare():
                 await self._steps()
-            kept = await asyncio.to_thread(self._keep_artifacts)
+            # A thread hop only when there is file work to do.
+            kept = await asyncio.to_thread(self._keep_artifacts) if self.cfg.artifacts else []
         finally:
-            await asyncio.to_thread(self._cleanup_checkouts)
+            if self.checkouts:
+                await asyncio.to_thread(self._cleanup_checkouts)
         status = job_rollup(self.results)
         outputs = {"host": self.claim.host}
         for tree, _ in self.checkouts.items():
@@ -306,6 +309,15 @@ class JobRun:
         self.results.append((status, True))
 
     def env(self, step: StepConfig, stepno: int) -> dict[str, str]:
+        if self._job_env is None:
+            self._job_env = self._make_job_env()
+        env = self._job_env.copy()
+        env["PUSHGATE_STEPNO"] = str(stepno)
+        env["PUSHGATE_TESTID"] = step.testid
+        return env
+
+    def _make_job_env(self) -> dict[str, str]:
+        """What every step of the job has in its environment (built once a job)."""
         ctx = self.ctx
         env = dict(os.environ)
         for name, value in self.runvars.items():
@@ -316,8 +328,6 @@ class JobRun:
                 "PUSHGATE_FLIGHT": str(ctx.flight),
                 "PUSHGATE_BRANCH": ctx.branch,
                 "PUSHGATE_JOB": self.job,
-                "PUSHGATE_STEPNO": str(stepno),
-                "PUSHGATE_TESTID": step.testid,
                 "PUSHGATE_HOST": self.claim.host,
                 # Lets a later run find and kill this step's processes if we die.
                 "PUSHGATE_RUNNER": ctx.runner_id,

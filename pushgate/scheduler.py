@@ -286,12 +286,17 @@ class FlightRunner:
                 bad.append(j if f == self.flight else f"{f}.{j}")
         return final, bad
 
-    async def _start_ready(self, state: dict[str, _JobState], hosts: list[dbh.HostRow]) -> None:
+    def _free_slots(self, hosts: list[dbh.HostRow]) -> dict[str, int]:
         with self.db.read() as conn:
             held = dbh.held_slots(conn)
         free: dict[str, int] = {h.host: h.slots for h in hosts}
         for host, _, _, _ in held:
             free[host] = free.get(host, 0) - 1
+        return free
+
+    async def _start_ready(self, state: dict[str, _JobState], hosts: list[dbh.HostRow]) -> None:
+        # Read the slots lazily: most rounds (a job ended) start one job or none.
+        free: dict[str, int] | None = None
         wanted: list[tuple[str, _JobState, list[str]]] = []
         for job, st in state.items():
             if st.status != Status.QUEUED or job in self.tasks:
@@ -320,6 +325,8 @@ class FlightRunner:
                 st.status = Status.STARVED
                 self.dep_status[(self.flight, job)] = Status.STARVED
                 continue
+            if free is None:
+                free = self._free_slots(hosts)
             candidates = [h for h in eligible if free.get(h, 0) > 0]
             if not candidates:
                 continue

@@ -1,20 +1,26 @@
 """Run steps on this machine: one process group per step, output timestamped to the log.
 
 This is the hot path of a flight (a step of `true` should cost the harness well
-under a millisecond), so a step is one Popen, one pidfd and one pipe watched
-by the event loop, one future, and a log written with raw os calls.
+under a millisecond): a step is one request to the spawner helper (see
+spawner.py), one pipe watched by the event loop, one future, and a log
+written with raw os calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import marshal
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 
+from pushgate.executors import spawner
 from pushgate.executors.base import StepOutcome, StepRun, stamp
 
 # Grace between SIGTERM and SIGKILL when a step times out or is cancelled.
@@ -69,11 +75,125 @@ class _Stamper:
         return f"{self.prefix}.{int(t * 1000) % 1000:03d} Z ".encode()
 
 
-class LocalExecutor:
-    """Steps as child processes of this runner.
+class SpawnerDied(RuntimeError):
+    pass
 
-    Exit is awaited through a pidfd and output read from a non-blocking pipe,
-    all on the event loop: no watcher thread per child, no asyncio transport.
+
+class SpawnerClient:
+    """The runner's end of the spawner helper: requests out, pids and exits in."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", spawner.__file__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.sock = ours
+        self.next_id = 0
+        self.spawns: dict[int, asyncio.Future[int]] = {}
+        self.exit_callbacks: dict[int, Callable[[int | None], None]] = {}
+        # Exits reported before anyone asked (a step that ended at once).
+        self.exits: dict[int, int] = {}
+        self.dead = False
+        # Reads never block (MSG_DONTWAIT); sends may, briefly, if the helper lags.
+        loop.add_reader(self.sock.fileno(), self._receive)
+
+    async def spawn(
+        self, argv: list[str], exe: str | None, cwd: str, env: dict[str, str], out: int
+    ) -> int:
+        """Start argv with `out` as its stdout and stderr; its pid (OSError if it cannot)."""
+        if self.dead:
+            raise SpawnerDied("the spawner helper died")
+        rid = self.next_id = self.next_id + 1
+        fut: asyncio.Future[int] = self.loop.create_future()
+        self.spawns[rid] = fut
+        try:
+            socket.send_fds(self.sock, [marshal.dumps(("spawn", rid, argv, exe, cwd, env))], [out])
+        except OSError as e:
+            del self.spawns[rid]
+            raise SpawnerDied(f"cannot reach the spawner helper: {e}") from None
+        return await fut
+
+    def on_exit(self, pid: int, callback: Callable[[int | None], None]) -> None:
+        """Call callback(exit code, -signal if killed) once pid has been reaped,
+        or callback(None) if the helper died first."""
+        if pid in self.exits:
+            callback(self.exits.pop(pid))
+        elif self.dead:
+            raise SpawnerDied("the spawner helper died")
+        else:
+            self.exit_callbacks[pid] = callback
+
+    def forget(self, pid: int) -> None:
+        self.exit_callbacks.pop(pid, None)
+        self.exits.pop(pid, None)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(spawner.MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._died()
+                return
+            msg = marshal.loads(data)
+            kind = msg[0]
+            if kind == "exit":
+                _, pid, code = msg
+                cb = self.exit_callbacks.pop(pid, None)
+                if cb is None:
+                    self.exits[pid] = code
+                else:
+                    cb(code)
+                continue
+            fut = self.spawns.pop(msg[1], None)
+            if fut is None or fut.done():
+                continue
+            if kind == "pid":
+                fut.set_result(msg[2])
+            else:
+                fut.set_exception(OSError(msg[2], msg[3]))
+
+    def _died(self) -> None:
+        """The helper is gone: whoever waits on it learns so (their steps break)."""
+        if self.dead:
+            return
+        self.dead = True
+        self.loop.remove_reader(self.sock.fileno())
+        err = SpawnerDied("the spawner helper died")
+        for fut in self.spawns.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self.spawns.clear()
+        for cb in self.exit_callbacks.values():
+            cb(None)
+        self.exit_callbacks.clear()
+
+    def close(self) -> None:
+        if not self.dead:
+            self.dead = True
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class LocalExecutor:
+    """Steps as processes on this machine, started and reaped by the spawner helper.
+
+    Output is read from a non-blocking pipe on the event loop and the exit
+    comes as a message from the helper: no watcher thread per child, no
+    asyncio transport, no fork in the runner.
     """
 
     name = "local"
@@ -81,8 +201,9 @@ class LocalExecutor:
     def __init__(self) -> None:
         self.stamp = _Stamper()
         # argv[0] -> its path, per PATH: without it the child of every step
-        # tries execve in each PATH directory in turn, while the runner waits.
+        # tries execve in each PATH directory in turn, while the helper waits.
         self._which: dict[tuple[str, str], str | None] = {}
+        self._spawner: SpawnerClient | None = None
 
     def _executable(self, argv0: str, env: dict[str, str]) -> str | None:
         if "/" in argv0:
@@ -92,25 +213,25 @@ class LocalExecutor:
             self._which[key] = shutil.which(argv0, path=key[1])
         return self._which[key]
 
-    def _spawn(self, req: StepRun, log: int) -> subprocess.Popen[bytes]:
-        exe = self._executable(req.argv[0], req.env)
+    def spawner(self) -> SpawnerClient:
+        if self._spawner is None or self._spawner.dead:
+            if self._spawner is not None:
+                self._spawner.close()
+            self._spawner = SpawnerClient(asyncio.get_running_loop())
+        return self._spawner
+
+    async def _spawn(self, req: StepRun, out: int) -> int:
+        argv0 = req.argv[0]
+        exe = self._executable(argv0, req.env)
         try:
-            return subprocess.Popen(
-                req.argv,
-                executable=exe,
-                cwd=req.cwd,
-                env=req.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            return await self.spawner().spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
         except FileNotFoundError:
             if exe is None:
                 raise
-            # The binary we found earlier is gone: search PATH afresh.
+            # The binary found earlier is gone: search PATH afresh.
             self._which.clear()
-            return self._spawn(req, log)
+            exe = self._executable(argv0, req.env)
+            return await self.spawner().spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
 
     async def run(self, req: StepRun) -> StepOutcome:
         loop = asyncio.get_running_loop()
@@ -124,13 +245,27 @@ class LocalExecutor:
                 log,
                 self.stamp() + f"[pushgate] run: {shlex.join(req.argv)} (cwd {req.cwd})\n".encode(),
             )
+            if not os.path.isdir(req.cwd):
+                # Checked here: the helper would report it as the command missing.
+                msg = f"cannot start {req.argv[0]!r}: no directory {req.cwd}"
+                os.write(log, self.stamp() + f"[pushgate] {msg}\n".encode())
+                return StepOutcome(None, error=msg)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
             try:
-                proc = self._spawn(req, log)
+                pid = await self._spawn(req, out_w)
+            except SpawnerDied as e:
+                os.close(out_r)
+                msg = f"cannot start {req.argv[0]!r}: {e}"
+                os.write(log, self.stamp() + f"[pushgate] {msg}\n".encode())
+                return StepOutcome(None, error=msg)
             except OSError as e:
+                os.close(out_r)
                 msg = f"cannot start {req.argv[0]!r}: {e.strerror}"
                 os.write(log, self.stamp() + f"[pushgate] {msg}\n".encode())
                 return StepOutcome(None, error=msg)
-            watch = _Watch(loop, proc, log, self.stamp)
+            finally:
+                os.close(out_w)
+            watch = _Watch(loop, self.spawner(), pid, out_r, log, self.stamp)
             try:
                 timed_out = await watch.wait(req.timeout)
                 if timed_out:
@@ -141,51 +276,63 @@ class LocalExecutor:
                         + f"[pushgate] timed out after {req.timeout:g}s; "
                         "process group killed\n".encode(),
                     )
-                    return StepOutcome(proc.returncode, timed_out=True)
+                    return StepOutcome(watch.returncode, timed_out=True)
             except asyncio.CancelledError:
                 await watch.stop()
                 os.write(log, self.stamp() + b"[pushgate] interrupted; process group killed\n")
                 raise
             finally:
                 watch.close()
-            os.write(log, self.stamp() + f"[pushgate] exit status {proc.returncode}\n".encode())
-            return StepOutcome(proc.returncode)
+            if watch.lost:
+                msg = "the spawner helper died; the step's exit status is lost"
+                os.write(log, self.stamp() + f"[pushgate] {msg}\n".encode())
+                kill_group(pid)
+                return StepOutcome(None, error=msg)
+            os.write(log, self.stamp() + f"[pushgate] exit status {watch.returncode}\n".encode())
+            return StepOutcome(watch.returncode)
         finally:
             os.close(log)
 
     async def close(self) -> None:
-        return None
+        if self._spawner is not None:
+            self._spawner.close()
+            self._spawner = None
 
 
 class _Watch:
-    """Pump a child's output into its log with timestamps and notice its exit.
+    """Pump a step's output into its log with timestamps and notice its exit.
 
-    One future, resolved when the child has exited and its output reached EOF
+    One future, resolved when the step has exited and its output reached EOF
     (False) or when the timeout fires first (True).
     """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        proc: subprocess.Popen[bytes],
+        spawner: SpawnerClient,
+        pid: int,
+        out: int,
         log: int,
         stamp: _Stamper,
     ):
         self.loop = loop
-        self.proc = proc
+        self.spawner = spawner
+        self.pid = pid
+        self.out = out
         self.log = log
         self.stamp = stamp
         self.partial = b""
-        self.exited = False
+        self.returncode: int | None = None
+        self.lost = False
         self.eof = False
         self.done: asyncio.Future[bool] = loop.create_future()
         self.exit_waiter: asyncio.Future[None] | None = None
-        assert proc.stdout is not None
-        self.out = proc.stdout.fileno()
-        os.set_blocking(self.out, False)
-        self.pidfd = os.pidfd_open(proc.pid)
-        loop.add_reader(self.out, self._read)
-        loop.add_reader(self.pidfd, self._exit)
+        os.set_blocking(out, False)
+        loop.add_reader(out, self._read)
+        try:
+            spawner.on_exit(pid, self._exited)
+        except SpawnerDied:
+            self._exited(None)
 
     async def wait(self, timeout: float) -> bool:
         timer = self.loop.call_later(timeout, self._resolve, True)
@@ -209,7 +356,7 @@ class _Watch:
             self.loop.remove_reader(self.out)
             self._write(b"", final=True)
             self.eof = True
-            if self.exited:
+            if self.returncode is not None:
                 self._resolve(False)
             return
         self._write(data)
@@ -223,42 +370,39 @@ class _Watch:
             ts = self.stamp()
             os.write(self.log, b"".join(ts + line + b"\n" for line in lines))
 
-    def _exit(self) -> None:
-        self.loop.remove_reader(self.pidfd)
-        self.proc.wait()
-        self.exited = True
+    def _exited(self, code: int | None) -> None:
+        if code is None:
+            self.lost = True
+        self.returncode = code
         if self.exit_waiter is not None and not self.exit_waiter.done():
             self.exit_waiter.set_result(None)
-        if self.eof:
+        if self.eof or self.lost:
             self._resolve(False)
 
     async def stop(self) -> None:
         """Kill the step's process group: SIGTERM, then SIGKILL after a grace."""
-        pid = self.proc.pid
         for sig in (signal.SIGTERM, signal.SIGKILL):
             # SIGKILL even after the leader exited: children that ignored
             # SIGTERM, or outlived the leader, go too.
-            kill_group(pid, sig)
-            if not self.exited:
+            kill_group(self.pid, sig)
+            if self.returncode is None and not self.lost:
                 self.exit_waiter = self.loop.create_future()
                 try:
                     await asyncio.wait_for(self.exit_waiter, KILL_GRACE_S)
                 except TimeoutError:
                     pass
-        self.proc.poll()
 
     def close(self) -> None:
         """Stop watching; output still buffered is flushed to the log."""
-        for fd in (self.out, self.pidfd):
-            try:
-                self.loop.remove_reader(fd)
-            except (ValueError, OSError):
-                pass
+        try:
+            self.loop.remove_reader(self.out)
+        except (ValueError, OSError):
+            pass
         if self.partial:
             self._write(b"", final=True)
-        os.close(self.pidfd)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        os.close(self.out)
+        if self.returncode is None:
+            self.spawner.forget(self.pid)
         if not self.done.done():
             self.done.cancel()
 
