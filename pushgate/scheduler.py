@@ -143,6 +143,8 @@ class FlightRunner:
         )
         self.tasks: dict[str, asyncio.Task[str]] = {}
         self.notes: list[str] = []
+        self._queue: list[str] = []
+        self._queue_of: dict[str, _JobState] | None = None
 
     def _load(self) -> dict[str, _JobState]:
         with self.db.read() as conn:
@@ -206,11 +208,11 @@ class FlightRunner:
         while True:
             if not self.ctx.stopping.is_set():
                 await self._start_ready(state, hosts)
-            pending = [
-                s
-                for j, s in state.items()
-                if s.status in ACTIVE_JOB_STATUSES and j not in self.tasks
-            ]
+            # Jobs not finished and not ours to wait for: queued ones, or ones other
+            # runners hold (scanned only once nothing is queued: the flight's tail).
+            pending = bool(self._queued(state)) or any(
+                s.status in ACTIVE_JOB_STATUSES and j not in self.tasks for j, s in state.items()
+            )
             if not self.tasks and (not pending or self.ctx.stopping.is_set()):
                 # Nothing of ours runs: done, unless other runners still hold jobs.
                 state = self._load()
@@ -233,6 +235,8 @@ class FlightRunner:
                     del self.tasks[job]
                     state[job].status = await self._result(job, t)
                     self.dep_status[(self.flight, job)] = state[job].status
+                    if state[job].status == Status.QUEUED:
+                        self._queue.append(job)
             else:
                 # Our jobs wait for slots or jobs of other runners: if one of them
                 # died meanwhile, its lease runs out and we take its work over.
@@ -294,13 +298,24 @@ class FlightRunner:
             free[host] = free.get(host, 0) - 1
         return free
 
+    def _queued(self, state: dict[str, _JobState]) -> list[_JobState]:
+        """The queued jobs, in order; kept between rounds so that a round
+        costs the queue's length, not the flight's."""
+        if self._queue_of is not state:
+            self._queue_of = state
+            self._queue = [j for j, st in state.items() if st.status == Status.QUEUED]
+        self._queue = [
+            j for j in self._queue if state[j].status == Status.QUEUED and j not in self.tasks
+        ]
+        return [state[j] for j in self._queue]
+
     async def _start_ready(self, state: dict[str, _JobState], hosts: list[dbh.HostRow]) -> None:
         # Read the slots lazily: most rounds (a job ended) start one job or none.
         free: dict[str, int] | None = None
         wanted: list[tuple[str, _JobState, list[str]]] = []
-        for job, st in state.items():
-            if st.status != Status.QUEUED or job in self.tasks:
-                continue
+        self._queued(state)
+        for job in list(self._queue):
+            st = state[job]
             final, bad = self._dep_state(st)
             if not final:
                 continue
