@@ -59,6 +59,8 @@ class RunContext:
     writer: GroupWriter | None = None
     # Whether this runner already moved the flight from constructing to running.
     flight_running: bool = False
+    # The runner's environment, read once: os.environ decodes every entry anew.
+    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in a write transaction, committed before this returns; fn's result."""
@@ -323,7 +325,7 @@ class JobRun:
     def _make_job_env(self) -> dict[str, str]:
         """What every step of the job has in its environment (built once a job)."""
         ctx = self.ctx
-        env = dict(os.environ)
+        env = ctx.base_env.copy()
         for name, value in self.runvars.items():
             if name.isidentifier():
                 env[name] = value

@@ -159,8 +159,14 @@ class FlightRunner:
 
     async def run(self) -> dict[str, str]:
         """Run every job that is not finished; returns job -> final status."""
-        sync_config_hosts(self.db, self.loaded)
-        self.notes += recover(self.db, self.flight)
+        # First: the executor's start-up (a helper process) overlaps what follows.
+        self.ctx.executor.start()
+        try:
+            sync_config_hosts(self.db, self.loaded)
+            self.notes += recover(self.db, self.flight)
+        except BaseException:
+            await self.ctx.executor.close()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -30,6 +30,9 @@ class StepOutcome:
 class Executor(Protocol):
     name: str
 
+    def start(self) -> None:
+        """Get ready to run steps (called once, before the first)."""
+
     async def run(self, req: StepRun) -> StepOutcome: ...
 
     async def close(self) -> None: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import marshal
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -82,8 +83,8 @@ class SpawnerDied(RuntimeError):
 class SpawnerClient:
     """The runner's end of the spawner helper: requests out, pids and exits in."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.proc = subprocess.Popen(
@@ -99,8 +100,14 @@ class SpawnerClient:
         # Exits reported before anyone asked (a step that ended at once).
         self.exits: dict[int, int] = {}
         self.dead = False
-        # Reads never block (MSG_DONTWAIT); sends may, briefly, if the helper lags.
-        loop.add_reader(self.sock.fileno(), self._receive)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Receive the helper's messages on this loop (the helper may be started
+        before there is one, so that its start-up overlaps the runner's)."""
+        if self.loop is None and not self.dead:
+            self.loop = loop
+            # Reads never block (MSG_DONTWAIT); sends may, briefly, if the helper lags.
+            loop.add_reader(self.sock.fileno(), self._receive)
 
     async def spawn(
         self, argv: list[str], exe: str | None, cwd: str, env: dict[str, str], out: int
@@ -108,8 +115,10 @@ class SpawnerClient:
         """Start argv with `out` as its stdout and stderr; its pid (OSError if it cannot)."""
         if self.dead:
             raise SpawnerDied("the spawner helper died")
+        loop = asyncio.get_running_loop()
+        self.attach(loop)
         rid = self.next_id = self.next_id + 1
-        fut: asyncio.Future[int] = self.loop.create_future()
+        fut: asyncio.Future[int] = loop.create_future()
         self.spawns[rid] = fut
         try:
             socket.send_fds(self.sock, [marshal.dumps(("spawn", rid, argv, exe, cwd, env))], [out])
@@ -166,7 +175,8 @@ class SpawnerClient:
         if self.dead:
             return
         self.dead = True
-        self.loop.remove_reader(self.sock.fileno())
+        if self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
         err = SpawnerDied("the spawner helper died")
         for fut in self.spawns.values():
             if not fut.done():
@@ -179,13 +189,22 @@ class SpawnerClient:
     def close(self) -> None:
         if not self.dead:
             self.dead = True
-            self.loop.remove_reader(self.sock.fileno())
+            if self.loop is not None:
+                self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
+        # The helper exits once it sees its socket close. Waited for on a pidfd:
+        # Popen.wait(timeout) polls with sleeps, which cost a run ~15 ms.
         try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            fd = os.pidfd_open(self.proc.pid)
+        except ProcessLookupError:
+            fd = -1
+        if fd >= 0:
+            try:
+                if not select.select([fd], [], [], 5)[0]:
+                    self.proc.kill()
+            finally:
+                os.close(fd)
+        self.proc.wait()
 
 
 class LocalExecutor:
@@ -205,6 +224,11 @@ class LocalExecutor:
         self._which: dict[tuple[str, str], str | None] = {}
         self._spawner: SpawnerClient | None = None
 
+    def start(self) -> None:
+        """Start the spawner helper now rather than at the first step."""
+        if self._spawner is None:
+            self._spawner = SpawnerClient()
+
     def _executable(self, argv0: str, env: dict[str, str]) -> str | None:
         if "/" in argv0:
             return None
@@ -217,7 +241,7 @@ class LocalExecutor:
         if self._spawner is None or self._spawner.dead:
             if self._spawner is not None:
                 self._spawner.close()
-            self._spawner = SpawnerClient(asyncio.get_running_loop())
+            self._spawner = SpawnerClient()
         return self._spawner
 
     async def _spawn(self, req: StepRun, out: int) -> int:
@@ -245,11 +269,6 @@ class LocalExecutor:
                 log,
                 self.stamp() + f"[pushgate] run: {shlex.join(req.argv)} (cwd {req.cwd})\n".encode(),
             )
-            if not os.path.isdir(req.cwd):
-                # Checked here: the helper would report it as the command missing.
-                msg = f"cannot start {req.argv[0]!r}: no directory {req.cwd}"
-                os.write(log, self.stamp() + f"[pushgate] {msg}\n".encode())
-                return StepOutcome(None, error=msg)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             try:
                 pid = await self._spawn(req, out_w)

@@ -13,7 +13,8 @@ Messages are marshal-encoded tuples (both ends are the same Python):
   helper -> runner: ("pid", id, pid) | ("error", id, errno, strerror)
                     | ("exit", pid, exit code, or -signal)
 
-The helper only uses the standard library and is run with `python -I -S`;
+The helper only uses the standard library (and imports little: its start-up
+is on a flight's critical path) and is run with `python -I -S`;
 it exits when the runner's end of the socket closes (the runner died or
 closed it), leaving running steps alone: a later run finds and kills those
 through their environment, as for steps of a runner that was killed.
@@ -27,7 +28,6 @@ import select
 import signal
 import socket
 import sys
-from typing import Any
 
 MAX_MESSAGE = 1 << 20
 DEVNULL = "/dev/null"
@@ -37,18 +37,21 @@ IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RESET_SIGNALS = (*IGNORED, signal.SIGPIPE, signal.SIGXFSZ)
 
 
-def _send(sock: socket.socket, msg: tuple[Any, ...]) -> None:
+def _send(sock: socket.socket, msg: tuple) -> None:
     sock.send(marshal.dumps(msg))
 
 
-def _spawn(sock: socket.socket, msg: tuple[Any, ...], fd: int) -> None:
+def _spawn(sock: socket.socket, msg: tuple, fd: int) -> None:
     _, rid, argv, exe, cwd, env = msg
-    assert isinstance(argv, list) and isinstance(cwd, str) and isinstance(env, dict)
     try:
-        # Single-threaded, so changing directory just for the spawn is safe here.
-        os.chdir(cwd)
+        # Single-threaded, so changing directory for the spawn is safe here. Every
+        # time, even to the same path: a job's rerun makes its directory anew.
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot enter {cwd}: {e.strerror}") from None
         pid = os.posix_spawn(
-            exe if isinstance(exe, str) else argv[0],
+            exe,
             argv,
             env,
             file_actions=[
@@ -67,7 +70,25 @@ def _spawn(sock: socket.socket, msg: tuple[Any, ...], fd: int) -> None:
         _send(sock, ("pid", rid, pid))
     finally:
         os.close(fd)
-        os.chdir("/")
+
+
+_FD_SPACE = socket.CMSG_SPACE(4)
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the fds it carries, which steps must not inherit.
+
+    Not socket.recv_fds: before Python 3.12 it drops its flags argument, so
+    MSG_CMSG_CLOEXEC never reached the kernel and every step inherited a copy
+    of its own output pipe.
+    """
+    data, ancdata, _, _ = sock.recvmsg(MAX_MESSAGE, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+    fds = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            n = len(payload) // 4
+            fds += [int.from_bytes(payload[i * 4 : i * 4 + 4], sys.byteorder) for i in range(n)]
+    return data, fds
 
 
 def _reap(sock: socket.socket) -> None:
@@ -104,7 +125,7 @@ def serve(sock: socket.socket) -> None:
                 _reap(sock)
                 continue
             try:
-                data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1, socket.MSG_CMSG_CLOEXEC)
+                data, fds = _receive(sock)
             except InterruptedError:
                 continue
             if not data:
@@ -119,4 +140,8 @@ def serve(sock: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    serve(socket.socket(fileno=int(sys.argv[1])))
+    fd = int(sys.argv[1])
+    # Passed to us inheritable: steps must not inherit it (a step holding it
+    # would keep the runner from seeing this helper die).
+    os.set_inheritable(fd, False)
+    serve(socket.socket(fileno=fd))
