@@ -99,8 +99,8 @@ class GroupWriter:
         if self.conn is None:
             self.conn = self.db.write_connection()
         try:
-            with self.conn.begin():
-                return [fn(self.conn) for fn in fns]
+            with self.db.driver_transaction(self.conn) as conn:
+                return [fn(conn) for fn in fns]
         except Exception:
             # The connection may be what failed (a restarted server): take a fresh one.
             self.close()

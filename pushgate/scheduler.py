@@ -112,6 +112,8 @@ class _JobState:
     deps: list[tuple[str, int, str]]
     flags: frozenset[str]
     runvars: dict[str, str]
+    # The hosts that can run the job (the flight's hosts do not change during a run).
+    eligible: list[str] | None = None
 
 
 class FlightRunner:
@@ -322,7 +324,7 @@ class FlightRunner:
         self._queued(state)
         for job in list(self._queue):
             st = state[job]
-            final, bad = self._dep_state(st)
+            final, bad = self._dep_state(st) if st.deps else (True, [])
             if not final:
                 continue
             if bad:
@@ -334,11 +336,13 @@ class FlightRunner:
                 continue
             # A bisection probe is pinned to the host of the failure it reproduces.
             pinned = st.runvars.get("bisect_host")
-            eligible = [
-                h.host
-                for h in hosts
-                if st.flags <= h.flags and (pinned is None or h.host == pinned)
-            ]
+            if st.eligible is None:
+                st.eligible = [
+                    h.host
+                    for h in hosts
+                    if st.flags <= h.flags and (pinned is None or h.host == pinned)
+                ]
+            eligible = st.eligible
             if not eligible:
                 want = ",".join(sorted(st.flags)) or "-"
                 where = f" and is {pinned}" if pinned else ""
