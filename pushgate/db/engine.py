@@ -76,9 +76,10 @@ class DriverStatement:
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
 
     def _prepare(self, conn: Connection, params: dict[str, Any]) -> tuple[str, Any]:
-        compiled = self._compiled.get(conn.dialect.name)
+        dialect = conn.dialect
+        compiled = self._compiled.get(dialect.name)
         if compiled is None:
-            c = self.stmt.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
+            c = self.stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
             if c.post_compile_params:
                 raise ValueError("a DriverStatement cannot have expanding (IN) parameters")
             fixed = {
@@ -87,11 +88,11 @@ class DriverStatement:
                 if not c.binds[name].required
             }
             order = tuple(c.positiontup) if c.positional else None
-            compiled = self._compiled[conn.dialect.name] = (c.string, order, fixed)
+            compiled = self._compiled[dialect.name] = (c.string, order, fixed)
         sql, order, fixed = compiled
         if fixed:
             params = fixed | params
-        return sql, tuple(params[n] for n in order) if order is not None else params
+        return sql, tuple(map(params.__getitem__, order)) if order is not None else params
 
     def __call__(self, conn: Connection, params: dict[str, Any]) -> int:
         """Execute; returns the number of rows changed."""

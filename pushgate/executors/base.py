@@ -14,8 +14,8 @@ class StepRun:
 
     argv: list[str]
     env: dict[str, str]
-    cwd: Path
-    log: Path
+    cwd: Path | str
+    log: Path | str
     timeout: float
 
 

@@ -262,7 +262,7 @@ class LocalExecutor:
         try:
             log = os.open(req.log, _LOG_FLAGS, 0o644)
         except FileNotFoundError:
-            req.log.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(req.log), exist_ok=True)
             log = os.open(req.log, _LOG_FLAGS, 0o644)
         try:
             os.write(
