@@ -4,6 +4,11 @@ Prints both wall times and their ratio, then the same flight with `sleep 0.05`
 steps as a share of the ideal wall time (J*S*0.05/8). The last line is JSON.
 
     python bench/overhead.py [--jobs 200] [--steps 5] [--slots 8] [--db URL]
+                             [--repeat 3] [--tmp DIR]
+
+The state (database, logs) goes in a new directory under DIR, by default the
+current one: a flight creates a log file per step, and what that costs
+varies tenfold between directories here (printed with the figures).
 """
 
 from __future__ import annotations
