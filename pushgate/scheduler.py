@@ -145,7 +145,9 @@ class FlightRunner:
         )
         self.tasks: dict[str, asyncio.Task[str]] = {}
         self.notes: list[str] = []
-        self._queue: list[str] = []
+        # The queued jobs not yet taken, in order (a dict as an ordered set): kept
+        # between rounds so that a round costs the queue's length, not the flight's.
+        self._queue: dict[str, None] = {}
         self._queue_of: dict[str, _JobState] | None = None
 
     def _load(self) -> dict[str, _JobState]:
@@ -244,7 +246,7 @@ class FlightRunner:
                     state[job].status = await self._result(job, t)
                     self.dep_status[(self.flight, job)] = state[job].status
                     if state[job].status == Status.QUEUED:
-                        self._queue.append(job)
+                        self._queue[job] = None
             else:
                 # Our jobs wait for slots or jobs of other runners: if one of them
                 # died meanwhile, its lease runs out and we take its work over.
@@ -306,24 +308,27 @@ class FlightRunner:
             free[host] = free.get(host, 0) - 1
         return free
 
-    def _queued(self, state: dict[str, _JobState]) -> list[_JobState]:
-        """The queued jobs, in order; kept between rounds so that a round
-        costs the queue's length, not the flight's."""
+    def _queued(self, state: dict[str, _JobState]) -> dict[str, None]:
+        """The queued jobs not yet taken, in order (rebuilt when the state is
+        reloaded; a job leaves it when it starts, is blocked or starves)."""
         if self._queue_of is not state:
             self._queue_of = state
-            self._queue = [j for j, st in state.items() if st.status == Status.QUEUED]
-        self._queue = [
-            j for j in self._queue if state[j].status == Status.QUEUED and j not in self.tasks
-        ]
-        return [state[j] for j in self._queue]
+            self._queue = {
+                j: None
+                for j, st in state.items()
+                if st.status == Status.QUEUED and j not in self.tasks
+            }
+        return self._queue
 
     async def _start_ready(self, state: dict[str, _JobState], hosts: list[dbh.HostRow]) -> None:
         # Read the slots lazily: most rounds (a job ended) start one job or none.
         free: dict[str, int] | None = None
         wanted: list[tuple[str, _JobState, list[str]]] = []
-        self._queued(state)
-        for job in list(self._queue):
+        for job in list(self._queued(state)):
             st = state[job]
+            if st.status != Status.QUEUED or job in self.tasks:
+                del self._queue[job]
+                continue
             final, bad = self._dep_state(st) if st.deps else (True, [])
             if not final:
                 continue
@@ -331,6 +336,7 @@ class FlightRunner:
                 dep_st = {self.dep_status.get((f, j)) for _, f, j in st.deps}
                 status = Status.STARVED if Status.STARVED in dep_st else Status.BLOCKED
                 await block_job(self.ctx, job, status, f"buildjob {', '.join(bad)} did not pass")
+                del self._queue[job]
                 st.status = status
                 self.dep_status[(self.flight, job)] = status
                 continue
@@ -347,6 +353,7 @@ class FlightRunner:
                 want = ",".join(sorted(st.flags)) or "-"
                 where = f" and is {pinned}" if pinned else ""
                 await starve_job(self.ctx, job, f"no host has flags {want}{where}")
+                del self._queue[job]
                 st.status = Status.STARVED
                 self.dep_status[(self.flight, job)] = Status.STARVED
                 continue
@@ -362,6 +369,7 @@ class FlightRunner:
         for (job, st, _), claim in zip(wanted, claims, strict=True):
             if claim is None:
                 continue  # no slot after all (another runner's); retried next round
+            del self._queue[job]
             if claim == "taken":
                 st.status = Status.PREPARING  # another runner claimed the job
                 continue
