@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -116,6 +117,60 @@ class _JobState:
     eligible: list[str] | None = None
 
 
+class _Queue:
+    """The queued jobs of a flight run between two loads of its state.
+
+    Kept up to date as jobs start and end, so that a scheduling round costs
+    what it can start, not the size of the flight: a job waiting for its
+    builds is looked at again only when one of them ends, and the scan of
+    the startable jobs stops at the first that finds no free slot anywhere.
+    """
+
+    def __init__(self, state: dict[str, _JobState], taken: Container[str]):
+        self.order = {j: i for i, j in enumerate(state)}
+        # Startable (no build pending), in the flight's order.
+        self.ready: dict[str, None] = {}
+        # Waiting for a build to end.
+        self.waiting: dict[str, None] = {}
+        self.dependents: dict[tuple[int, str], list[str]] = {}
+        # Waiting jobs to look at again: one of their builds ended.
+        self.recheck: set[str] = set()
+        # Jobs new to `ready`, whose hosts are still to be checked.
+        self.fresh: list[str] = []
+        for j, st in state.items():
+            if st.status != Status.QUEUED or j in taken:
+                continue
+            self.add(j, st)
+
+    def add(self, job: str, st: _JobState) -> None:
+        if st.deps:
+            self.waiting[job] = None
+            self.recheck.add(job)
+            for _, f, dj in st.deps:
+                self.dependents.setdefault((f, dj), []).append(job)
+        else:
+            self.make_ready(job)
+
+    def make_ready(self, job: str) -> None:
+        self.waiting.pop(job, None)
+        self.ready[job] = None
+        self.fresh.append(job)
+
+    def ended(self, flight: int, job: str) -> None:
+        """A job reached a final status: look at its dependents again."""
+        for d in self.dependents.get((flight, job), ()):
+            if d in self.waiting:
+                self.recheck.add(d)
+
+    def discard(self, job: str) -> None:
+        self.ready.pop(job, None)
+        self.waiting.pop(job, None)
+        self.recheck.discard(job)
+
+    def __bool__(self) -> bool:
+        return bool(self.ready or self.waiting)
+
+
 class FlightRunner:
     def __init__(
         self,
@@ -145,9 +200,7 @@ class FlightRunner:
         )
         self.tasks: dict[str, asyncio.Task[str]] = {}
         self.notes: list[str] = []
-        # The queued jobs not yet taken, in order (a dict as an ordered set): kept
-        # between rounds so that a round costs the queue's length, not the flight's.
-        self._queue: dict[str, None] = {}
+        self._queue = _Queue({}, {})
         self._queue_of: dict[str, _JobState] | None = None
 
     def _load(self) -> dict[str, _JobState]:
@@ -243,10 +296,7 @@ class FlightRunner:
                 for t in done:
                     job = next(j for j, tk in self.tasks.items() if tk is t)
                     del self.tasks[job]
-                    state[job].status = await self._result(job, t)
-                    self.dep_status[(self.flight, job)] = state[job].status
-                    if state[job].status == Status.QUEUED:
-                        self._queue[job] = None
+                    self._set_status(state, job, await self._result(job, t))
             else:
                 # Our jobs wait for slots or jobs of other runners: if one of them
                 # died meanwhile, its lease runs out and we take its work over.
@@ -308,57 +358,70 @@ class FlightRunner:
             free[host] = free.get(host, 0) - 1
         return free
 
-    def _queued(self, state: dict[str, _JobState]) -> dict[str, None]:
-        """The queued jobs not yet taken, in order (rebuilt when the state is
-        reloaded; a job leaves it when it starts, is blocked or starves)."""
+    def _queued(self, state: dict[str, _JobState]) -> _Queue:
+        """The queue of the jobs not yet taken, made anew when the state is reloaded."""
         if self._queue_of is not state:
             self._queue_of = state
-            self._queue = {
-                j: None
-                for j, st in state.items()
-                if st.status == Status.QUEUED and j not in self.tasks
-            }
+            self._queue = _Queue(state, self.tasks)
         return self._queue
 
+    def _set_status(self, state: dict[str, _JobState], job: str, status: str) -> None:
+        state[job].status = status
+        self.dep_status[(self.flight, job)] = status
+        queue = self._queued(state)
+        queue.discard(job)
+        if status == Status.QUEUED:
+            queue.add(job, state[job])  # interrupted: to be run again
+        elif status in FINAL_JOB_STATUSES:
+            queue.ended(self.flight, job)
+
     async def _start_ready(self, state: dict[str, _JobState], hosts: list[dbh.HostRow]) -> None:
-        # Read the slots lazily: most rounds (a job ended) start one job or none.
-        free: dict[str, int] | None = None
-        wanted: list[tuple[str, _JobState, list[str]]] = []
-        for job in list(self._queued(state)):
+        queue = self._queued(state)
+        # Jobs one of whose builds ended: blocked if it failed, startable once all passed.
+        for job in sorted(queue.recheck, key=queue.order.__getitem__):
+            queue.recheck.discard(job)
             st = state[job]
-            if st.status != Status.QUEUED or job in self.tasks:
-                del self._queue[job]
-                continue
-            final, bad = self._dep_state(st) if st.deps else (True, [])
+            final, bad = self._dep_state(st)
             if not final:
                 continue
             if bad:
                 dep_st = {self.dep_status.get((f, j)) for _, f, j in st.deps}
                 status = Status.STARVED if Status.STARVED in dep_st else Status.BLOCKED
                 await block_job(self.ctx, job, status, f"buildjob {', '.join(bad)} did not pass")
-                del self._queue[job]
-                st.status = status
-                self.dep_status[(self.flight, job)] = status
+                self._set_status(state, job, status)
+                continue
+            queue.make_ready(job)
+        # A job no host can run starves now, not when its turn for a slot comes.
+        fresh, queue.fresh = queue.fresh, []
+        for job in fresh:
+            st = state[job]
+            if st.status != Status.QUEUED or job in self.tasks:
                 continue
             # A bisection probe is pinned to the host of the failure it reproduces.
             pinned = st.runvars.get("bisect_host")
-            if st.eligible is None:
-                st.eligible = [
-                    h.host
-                    for h in hosts
-                    if st.flags <= h.flags and (pinned is None or h.host == pinned)
-                ]
-            eligible = st.eligible
-            if not eligible:
+            st.eligible = [
+                h.host
+                for h in hosts
+                if st.flags <= h.flags and (pinned is None or h.host == pinned)
+            ]
+            if not st.eligible:
                 want = ",".join(sorted(st.flags)) or "-"
                 where = f" and is {pinned}" if pinned else ""
                 await starve_job(self.ctx, job, f"no host has flags {want}{where}")
-                del self._queue[job]
-                st.status = Status.STARVED
-                self.dep_status[(self.flight, job)] = Status.STARVED
+                self._set_status(state, job, Status.STARVED)
+        # Read the slots lazily: most rounds (a job ended) start one job or none.
+        free: dict[str, int] | None = None
+        wanted: list[tuple[str, _JobState, list[str]]] = []
+        for job in list(queue.ready):
+            st = state[job]
+            if st.status != Status.QUEUED or job in self.tasks:
+                queue.discard(job)
                 continue
+            eligible = st.eligible or []
             if free is None:
                 free = self._free_slots(hosts)
+            if all(n <= 0 for n in free.values()):
+                break  # no slot anywhere: the rest waits for the next round
             candidates = [h for h in eligible if free.get(h, 0) > 0]
             if not candidates:
                 continue
@@ -369,12 +432,10 @@ class FlightRunner:
         for (job, st, _), claim in zip(wanted, claims, strict=True):
             if claim is None:
                 continue  # no slot after all (another runner's); retried next round
-            del self._queue[job]
+            self._set_status(state, job, Status.PREPARING)
             if claim == "taken":
-                st.status = Status.PREPARING  # another runner claimed the job
-                continue
+                continue  # another runner claimed the job
             assert isinstance(claim, dbh.Claim)
-            st.status = Status.PREPARING
             run = JobRun(self.ctx, job, claim, st.runvars, st.deps)
             self.tasks[job] = asyncio.create_task(run.run())
 
