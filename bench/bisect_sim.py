@@ -55,8 +55,9 @@ class Row:
     over_budget: bool
 
 
-def score(culprit: tuple[str, ...] | None, kind: str, named: tuple[str, ...] | None,
-          method: str) -> str:
+def score(
+    culprit: tuple[str, ...] | None, kind: str, named: tuple[str, ...] | None, method: str
+) -> str:
     if culprit is not None and named == culprit:
         return "correct"
     if culprit is None and (kind == "flake" or (method == "osstest" and kind == "unreproducible")):
@@ -96,8 +97,9 @@ def run_case(args: tuple[int, int, float, int, str]) -> list[Row]:
         res = simulate(fn, graph, basis, latest, truth, run_seed, hosts=hosts)
         out = res.outcome
         sc = score(culprit, out.kind, out.culprit, name)
-        rows.append(Row(variant, name, n, f, flake_case, sc,
-                        res.runs, res.rounds, res.runs > max_runs))
+        rows.append(
+            Row(variant, name, n, f, flake_case, sc, res.runs, res.rounds, res.runs > max_runs)
+        )
     return rows
 
 
@@ -137,9 +139,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="N <= 512, 200 trials per cell")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--csv", type=Path, default=None,
-                    help="per-N detail rows, plus the dag / eps0.1 / fx0.5 / fx2 variants "
-                         "(N <= 128, a quarter of the trials)")
+    ap.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="per-N detail rows, plus the dag / eps0.1 / fx0.5 / fx2 variants "
+        "(N <= 128, a quarter of the trials)",
+    )
     a = ap.parse_args()
     max_n = a.max_n if a.max_n is not None else (512 if a.quick else 4096)
     trials = a.trials if a.trials is not None else (200 if a.quick else 2000)
@@ -147,17 +153,27 @@ def main() -> None:
     per_n = max(1, trials // len(ns))  # N weighted equally
     work = [(a.seed, n, f, t, "linear") for f in FS for n in ns for t in range(per_n)]
     if a.csv:
-        work += [(a.seed, n, f, t, v) for v in VARIANTS for f in FS for n in ns if n <= 128
-                 for t in range(max(1, per_n // 4))]
+        work += [
+            (a.seed, n, f, t, v)
+            for v in VARIANTS
+            for f in FS
+            for n in ns
+            if n <= 128
+            for t in range(max(1, per_n // 4))
+        ]
     t0 = time.monotonic()
     with Pool(a.workers) as pool:
         rows = [r for case in pool.map(run_case, work, chunksize=8) for r in case]
     elapsed = time.monotonic() - t0
-    print(f"bisection simulation: N in {ns} (linear), {per_n} trials per N per cell "
-          f"({per_n * len(ns)} per cell), {FLAKE_SHARE:.0%} pure flakes, true eps 0, "
-          f"seed {a.seed}, {elapsed:.1f}s on {a.workers} workers")
-    hdr = (f"{'method':<12} {'true f':>6} {'accuracy (95% CI)':>24} {'wrong':>6} {'abstain':>7} "
-           f"{'runs':>6} {'p95':>4} {'rounds':>6} {'p95':>4}")
+    print(
+        f"bisection simulation: N in {ns} (linear), {per_n} trials per N per cell "
+        f"({per_n * len(ns)} per cell), {FLAKE_SHARE:.0%} pure flakes, true eps 0, "
+        f"seed {a.seed}, {elapsed:.1f}s on {a.workers} workers"
+    )
+    hdr = (
+        f"{'method':<12} {'true f':>6} {'accuracy (95% CI)':>24} {'wrong':>6} {'abstain':>7} "
+        f"{'runs':>6} {'p95':>4} {'rounds':>6} {'p95':>4}"
+    )
     print(hdr)
     print("-" * len(hdr))
     by: dict[tuple[str, float], list[Row]] = {}
@@ -170,28 +186,44 @@ def main() -> None:
             k = sum(r.score == "correct" for r in rs)
             lo, hi = wilson(k, len(rs))
             ci = f"{k / len(rs):.3f} ({lo:.3f}-{hi:.3f})"
-            print(f"{m:<12} {f:>6.2f} {ci:>24} {wrong(rs):>6.3f} "
-                  f"{mean([r.score == 'abstain' for r in rs]):>7.3f} "
-                  f"{mean([r.runs for r in rs]):>6.1f} {p95([r.runs for r in rs]):>4.0f} "
-                  f"{mean([r.rounds for r in rs]):>6.1f} {p95([r.rounds for r in rs]):>4.0f}")
+            print(
+                f"{m:<12} {f:>6.2f} {ci:>24} {wrong(rs):>6.3f} "
+                f"{mean([r.score == 'abstain' for r in rs]):>7.3f} "
+                f"{mean([r.runs for r in rs]):>6.1f} {p95([r.runs for r in rs]):>4.0f} "
+                f"{mean([r.rounds for r in rs]):>6.1f} {p95([r.rounds for r in rs]):>4.0f}"
+            )
     if a.csv:
         with a.csv.open("w") as fh:
-            fh.write("variant,method,n,f,trials,accuracy,wrong,abstain,runs_mean,runs_p95,"
-                     "rounds_mean\n")
+            fh.write(
+                "variant,method,n,f,trials,accuracy,wrong,abstain,runs_mean,runs_p95,rounds_mean\n"
+            )
             cells: dict[tuple[str, str, int, float], list[Row]] = {}
             for r in rows:
                 cells.setdefault((r.variant, r.method, r.n, r.f), []).append(r)
-            for (v, m, n, f), rs in sorted(cells.items(), key=lambda kv: (
-                    kv[0][0] != "linear", kv[0][0], METHODS.index(kv[0][1]), kv[0][2], kv[0][3])):
-                fh.write(f"{v},{m},{n},{f},{len(rs)},{acc(rs):.4f},{wrong(rs):.4f},"
-                         f"{mean([r.score == 'abstain' for r in rs]):.4f},"
-                         f"{mean([r.runs for r in rs]):.2f},{p95([r.runs for r in rs])},"
-                         f"{mean([r.rounds for r in rs]):.2f}\n")
+            for (v, m, n, f), rs in sorted(
+                cells.items(),
+                key=lambda kv: (
+                    kv[0][0] != "linear",
+                    kv[0][0],
+                    METHODS.index(kv[0][1]),
+                    kv[0][2],
+                    kv[0][3],
+                ),
+            ):
+                fh.write(
+                    f"{v},{m},{n},{f},{len(rs)},{acc(rs):.4f},{wrong(rs):.4f},"
+                    f"{mean([r.score == 'abstain' for r in rs]):.4f},"
+                    f"{mean([r.runs for r in rs]):.2f},{p95([r.runs for r in rs])},"
+                    f"{mean([r.rounds for r in rs]):.2f}\n"
+                )
 
-    def sel(m: str, fs: Sequence[float], flake: bool | None = None,
-            min_n: int = 0) -> list[Row]:
-        return [r for f in fs for r in by[(m, f)]
-                if (flake is None or r.flake_case == flake) and r.n >= min_n]
+    def sel(m: str, fs: Sequence[float], flake: bool | None = None, min_n: int = 0) -> list[Row]:
+        return [
+            r
+            for f in fs
+            for r in by[(m, f)]
+            if (flake is None or r.flake_case == flake) and r.n >= min_n
+        ]
 
     mix = (0.05, 0.2)
     fig: dict[str, float] = {}
@@ -208,7 +240,8 @@ def main() -> None:
         fig[f"runs_flake_f0_{key}"] = round(mean([r.runs for r in sel(m, (0.0,), True)]), 2)
         fig[f"wrong_blame_f04_{key}"] = round(wrong(sel(m, (0.4,))), 4)
         fig[f"over_budget_share_f04_{key}"] = round(
-            mean([r.over_budget for r in sel(m, (0.4,))]), 4)
+            mean([r.over_budget for r in sel(m, (0.4,))]), 4
+        )
     fig["runs_culprit_f0_osstest"] = round(oss_f0, 2)
     fig["runs_ratio_vs_osstest_f0"] = round(fig["runs_culprit_f0_pushgate_h1"] / oss_f0, 3)
     big_h1 = mean([r.rounds for r in sel("pushgate-H1", FS, None, 128)])
@@ -222,30 +255,54 @@ def main() -> None:
 
     print("\nacceptance targets")
     h1 = "pushgate_h1"
-    check("flaky mix (f=0.05, 0.2; 40% flakes) H1 accuracy >= 0.98",
-          fig[f"accuracy_flaky_mix_{h1}"] >= 0.98, f"{fig[f'accuracy_flaky_mix_{h1}']:.4f}")
-    check("flaky mix H1 wrong blame <= 1%", fig[f"wrong_blame_flaky_mix_{h1}"] <= 0.01,
-          f"{fig[f'wrong_blame_flaky_mix_{h1}']:.4f}")
-    check("flaky mix H1 beats bisect-8 on accuracy with fewer runs",
-          fig[f"accuracy_flaky_mix_{h1}"] > fig["accuracy_flaky_mix_bisect_8"]
-          and fig[f"runs_mean_flaky_mix_{h1}"] < fig["runs_mean_flaky_mix_bisect_8"],
-          f"{fig[f'accuracy_flaky_mix_{h1}']:.4f} vs {fig['accuracy_flaky_mix_bisect_8']:.4f}, "
-          f"runs {fig[f'runs_mean_flaky_mix_{h1}']} vs {fig['runs_mean_flaky_mix_bisect_8']}")
-    check("f=0 accuracy 1.0 (H1 and H4)",
-          fig[f"accuracy_f0_{h1}"] == 1.0 and fig["accuracy_f0_pushgate_h4"] == 1.0,
-          f"{fig[f'accuracy_f0_{h1}']}, {fig['accuracy_f0_pushgate_h4']}")
-    check("f=0 mean runs on culprit cases <= 1.1 x osstest", fig["runs_ratio_vs_osstest_f0"]
-          <= 1.1, f"{fig[f'runs_culprit_f0_{h1}']} / {oss_f0:.2f} = "
-          f"{fig['runs_ratio_vs_osstest_f0']}")
-    check("f=0 mean runs on flake cases <= 6", fig[f"runs_flake_f0_{h1}"] <= 6,
-          f"{fig[f'runs_flake_f0_{h1}']}")
-    check("f=0.4 wrong blame <= 3%", fig[f"wrong_blame_f04_{h1}"] <= 0.03,
-          f"{fig[f'wrong_blame_f04_{h1}']:.4f} (H4 {fig['wrong_blame_f04_pushgate_h4']:.4f})")
-    check("f=0.4 runs within max_runs", fig[f"over_budget_share_f04_{h1}"] <= 0.05,
-          f"share over budget {fig[f'over_budget_share_f04_{h1}']}")
+    check(
+        "flaky mix (f=0.05, 0.2; 40% flakes) H1 accuracy >= 0.98",
+        fig[f"accuracy_flaky_mix_{h1}"] >= 0.98,
+        f"{fig[f'accuracy_flaky_mix_{h1}']:.4f}",
+    )
+    check(
+        "flaky mix H1 wrong blame <= 1%",
+        fig[f"wrong_blame_flaky_mix_{h1}"] <= 0.01,
+        f"{fig[f'wrong_blame_flaky_mix_{h1}']:.4f}",
+    )
+    check(
+        "flaky mix H1 beats bisect-8 on accuracy with fewer runs",
+        fig[f"accuracy_flaky_mix_{h1}"] > fig["accuracy_flaky_mix_bisect_8"]
+        and fig[f"runs_mean_flaky_mix_{h1}"] < fig["runs_mean_flaky_mix_bisect_8"],
+        f"{fig[f'accuracy_flaky_mix_{h1}']:.4f} vs {fig['accuracy_flaky_mix_bisect_8']:.4f}, "
+        f"runs {fig[f'runs_mean_flaky_mix_{h1}']} vs {fig['runs_mean_flaky_mix_bisect_8']}",
+    )
+    check(
+        "f=0 accuracy 1.0 (H1 and H4)",
+        fig[f"accuracy_f0_{h1}"] == 1.0 and fig["accuracy_f0_pushgate_h4"] == 1.0,
+        f"{fig[f'accuracy_f0_{h1}']}, {fig['accuracy_f0_pushgate_h4']}",
+    )
+    check(
+        "f=0 mean runs on culprit cases <= 1.1 x osstest",
+        fig["runs_ratio_vs_osstest_f0"] <= 1.1,
+        f"{fig[f'runs_culprit_f0_{h1}']} / {oss_f0:.2f} = {fig['runs_ratio_vs_osstest_f0']}",
+    )
+    check(
+        "f=0 mean runs on flake cases <= 6",
+        fig[f"runs_flake_f0_{h1}"] <= 6,
+        f"{fig[f'runs_flake_f0_{h1}']}",
+    )
+    check(
+        "f=0.4 wrong blame <= 3%",
+        fig[f"wrong_blame_f04_{h1}"] <= 0.03,
+        f"{fig[f'wrong_blame_f04_{h1}']:.4f} (H4 {fig['wrong_blame_f04_pushgate_h4']:.4f})",
+    )
+    check(
+        "f=0.4 runs within max_runs",
+        fig[f"over_budget_share_f04_{h1}"] <= 0.05,
+        f"share over budget {fig[f'over_budget_share_f04_{h1}']}",
+    )
     if ns[-1] >= 128:
-        check("N>=128 H4 mean rounds <= 0.6 x H1", fig["rounds_ratio_h4_vs_h1_n128plus"] <= 0.6,
-              f"{big_h4:.2f} / {big_h1:.2f} = {fig['rounds_ratio_h4_vs_h1_n128plus']}")
+        check(
+            "N>=128 H4 mean rounds <= 0.6 x H1",
+            fig["rounds_ratio_h4_vs_h1_n128plus"] <= 0.6,
+            f"{big_h4:.2f} / {big_h1:.2f} = {fig['rounds_ratio_h4_vs_h1_n128plus']}",
+        )
     print(json.dumps(fig, sort_keys=True))
 
 

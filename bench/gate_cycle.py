@@ -85,8 +85,11 @@ def main() -> None:
     naive_per_min = naive_cpu * 60.0 / poll_s
     print(f"one idle `branch run` process: {naive_cpu:.3f} s CPU")
 
-    d = subprocess.Popen([*cli, "daemon", "--poll", str(poll_s)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    d = subprocess.Popen(
+        [*cli, "daemon", "--poll", str(poll_s)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(min(5.0, measure_s / 4))  # startup: imports, migrations, first check
         c0, t0 = cpu_of(d.pid), time.monotonic()
@@ -96,20 +99,26 @@ def main() -> None:
         d.send_signal(signal.SIGTERM)
         rc = d.wait(60)
     per_min = (c1 - c0) * 60.0 / (t1 - t0)
-    print(f"daemon idle, poll {poll_s:g} s: {per_min:.3f} CPU s/min over {t1 - t0:.0f} s "
-          f"(naive process per poll: {naive_per_min:.3f} CPU s/min, "
-          f"ratio {per_min / naive_per_min:.3f}); exit {rc}")
-    print(json.dumps({
-        "flight_alone_s": round(flight_s, 3),
-        "gate_cycle_s": round(cycle_s, 3),
-        "gate_cycle_over_flight": round(cycle_s / flight_s, 3),
-        "idle_cycle_s": round(idle_cycle_s, 4),
-        "daemon_poll_s": poll_s,
-        "daemon_idle_cpu_s_per_min": round(per_min, 4),
-        "naive_cpu_s_per_min": round(naive_per_min, 4),
-        "daemon_over_naive": round(per_min / naive_per_min, 4),
-        "daemon_exit": rc,
-    }))
+    print(
+        f"daemon idle, poll {poll_s:g} s: {per_min:.3f} CPU s/min over {t1 - t0:.0f} s "
+        f"(naive process per poll: {naive_per_min:.3f} CPU s/min, "
+        f"ratio {per_min / naive_per_min:.3f}); exit {rc}"
+    )
+    print(
+        json.dumps(
+            {
+                "flight_alone_s": round(flight_s, 3),
+                "gate_cycle_s": round(cycle_s, 3),
+                "gate_cycle_over_flight": round(cycle_s / flight_s, 3),
+                "idle_cycle_s": round(idle_cycle_s, 4),
+                "daemon_poll_s": poll_s,
+                "daemon_idle_cpu_s_per_min": round(per_min, 4),
+                "naive_cpu_s_per_min": round(naive_per_min, 4),
+                "daemon_over_naive": round(per_min / naive_per_min, 4),
+                "daemon_exit": rc,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

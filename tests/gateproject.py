@@ -91,8 +91,9 @@ class GateProject:
 
     def commit(self, text: str, message: str | None = None) -> str:
         """Commit app.txt = text in the work clone and push it to the input's main."""
-        sha = self.work.commit(message or f"app: {text.strip()[:30]}",
-                               files={"app.txt": text + "\n"})
+        sha = self.work.commit(
+            message or f"app: {text.strip()[:30]}", files={"app.txt": text + "\n"}
+        )
         self.work.push(self.bare, "HEAD:refs/heads/main")
         return sha
 
@@ -104,8 +105,11 @@ class GateProject:
         return remote_head(self.tested_repo, "tested")
 
     def set_tested(self, sha: str) -> None:
-        subprocess.run(["git", f"--git-dir={self.tested_repo}", "update-ref",
-                        "refs/heads/tested", sha], check=True, env=_git_env())
+        subprocess.run(
+            ["git", f"--git-dir={self.tested_repo}", "update-ref", "refs/heads/tested", sha],
+            check=True,
+            env=_git_env(),
+        )
 
     def flag(self, name: str, on: bool = True, content: str = "") -> None:
         p = self.ctrl / name
@@ -121,18 +125,31 @@ class GateProject:
     def cli_argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "pushgate.cli", "-c", str(self.cfg_path), *args]
 
-    def cli(self, *args: str, env: Mapping[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.cli_argv(*args), env=_env(env), capture_output=True,
-                              text=True, timeout=timeout, cwd=self.base)
+    def cli(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.cli_argv(*args),
+            env=_env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.base,
+        )
 
-    def spawn(self, *args: str, env: Mapping[str, str] | None = None,
-              log: Path | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, *args: str, env: Mapping[str, str] | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a pushgate process in its own process group (killpg kills its children)."""
         out = open(log or self.base / "spawn.log", "ab")  # noqa: SIM115 - owned by the child
-        return subprocess.Popen(self.cli_argv(*args), env=_env(env), stdout=out,
-                                stderr=subprocess.STDOUT, cwd=self.base,
-                                start_new_session=True)
+        return subprocess.Popen(
+            self.cli_argv(*args),
+            env=_env(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
+            start_new_session=True,
+        )
 
 
 def _git_env() -> dict[str, str]:
@@ -149,9 +166,17 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
-def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
-                      branch_extra: str = "", separate_push_repo: bool = False,
-                      slots: int = 1, bisect: bool = False, extra: str = "") -> GateProject:
+def make_gate_project(
+    base: Path,
+    *,
+    db_url: str | None = None,
+    mail: str = "",
+    branch_extra: str = "",
+    separate_push_repo: bool = False,
+    slots: int = 1,
+    bisect: bool = False,
+    extra: str = "",
+) -> GateProject:
     base.mkdir(parents=True, exist_ok=True)
     bare = make_bare(base / "app.git")
     work = make_repo(base / "work")
@@ -160,7 +185,11 @@ def make_gate_project(base: Path, *, db_url: str | None = None, mail: str = "",
     push_bare = make_bare(base / "tested.git") if separate_push_repo else None
     cfg = CONFIG.format(
         database=f'database = "{db_url}"' if db_url else "",
-        bare=bare, ctrl=ctrl, mail=mail, branch_extra=branch_extra, slots=slots,
+        bare=bare,
+        ctrl=ctrl,
+        mail=mail,
+        branch_extra=branch_extra,
+        slots=slots,
         bisect="true" if bisect else "false",
         push_url=f'push_url = "{push_bare}"' if push_bare else "",
     )
@@ -187,8 +216,12 @@ def kill_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     wait_for(gone, timeout, "the killed process group to be reaped")
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition",
-             interval: float = 0.1) -> None:
+def wait_for(
+    cond: Callable[[], object],
+    timeout: float = 60.0,
+    what: str = "condition",
+    interval: float = 0.1,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

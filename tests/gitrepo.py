@@ -138,8 +138,13 @@ class Repo:
         if trailers:
             message += "\n\n" + "\n".join(f"{k}: {v}" for k, v in trailers)
         self.git(
-            "commit", "-q", "--allow-empty", "--no-verify", "--cleanup=verbatim",
-            "-m", message,
+            "commit",
+            "-q",
+            "--allow-empty",
+            "--no-verify",
+            "--cleanup=verbatim",
+            "-m",
+            message,
             env=self._ident_env(author, committer, date),
         )
         return self.head
@@ -164,8 +169,14 @@ class Repo:
     ) -> str:
         """Merge `other` into the current branch with a real merge commit; return its hash."""
         self.git(
-            "merge", "-q", "--no-ff", "--no-edit", "--no-verify",
-            "-m", msg or f"Merge {other}", other,
+            "merge",
+            "-q",
+            "--no-ff",
+            "--no-edit",
+            "--no-verify",
+            "-m",
+            msg or f"Merge {other}",
+            other,
             env=self._ident_env(author, committer, date),
         )
         return self.head
@@ -205,6 +216,10 @@ def remote_head(bare: Path, ref: str) -> str | None:
     """Hash of ref in a (bare) repository, or None when it does not exist."""
     proc = subprocess.run(
         ["git", "rev-parse", "--verify", "-q", ref],
-        cwd=bare, env=git_env(), capture_output=True, text=True, check=False,
+        cwd=bare,
+        env=git_env(),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return proc.stdout.strip() or None

@@ -39,10 +39,29 @@ def make_cert(directory: Path) -> Cert:
     """A self-signed cert for 127.0.0.1/localhost, made with the openssl CLI (EC: fast)."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return Cert(cert, key)
 
@@ -69,7 +88,11 @@ class _Handler:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         rcpt_options: list[str],
     ) -> str:
         reply = self.rcpt_replies.get(address)
@@ -95,8 +118,9 @@ class _Auth:
         self.users = users
         self.echo_password = echo_password
 
-    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                 auth_data: Any) -> AuthResult:
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             user, pw = auth_data.login.decode(), auth_data.password.decode()
             if self.users.get(user) == pw:
@@ -107,8 +131,14 @@ class _Auth:
 
 
 class SmtpServer:
-    def __init__(self, *, tls: Cert | None = None, implicit_tls: bool = False,
-                 users: dict[str, str] | None = None, echo_password: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        tls: Cert | None = None,
+        implicit_tls: bool = False,
+        users: dict[str, str] | None = None,
+        echo_password: bool = False,
+    ) -> None:
         self.handler = _Handler()
         self.port = free_port()
         kwargs: dict[str, Any] = {}
@@ -119,8 +149,9 @@ class SmtpServer:
         if users is not None:
             kwargs["authenticator"] = _Auth(users, echo_password)
             kwargs["auth_require_tls"] = tls is not None and not implicit_tls
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                                     ready_timeout=5.0, **kwargs)
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=5.0, **kwargs
+        )
 
     @property
     def received(self) -> list[Received]:
@@ -134,6 +165,7 @@ class SmtpServer:
         self.controller.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.controller.stop()

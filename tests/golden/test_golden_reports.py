@@ -79,8 +79,10 @@ FLIGHT_RE = re.compile(r"^flight (\d+) (\S+) (\S+) \[(\S+)\]$")
 LINE_RE = re.compile(r"^ (\S+) +(?:(\d+) +(\S+)|(<job status>)) +(\S+)(?: +(.*))?$")
 IN_RE = re.compile(r"^in (\d+)(?: (.*))?$")
 REF_RE = re.compile(r"^(?:like|REGR\. vs\.) (\d+)$")
-AGE_RE = re.compile(r"^(Last test of basis|Failing since|Testing same since) +(\d+)  "
-                    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) Z +(\d+) days(?: +(\d+) attempts)?$")
+AGE_RE = re.compile(
+    r"^(Last test of basis|Failing since|Testing same since) +(\d+)  "
+    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) Z +(\d+) days(?: +(\d+) attempts)?$"
+)
 PASS_IN_RE = re.compile(r"^pass in (\d+)(-retest)?$")
 
 
@@ -131,7 +133,7 @@ def _versions(body: list[str], heading: str) -> dict[str, str]:
     if heading not in body:
         return {}
     out = {}
-    for line in body[body.index(heading) + 1:]:
+    for line in body[body.index(heading) + 1 :]:
         if not line.startswith(" "):
             break
         tree, rev = line.split()
@@ -144,14 +146,17 @@ def parse_report(path: Path) -> RealReport:
     start = next(i for i, x in enumerate(text) if x.startswith("-" * 70)) + 1
     blank = text.index("", start)
     hdr = _headers(text[start:blank])
-    body = text[blank + 1:]
+    body = text[blank + 1 :]
     subject = " ".join(hdr["Subject"])  # unfold a refolded subject
     flines = [x for x in body[: body.index("")] if x.startswith("flight ")]
     flights = [m.groups() for m in map(FLIGHT_RE.match, flines) if m]
     urls_end = body.index("")
-    end = body.index("version targeted for testing:") if "version targeted for testing:" \
-        in body else body.index("jobs:")
-    region = body[urls_end + 1:end]
+    end = (
+        body.index("version targeted for testing:")
+        if "version targeted for testing:" in body
+        else body.index("jobs:")
+    )
+    region = body[urls_end + 1 : end]
     while region and region[-1] == "":
         region.pop()
     lines: list[Line] = []
@@ -167,11 +172,21 @@ def parse_report(path: Path) -> RealReport:
         job, step, testid, whole, status, ann = m.groups()
         ann = ann or ""
         im = IN_RE.match(ann)
-        lines.append(Line(cat, job, int(step) if step else None, testid or whole, status,
-                          int(im[1]) if im else None, (im[2] or "") if im else ann, x))
+        lines.append(
+            Line(
+                cat,
+                job,
+                int(step) if step else None,
+                testid or whole,
+                status,
+                int(im[1]) if im else None,
+                (im[2] or "") if im else ann,
+                x,
+            )
+        )
     basis_line = next(x for x in body if x.startswith("Last test of basis"))
     jstart = body.index("jobs:") + 1
-    jlines = body[jstart: body.index("", jstart)]
+    jlines = body[jstart : body.index("", jstart)]
     return RealReport(
         subject=subject,
         failure_items=hdr.get("X-Osstest-Failures", []),
@@ -201,15 +216,16 @@ def _push_age(body: list[str], now: datetime) -> PushAge | None:
             found[m[1]] = AgeLine(int(m[2]), started, int(m[5]) if m[5] else None)
     if not found:
         return None
-    return PushAge(found["Last test of basis"], found.get("Failing since"),
-                   found["Testing same since"], now)
+    return PushAge(
+        found["Last test of basis"], found.get("Failing since"), found["Testing same since"], now
+    )
 
 
 def _people(body: list[str]) -> list[str]:
     if "People who touched revisions under test:" not in body:
         return []
     i = body.index("People who touched revisions under test:") + 1
-    return [x[2:] for x in body[i: body.index("", i)]]
+    return [x[2:] for x in body[i : body.index("", i)]]
 
 
 # --- building the history ---------------------------------------------------------------------
@@ -328,7 +344,8 @@ def plan_history(r: RealReport) -> list[FlightPlan]:
                 if st != "pass":
                     steps.setdefault(s, (t, st))
             fl.job_status.setdefault(
-                job, "fail" if any(st != "pass" for _t, st in steps.values()) else "pass")
+                job, "fail" if any(st != "pass" for _t, st in steps.values()) else "pass"
+            )
     basis = FlightPlan(r.basis, {tree: base})
     old = FlightPlan(min([main_no, r.basis, *others]) - 1, {tree: "0" * 40})
     for job, _ in r.jobs:
@@ -341,16 +358,19 @@ def plan_history(r: RealReport) -> list[FlightPlan]:
         for s, (t, _p) in known.items():
             ln = governing.get((job, s))
             summary = ln.summary if ln else ""
-            if ln and (summary == "never pass" or REF_RE.match(summary) and
-                       summary.startswith("like")):
+            if ln and (
+                summary == "never pass" or REF_RE.match(summary) and summary.startswith("like")
+            ):
                 basis.jobs[job][s] = (t, ln.status)
             else:
                 basis.jobs[job][s] = (t, "pass")
             if not (ln and summary == "never pass"):
                 old.jobs[job][s] = (t, "pass")
     for fl in (basis, old):
-        fl.job_status = {j: "fail" if any(st != "pass" for _t, st in s.values()) else "pass"
-                         for j, s in fl.jobs.items()}
+        fl.job_status = {
+            j: "fail" if any(st != "pass" for _t, st in s.values()) else "pass"
+            for j, s in fl.jobs.items()
+        }
     return [old, basis, *sorted(others.values(), key=lambda f: f.number), main]
 
 
@@ -373,8 +393,13 @@ def run_case(db: Database, name: str) -> tuple[RealReport, Classification]:
     estimates, exact = processing_order(real)
     assert exact == (name not in INTERLEAVED), f"{name}: tie order exact={exact}"
     c = classify(
-        db, real.flights[0][0], this=real.this, that=real.that, allow=CASES[name],
-        refer_to_flights=[n for n, *_ in real.flights[1:]], estimates=estimates,
+        db,
+        real.flights[0][0],
+        this=real.this,
+        that=real.that,
+        allow=CASES[name],
+        refer_to_flights=[n for n, *_ in real.flights[1:]],
+        estimates=estimates,
         osstest_heisen_broken=True,
     )
     return real, c
@@ -411,8 +436,11 @@ def normalise_ties(region: list[str]) -> list[str]:
 def _compare(name: str, real: RealReport, c: Classification) -> None:
     """Subject, X-...-Failures items, and the whole body from the flight lines to the end
     of the jobs table (push-age data and people fed from the real report)."""
-    ctx = ReportContext(logs_url="http://logs.test-lab.xenproject.org/osstest/logs",
-                        push_age=real.push_age, people=real.people)
+    ctx = ReportContext(
+        logs_url="http://logs.test-lab.xenproject.org/osstest/logs",
+        push_age=real.push_age,
+        people=real.people,
+    )
     pushed = "pushed" if real.subject.endswith(" - PUSHED") else None
     assert "Subject: " + render_subject(c, pushed) == "Subject: " + real.subject
     mine = body_lines(c, ctx)
@@ -451,16 +479,23 @@ def test_qemu_mainline_broken_heisen_job_does_not_block_by_default(db: Database)
 def test_parser_reads_refolded_headers() -> None:
     real = parse_report(_shared_dir() / "xen-4.14-testing-152124.txt")
     assert real.subject == (
-        "[xen-4.14-testing test] 152124: regressions - trouble: fail/pass/starved")
+        "[xen-4.14-testing test] 152124: regressions - trouble: fail/pass/starved"
+    )
     assert real.failure_items[0] == (
-        "xen-4.14-testing:test-amd64-amd64-dom0pvh-xl-amd:guest-localmigrate:fail:regression")
+        "xen-4.14-testing:test-amd64-amd64-dom0pvh-xl-amd:guest-localmigrate:fail:regression"
+    )
     assert len(real.failure_items) == len(real.lines) == 55
     cats = {ln.category for ln in real.lines}
     assert cats == {CAT_REGRESSION, CAT_ALLOWABLE, CAT_NONBLOCKING}
     q = parse_report(_shared_dir() / "qemu-mainline-170902.txt")
     whole = q.lines[0]
     assert (whole.stepno, whole.testid, whole.status, whole.in_flight, whole.summary) == (
-        None, "<job status>", "broken", 170891, "")
+        None,
+        "<job status>",
+        "broken",
+        170891,
+        "",
+    )
     assert any(ln.category == CAT_HEISENBUG for ln in q.lines)
 
 
@@ -478,27 +513,33 @@ def test_golden_report_without_baseline(db: Database, name: str) -> None:
     start = max(i for i, x in enumerate(text) if re.match(r"^\d+: ", x))
     first = text[start]
     jobs_at = text.index("jobs:", start)
-    expected = text[start + 2: text.index("", jobs_at) + 1]
+    expected = text[start + 2 : text.index("", jobs_at) + 1]
     fm = FLIGHT_RE.match(expected[0])
     assert fm, expected[0]
     flight_no, branch, blessing, intended = fm.groups()
-    jobs = [(x.split()[0], x.split()[1]) for x in text[jobs_at + 1: text.index("", jobs_at)]]
+    jobs = [(x.split()[0], x.split()[1]) for x in text[jobs_at + 1 : text.index("", jobs_at)]]
     lines = [LINE_RE.match(x) for x in text[start:jobs_at] if x.startswith(" ")]
     failing = {(m[1], int(m[2]), m[3], m[5]) for m in lines if m}
     assert failing, "no failure line parsed"
     h = History(db)
     old = h.flight(branch, {"xen": "0" * 40}, flight=int(flight_no) - 10)
-    main = h.flight(branch, {"xen": "1" * 40}, blessing=blessing, intended=intended,
-                    flight=int(flight_no))
+    main = h.flight(
+        branch, {"xen": "1" * 40}, blessing=blessing, intended=intended, flight=int(flight_no)
+    )
     for job, status in jobs:
         steps = [(s, t, st, False) for j, s, t, st in sorted(failing) if j == job]
         main.job(job, steps or [(1, "pushgate-ran", "pass", False)], status=status)
         # The step passed once, long ago: not `never pass` but `baseline untested`.
-        old.job(job, [(s, t, "pass", False) for s, t, _st, _f in steps] or
-                [(1, "pushgate-ran", "pass", False)])
+        old.job(
+            job,
+            [(s, t, "pass", False) for s, t, _st, _f in steps]
+            or [(1, "pushgate-ran", "pass", False)],
+        )
     h.finish(old)
     h.finish(main)
     c = classify(db, int(flight_no), this={}, that={})
     assert f"{c.flight}: {c.subject}" == first
-    assert body_lines(c, ReportContext(
-        logs_url="http://logs.test-lab.xenproject.org/osstest/logs")) == expected
+    assert (
+        body_lines(c, ReportContext(logs_url="http://logs.test-lab.xenproject.org/osstest/logs"))
+        == expected
+    )

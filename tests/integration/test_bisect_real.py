@@ -47,13 +47,19 @@ def flaky(seed: int, n: int, rate: int = 20) -> bool:
     return int(h, 16) % 100 < rate
 
 
-def fast_import(repo: Path, commits: list[dict[str, Any]], branch: str = "main",
-                start: int = 1_710_000_000) -> list[str]:
+def fast_import(
+    repo: Path, commits: list[dict[str, Any]], branch: str = "main", start: int = 1_710_000_000
+) -> list[str]:
     """Append commits to `branch` in one `git fast-import`; returns their hashes in order.
 
     Each commit is {"files": {path: text}, "msg": str, "merge": <sha or None>}."""
-    tip = subprocess.run(["git", "rev-parse", "--verify", "-q", branch], cwd=repo,
-                         env=git_env(), capture_output=True, text=True).stdout.strip()
+    tip = subprocess.run(
+        ["git", "rev-parse", "--verify", "-q", branch],
+        cwd=repo,
+        env=git_env(),
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     out: list[str] = []
     stream: list[str] = []
     base = start  # after gitrepo's clock (2024-01-01 and a minute per commit)
@@ -75,8 +81,13 @@ def fast_import(repo: Path, commits: list[dict[str, Any]], branch: str = "main",
             stream.append(f"M 100644 inline {path}\ndata {len(data)}\n{text}\n")
         stream.append("\n")
     marks = repo / ".git" / "marks"
-    subprocess.run(["git", "fast-import", "--quiet", f"--export-marks={marks}"], cwd=repo,
-                   env=git_env(), input="".join(stream).encode(), check=True)
+    subprocess.run(
+        ["git", "fast-import", "--quiet", f"--export-marks={marks}"],
+        cwd=repo,
+        env=git_env(),
+        input="".join(stream).encode(),
+        check=True,
+    )
     by_mark = dict(line.split() for line in marks.read_text().splitlines())
     out = [by_mark[f":{i + 1}"] for i in range(len(commits))]
     subprocess.run(["git", "reset", "-q", "--hard", branch], cwd=repo, env=git_env(), check=True)
@@ -86,30 +97,34 @@ def fast_import(repo: Path, commits: list[dict[str, Any]], branch: str = "main",
 def jobs(flaky_seed: int | None = None, counter: Path | None = None) -> dict[str, Any]:
     test: dict[str, Any] = {"buildjob": "build", "trees": []}
     if flaky_seed is None:
-        test["steps"] = [{"testid": "check",
-                          "command": '! grep -q BUG "$PUSHGATE_BUILD_ARTIFACTS/out/code.txt"'}]
+        test["steps"] = [
+            {"testid": "check", "command": '! grep -q BUG "$PUSHGATE_BUILD_ARTIFACTS/out/code.txt"'}
+        ]
     else:
         assert counter is not None
         script = counter.parent / "flaky.py"
-        script.write_text(FLAKY_PY.replace("flaky(n)", f"flaky({flaky_seed}, n)")
-                          .replace("import hashlib, os, sys",
-                                   "import hashlib, os, sys\n" + _flaky_src()))
+        script.write_text(
+            FLAKY_PY.replace("flaky(n)", f"flaky({flaky_seed}, n)").replace(
+                "import hashlib, os, sys", "import hashlib, os, sys\n" + _flaky_src()
+            )
+        )
         test["steps"] = [{"testid": "check", "command": [sys.executable, str(script)]}]
         test["runvars"] = {"counter": str(counter)}
     return {
         "build": {
             "artifacts": ["out/*"],
-            "steps": [{"testid": "build",
-                       "command": "mkdir -p out && cat */*.txt > out/code.txt"}],
+            "steps": [{"testid": "build", "command": "mkdir -p out && cat */*.txt > out/code.txt"}],
         },
         "test": test,
     }
 
 
 def _flaky_src() -> str:
-    return ("def flaky(seed, n, rate=20):\n"
-            "    h = hashlib.sha256(f'{seed}:{n}'.encode()).hexdigest()\n"
-            "    return int(h, 16) % 100 < rate\n")
+    return (
+        "def flaky(seed, n, rate=20):\n"
+        "    h = hashlib.sha256(f'{seed}:{n}'.encode()).hexdigest()\n"
+        "    return int(h, 16) % 100 < rate\n"
+    )
 
 
 class Proj:
@@ -125,10 +140,18 @@ class Proj:
         data: dict[str, Any] = {
             "state": {"dir": "state", "database": self.db_url},
             "runner": {"heartbeat_s": 0.5, "lease_s": 3},
-            "trees": {t: {"url": str(r.path), "input_ref": "main", "tested_ref": "tested"}
-                      for t, r in self.repos.items()},
-            "branches": {"b": {"tree": self.trees[0], "other_trees": list(self.trees[1:]),
-                               "jobs": list(jobspec), "mail_to": ["dev@example.org"]}},
+            "trees": {
+                t: {"url": str(r.path), "input_ref": "main", "tested_ref": "tested"}
+                for t, r in self.repos.items()
+            },
+            "branches": {
+                "b": {
+                    "tree": self.trees[0],
+                    "other_trees": list(self.trees[1:]),
+                    "jobs": list(jobspec),
+                    "mail_to": ["dev@example.org"],
+                }
+            },
             "hosts": {"localhost": {"slots": 2, "flags": ["arch-amd64"]}},
             "jobs": jobspec,
         }
@@ -146,15 +169,22 @@ class Proj:
 
 
 def linear(n: int, culprit: int | None, start: int = 1) -> list[dict[str, Any]]:
-    return [{"msg": f"change {i}" + (" (the bug)" if i == culprit else ""),
-             "files": {"code.txt": f"v{i}\n" + ("BUG\n" if culprit is not None and i >= culprit
-                                                 else "")}}
-            for i in range(start, start + n)]
+    return [
+        {
+            "msg": f"change {i}" + (" (the bug)" if i == culprit else ""),
+            "files": {
+                "code.txt": f"v{i}\n" + ("BUG\n" if culprit is not None and i >= culprit else "")
+            },
+        }
+        for i in range(start, start + n)
+    ]
 
 
 def _report(name: str, res: BisectResult, seconds: float) -> None:
-    print(f"\n{name}: outcome={res.outcome} probe flights={len(res.probe_flights)}"
-          f" runs={res.runs} rounds={res.rounds} wall={seconds:.1f}s")
+    print(
+        f"\n{name}: outcome={res.outcome} probe flights={len(res.probe_flights)}"
+        f" runs={res.runs} rounds={res.rounds} wall={seconds:.1f}s"
+    )
 
 
 # Deterministic search with the floor f=0.1 and tau=0.998, C=0.999 (n = 3 pairs): 2 endpoint
@@ -206,13 +236,25 @@ def test_culprit_on_a_merged_branch(tmp_path: Path, db_url: str) -> None:
     repo = p.repos["src"].path
     c0 = p.repos["src"].head
     f0, st0 = p.flight(db, loaded, {"src": c0})
-    side = fast_import(repo, [
-        {"msg": f"side {i}", "files": {"side.txt": f"s{i}\n" + ("BUG\n" if i >= 7 else "")},
-         **({"from": c0} if i == 1 else {})}
-        for i in range(1, 16)], branch="side", start=1_710_000_000)
+    side = fast_import(
+        repo,
+        [
+            {
+                "msg": f"side {i}",
+                "files": {"side.txt": f"s{i}\n" + ("BUG\n" if i >= 7 else "")},
+                **({"from": c0} if i == 1 else {}),
+            }
+            for i in range(1, 16)
+        ],
+        branch="side",
+        start=1_710_000_000,
+    )
     main1 = fast_import(repo, linear(20, None), start=1_710_000_030)
-    merge = fast_import(repo, [{"msg": "Merge side", "merge": side[-1],
-                                "files": {"side.txt": "s15\nBUG\n"}}], start=1_710_005_000)
+    merge = fast_import(
+        repo,
+        [{"msg": "Merge side", "merge": side[-1], "files": {"side.txt": "s15\nBUG\n"}}],
+        start=1_710_005_000,
+    )
     main2 = fast_import(repo, linear(20, None, start=21), start=1_710_006_000)
     f1, st1 = p.flight(db, loaded, {"src": main2[-1]})
     assert (st0, st1) == ("pass", "fail")
@@ -246,8 +288,9 @@ def test_culprit_in_the_second_tree(tmp_path: Path, db_url: str) -> None:
     assert res.body.count("Tree: src ") == 2 and res.body.count("Tree: zlib ") == 2
 
 
-def _flaky_project(tmp_path: Path, db_url: str, culprit: int | None, n: int,
-                   history: int) -> tuple[Proj, Loaded, Database, list[str], int]:
+def _flaky_project(
+    tmp_path: Path, db_url: str, culprit: int | None, n: int, history: int
+) -> tuple[Proj, Loaded, Database, list[str], int]:
     """A linear history whose test is 20% flaky; `history` gate flights at the basis first
     (the step's known-good runs, for its flake rate), the last one a pass, then the gate's
     failing flight at the tip. The seed is the first that gives exactly that sequence."""
@@ -318,10 +361,20 @@ def test_cli_kill_9_then_resume(tmp_path: Path, db_url: str) -> None:
     shas = fast_import(p.repos["src"].path, linear(100, k))
     _, st = p.flight(db, loaded, {"src": shas[-1]})
     assert st == "fail"
-    cmd = [sys.executable, "-m", "pushgate.cli", "-c", str(tmp_path / "pushgate.toml"),
-           "bisect", "b", "test", "check"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pushgate.cli",
+        "-c",
+        str(tmp_path / "pushgate.toml"),
+        "bisect",
+        "b",
+        "test",
+        "check",
+    ]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -349,8 +402,9 @@ def test_cli_kill_9_then_resume(tmp_path: Path, db_url: str) -> None:
     assert after - 2 <= math.ceil(math.log2(100)) + DETERMINISTIC_SLACK + 1
     assert before > 2
     wide = {**os.environ, "COLUMNS": "200"}
-    status = subprocess.run(cmd[:-3] + ["status"], capture_output=True, text=True, timeout=30,
-                            env=wide)
+    status = subprocess.run(
+        cmd[:-3] + ["status"], capture_output=True, text=True, timeout=30, env=wide
+    )
     assert status.returncode == 0 and "complete" in status.stdout
     assert shas[k - 1][:12] in status.stdout
 
@@ -410,8 +464,7 @@ def test_by_hand_good_and_bad_without_any_flight(tmp_path: Path, db_url: str) ->
     c0 = p.repos["src"].head
     shas = fast_import(p.repos["src"].path, linear(20, 4))
     p.repos["src"].tag("good-one", c0)
-    res = bisect(db, loaded, "b", "test", "check", good={"src": "good-one"},
-                 bad={"src": "main"})
+    res = bisect(db, loaded, "b", "test", "check", good={"src": "good-one"}, bad={"src": "main"})
     _report("by hand, 20 commits, no prior flight", res, 0.0)
     assert res.outcome == "complete" and res.culprit_commit == shas[3]
     kinds = {t.kind for t in res.trace}

@@ -139,9 +139,15 @@ def test_job_that_keeps_killing_its_runner_is_broken(tmp_path: Path) -> None:
 def test_sigterm_stops_after_the_current_step(tmp_path: Path) -> None:
     project = make_project(tmp_path, f"sqlite:///{tmp_path}/pg.db")
     mark = tmp_path / "in-step-1"
-    jobs = {"j": {"trees": [], "steps": [
-        {"testid": "one", "command": f"touch {mark}; sleep 1"},
-        {"testid": "two", "command": "true"}]}}
+    jobs = {
+        "j": {
+            "trees": [],
+            "steps": [
+                {"testid": "one", "command": f"touch {mark}; sleep 1"},
+                {"testid": "two", "command": "true"},
+            ],
+        }
+    }
     cfg = project.config(jobs)
     loaded, db = project.load(jobs)
     flight = new_flight(db, loaded, "b")
@@ -162,4 +168,6 @@ def test_sigterm_stops_after_the_current_step(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     with db.read() as conn:
         assert [(s.testid, s.status) for s in dbf.get_steps(conn, flight)] == [
-            ("one", "pass"), ("two", "pass")]
+            ("one", "pass"),
+            ("two", "pass"),
+        ]

@@ -76,8 +76,7 @@ def test_push_regression_retest_heisenbug_and_idle(tmp_path: Path) -> None:
     subjects = [s.message["Subject"] for s in mailer.sent]
     assert subjects == [r1.report.subject, r2.report.subject, r3.report.subject]
     sent = mailer.sent[1]
-    assert sorted(sent.recipients) == ["cc@example.org", "hidden@example.org",
-                                       "list@example.org"]
+    assert sorted(sent.recipients) == ["cc@example.org", "hidden@example.org", "list@example.org"]
     assert "hidden" not in sent.data.decode()  # Bcc only in the envelope
     assert sent.message["Message-ID"] == f"<pushgate-report-{r2.flight}@pushgate.invalid>"
     db.dispose()
@@ -189,16 +188,18 @@ def test_regressions_are_handed_to_the_bisector(tmp_path: Path) -> None:
     mailer = MemoryMailer()
     r = run_cycle(db, loaded, "app", mailer=mailer)
     assert r.action == "done", r.notes
-    assert any(n.startswith("bisection of test-content check: ") and bad in n
-               for n in r.notes), r.notes
+    assert any(n.startswith("bisection of test-content check: ") and bad in n for n in r.notes), (
+        r.notes
+    )
     with db.read() as conn:
         cyc = dbg.get_cycle(conn, r.flight or 0)
     assert cyc is not None and cyc.stage == "done"
     # The bisection mail replies to this cycle's report (a retest has no report of its
     # own: a failure found in it is threaded under the flight it retested).
     replies = [s.message for s in mailer.sent if s.message["In-Reply-To"]]
-    assert replies and all(m["In-Reply-To"] == f"<pushgate-report-{r.flight}@pushgate.invalid>"
-                           for m in replies)
+    assert replies and all(
+        m["In-Reply-To"] == f"<pushgate-report-{r.flight}@pushgate.invalid>" for m in replies
+    )
     assert run_cycle(db, loaded, "app", mailer=MemoryMailer()).action == "idle"
     db.dispose()
 
@@ -224,7 +225,8 @@ def test_mail_server_down_does_not_change_the_cycle(tmp_path: Path) -> None:
         out = p.cli("mail", "flush")
         assert "sent 1" in out.stdout, out.stdout + out.stderr
         assert [parse(r.data)["Subject"] for r in srv.received] == [
-            "[app test] 1: all pass - PUSHED"]
+            "[app test] 1: all pass - PUSHED"
+        ]
     db.dispose()
 
 

@@ -86,8 +86,9 @@ def test_two_branch_runs_at_once_push_once_postgresql(tmp_path: Path) -> None:
         p = make_gate_project(tmp_path, db_url=url)
         c1 = p.commit("one")
         db = _open(p)  # migrate once, before the racers
-        procs = [p.spawn("branch", "run", "-q", "app", log=tmp_path / f"run{i}.log")
-                 for i in range(2)]
+        procs = [
+            p.spawn("branch", "run", "-q", "app", log=tmp_path / f"run{i}.log") for i in range(2)
+        ]
         for pr in procs:
             assert pr.wait(120) == 0
         assert p.tested() == c1

@@ -165,7 +165,10 @@ def test_branches_run_in_parallel(tmp_path: Path) -> None:
     a, b = fl["app"], fl["app2"]
     assert a.started and a.finished and b.started and b.finished
     assert a.started < b.finished and b.started < a.finished  # the two flights overlapped
-    assert sorted(_subjects(p)) == ["[app test] 1: all pass - PUSHED",
-                                    "[app2 test] 2: all pass - PUSHED"] or \
-        sorted(_subjects(p)) == ["[app test] 2: all pass - PUSHED",
-                                 "[app2 test] 1: all pass - PUSHED"]
+    assert sorted(_subjects(p)) == [
+        "[app test] 1: all pass - PUSHED",
+        "[app2 test] 2: all pass - PUSHED",
+    ] or sorted(_subjects(p)) == [
+        "[app test] 2: all pass - PUSHED",
+        "[app2 test] 1: all pass - PUSHED",
+    ]

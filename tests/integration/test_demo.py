@@ -14,8 +14,12 @@ from tests.gitrepo import remote_head
 
 def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
     d = tmp_path / "demo"
-    out = subprocess.run([sys.executable, "-m", "pushgate.cli", "demo", str(d), "-q"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pushgate.cli", "demo", str(d), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     subjects = re.findall(r"^Subject: (.*)$", text, re.M)
@@ -24,37 +28,65 @@ def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
     assert subjects[1] == "[rpn test] 2: regressions - FAIL"
     assert re.fullmatch(r"\[rpn test\] \d+: all pass - PUSHED", subjects[2])
     assert "Pushing revision " in text and "Not pushing." in text
-    assert " test-release-unit             2 unit                         fail  REGR. vs. 1" \
-        in text
+    assert " test-release-unit             2 unit                         fail  REGR. vs. 1" in text
     mbox = d / "state" / "mail.mbox"
     assert f"mbox:   {mbox}" in text
     mailed = [str(m["Subject"]) for m in mailbox.mbox(str(mbox))]
     assert [s for s in mailed if s.startswith("[rpn test]")] == subjects
-    fix = subprocess.run(["git", "-C", str(d / "rpn"), "rev-parse", "staging"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    fix = subprocess.run(
+        ["git", "-C", str(d / "rpn"), "rev-parse", "staging"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert remote_head(d / "rpn", "master") == fix  # the tested ref holds the fix
-    times = [float(t) for t in re.findall(r"([\d.]+) s", text.split("cycle wall times:")[1]
-                                                              .splitlines()[0])]
+    times = [
+        float(t)
+        for t in re.findall(r"([\d.]+) s", text.split("cycle wall times:")[1].splitlines()[0])
+    ]
     assert len(times) == 3 and all(t < 30 for t in times)
     # The bisector names the commit with the bug, inside a series of harmless ones.
-    log = subprocess.run(["git", "-C", str(d / "rpn"), "log", "--format=%H %s", "staging"],
-                         capture_output=True, text=True, check=True).stdout
-    buggy = next(line.split()[0] for line in log.splitlines()
-                 if line.endswith("rpn: tidy the operator switch"))
+    log = subprocess.run(
+        ["git", "-C", str(d / "rpn"), "log", "--format=%H %s", "staging"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    buggy = next(
+        line.split()[0]
+        for line in log.splitlines()
+        if line.endswith("rpn: tidy the operator switch")
+    )
     assert f"culprit of test-release-unit unit: rpn {buggy}" in text
 
     # The report of the regression flight, as HTML and JSON, from the command line.
     cfg = str(d / "pushgate.toml")
     n = re.search(r"\[rpn test\] (\d+): regressions", text).group(1)  # type: ignore[union-attr]
-    html = subprocess.run([sys.executable, "-m", "pushgate.cli", "-c", cfg, "report", n,
-                           "--html", str(tmp_path / "html")], capture_output=True, text=True)
+    html = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pushgate.cli",
+            "-c",
+            cfg,
+            "report",
+            n,
+            "--html",
+            str(tmp_path / "html"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert html.returncode == 0, html.stderr
     index = (tmp_path / "html" / "index.html").read_text()
     assert f"bisection of test-release-unit unit: complete rpn {buggy[:12]}" in index
     assert ".svg" in index and "REGR. vs. 1" in index
     build_page = (tmp_path / "html" / "job-build-release.html").read_text()
     assert "rpn/rpn" in build_page  # the kept artifact is listed
-    js = subprocess.run([sys.executable, "-m", "pushgate.cli", "-c", cfg, "report", n, "--json"],
-                        capture_output=True, text=True)
+    js = subprocess.run(
+        [sys.executable, "-m", "pushgate.cli", "-c", cfg, "report", n, "--json"],
+        capture_output=True,
+        text=True,
+    )
     data = json.loads(js.stdout)
     assert any(f["job"] == "test-release-unit" and f["blocking"] for f in data["failures"])

@@ -17,15 +17,34 @@ from tests.flightkit import make_project
 
 def test_two_runners_share_a_flight(tmp_path: Path, db_url: str) -> None:
     project = make_project(tmp_path, db_url)
-    jobs = {f"j{i:02d}": {"trees": [], "steps": [
-        {"testid": "a", "command": "sleep 0.1"}, {"testid": "b", "command": "true"}]}
-        for i in range(16)}
+    jobs = {
+        f"j{i:02d}": {
+            "trees": [],
+            "steps": [{"testid": "a", "command": "sleep 0.1"}, {"testid": "b", "command": "true"}],
+        }
+        for i in range(16)
+    }
     cfg = project.config(jobs, slots=3)
     loaded, db = project.load(jobs, slots=3)
     flight = new_flight(db, loaded, "b")
-    procs = [subprocess.Popen([sys.executable, "-m", "pushgate.cli", "-c", str(cfg), "flight",
-                               "run", str(flight), "-q"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pushgate.cli",
+                "-c",
+                str(cfg),
+                "flight",
+                "run",
+                str(flight),
+                "-q",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err

@@ -189,8 +189,9 @@ def test_bad_rev_and_unreachable_repo_write_nothing(project: Project, tmp_path: 
 def test_parallel_checkouts_of_one_mirror(project: Project) -> None:
     # Many jobs checking out the same tree at once must not trip over each other's
     # worktree registrations in the shared mirror.
-    jobs = {f"j{i}": {"steps": [{"testid": "s", "command": "test -f src/data.txt"}]}
-            for i in range(16)}
+    jobs = {
+        f"j{i}": {"steps": [{"testid": "s", "command": "test -f src/data.txt"}]} for i in range(16)
+    }
     loaded, db = project.load(jobs, slots=8)
     flight = new_flight(db, loaded, "b")
     statuses, notes = run_flight(db, loaded, flight)
@@ -200,15 +201,28 @@ def test_parallel_checkouts_of_one_mirror(project: Project) -> None:
 
 def test_host_flags_and_pinning(project: Project) -> None:
     jobs = {
-        "pinned": {"trees": [], "runvars": {"bisect_host": "second"},
-                   "steps": [{"testid": "s", "command": "test $PUSHGATE_HOST = second"}]},
-        "needs-arm": {"trees": [], "hostflags": ["arch-arm64"],
-                      "steps": [{"testid": "s", "command": "true"}]},
-        "pinned-away": {"trees": [], "runvars": {"bisect_host": "gone"},
-                        "steps": [{"testid": "s", "command": "true"}]},
+        "pinned": {
+            "trees": [],
+            "runvars": {"bisect_host": "second"},
+            "steps": [{"testid": "s", "command": "test $PUSHGATE_HOST = second"}],
+        },
+        "needs-arm": {
+            "trees": [],
+            "hostflags": ["arch-arm64"],
+            "steps": [{"testid": "s", "command": "true"}],
+        },
+        "pinned-away": {
+            "trees": [],
+            "runvars": {"bisect_host": "gone"},
+            "steps": [{"testid": "s", "command": "true"}],
+        },
     }
-    extra = {"hosts": {"localhost": {"slots": 2, "flags": ["arch-amd64"]},
-                       "second": {"slots": 1, "flags": ["arch-amd64"]}}}
+    extra = {
+        "hosts": {
+            "localhost": {"slots": 2, "flags": ["arch-amd64"]},
+            "second": {"slots": 1, "flags": ["arch-amd64"]},
+        }
+    }
     loaded, db = project.load(jobs, extra=extra)
     flight = new_flight(db, loaded, "b")
     statuses, _ = run_flight(db, loaded, flight)

@@ -12,8 +12,9 @@ from pushgate.bisect.runner import BisectResult, TraceRow
 from pushgate.bisect.search import Outcome
 from pushgate.db.bisections import BisectionRow
 
-REAL = Path("/work/shared/osstest-reports/"
-            "xen-unstable-smoke-bisection-build-amd64-libvirt-171909.txt")
+REAL = Path(
+    "/work/shared/osstest-reports/xen-unstable-smoke-bisection-build-amd64-libvirt-171909.txt"
+)
 
 # Line shapes of the mail, in the order osstest prints them (first occurrence of each).
 SHAPES = [
@@ -58,30 +59,64 @@ def _fixture(tmp_path: Path) -> tuple[str, str, list[str]]:
         '[trees.xen]\nurl = "git://xenbits.xen.org/xen.git"\n'
         '[branches.xen-unstable-smoke]\ntree = "xen"\njobs = ["build-amd64-libvirt"]\n'
         '[jobs.build-amd64-libvirt]\nsteps = [{testid = "libvirt-build", command = "true"}]\n'
-        '[report]\nlogs_url = "http://logs.example.org/osstest/logs"\n')
+        '[report]\nlogs_url = "http://logs.example.org/osstest/logs"\n'
+    )
     loaded = cfgmod.parse(cfg.read_text(), cfg)
     shas = [f"{i:x}" * 40 for i in range(1, 6)]
-    g = RevGraph(["xen"], {(shas[i],): [(shas[i - 1],)] if i else [] for i in range(5)},
-                 {(shas[i],): 100 + i for i in range(5)})
+    g = RevGraph(
+        ["xen"],
+        {(shas[i],): [(shas[i - 1],)] if i else [] for i in range(5)},
+        {(shas[i],): 100 + i for i in range(5)},
+    )
     row = BisectionRow(
-        id=1, branch="xen-unstable-smoke", job="build-amd64-libvirt", testid="libvirt-build",
-        basis={"xen": shas[0]}, latest={"xen": shas[4]}, basis_flight=171884,
-        latest_flight=171899, host="himrod1", start_flight=171899, status="running",
-        culprit_tree=None, culprit_commit=None, confidence=None, runs=0, reason=None,
-        created=0.0, finished=None)
-    trace = [TraceRow(171884, "pass", (shas[0],), "himrod1", "history"),
-             TraceRow(171899, "fail", (shas[4],), "himrod1", "trigger"),
-             TraceRow(171902, "pass", (shas[0],), "himrod1", "probe"),
-             TraceRow(171905, "fail", (shas[2],), "himrod1", "probe"),
-             TraceRow(171906, "pass", (shas[1],), "himrod1", "probe"),
-             TraceRow(171909, "fail", (shas[2],), "himrod1", "probe")]
-    out = Outcome("complete", (shas[2],), 0.99962, 4, p_flake=4e-5, p_env=1e-5,
-                  f_mean=0.1, eps_mean=0.01)
+        id=1,
+        branch="xen-unstable-smoke",
+        job="build-amd64-libvirt",
+        testid="libvirt-build",
+        basis={"xen": shas[0]},
+        latest={"xen": shas[4]},
+        basis_flight=171884,
+        latest_flight=171899,
+        host="himrod1",
+        start_flight=171899,
+        status="running",
+        culprit_tree=None,
+        culprit_commit=None,
+        confidence=None,
+        runs=0,
+        reason=None,
+        created=0.0,
+        finished=None,
+    )
+    trace = [
+        TraceRow(171884, "pass", (shas[0],), "himrod1", "history"),
+        TraceRow(171899, "fail", (shas[4],), "himrod1", "trigger"),
+        TraceRow(171902, "pass", (shas[0],), "himrod1", "probe"),
+        TraceRow(171905, "fail", (shas[2],), "himrod1", "probe"),
+        TraceRow(171906, "pass", (shas[1],), "himrod1", "probe"),
+        TraceRow(171909, "fail", (shas[2],), "himrod1", "probe"),
+    ]
+    out = Outcome(
+        "complete", (shas[2],), 0.99962, 4, p_flake=4e-5, p_env=1e-5, f_mean=0.1, eps_mean=0.01
+    )
     res = BisectResult(
-        id=1, branch=row.branch, job=row.job, testid=row.testid, outcome="complete",
-        exit_code=4, culprit={"xen": shas[2]}, culprit_tree="xen", culprit_commit=shas[2],
-        not_present=[shas[1]], confidence=0.99962, runs=4, probe_flights=[171902],
-        rounds=4, svg_path=tmp_path / "g.svg", trace=trace)
+        id=1,
+        branch=row.branch,
+        job=row.job,
+        testid=row.testid,
+        outcome="complete",
+        exit_code=4,
+        culprit={"xen": shas[2]},
+        culprit_tree="xen",
+        culprit_commit=shas[2],
+        not_present=[shas[1]],
+        confidence=0.99962,
+        runs=4,
+        probe_flights=[171902],
+        rounds=4,
+        svg_path=tmp_path / "g.svg",
+        trace=trace,
+    )
     subject, body = render(loaded, row, g, out, res, [])
     return subject, body, shas
 
@@ -89,7 +124,7 @@ def _fixture(tmp_path: Path) -> tuple[str, str, list[str]]:
 def test_complete_mail_follows_osstest_structure(tmp_path: Path) -> None:
     subject, body, shas = _fixture(tmp_path)
     real = REAL.read_text(encoding="utf-8")
-    real_body = real[real.index("\nbranch ") + 1:]
+    real_body = real[real.index("\nbranch ") + 1 :]
     assert subject == "[xen-unstable-smoke bisection] complete build-amd64-libvirt"
     assert f"Subject: {subject}\n" in real
     # osstest's real mail has a commit log from git; ours has none here (no mirror), so the
@@ -111,8 +146,10 @@ def test_complete_mail_follows_osstest_structure(tmp_path: Path) -> None:
     assert body.count("*** Found and reproduced problem changeset ***") == 2
     assert body.count(f"  Bug introduced:  {shas[2]}") == 2
     assert " 171909 fail " + shas[2] in body
-    assert "   http://logs.example.org/osstest/logs/bisect/xen-unstable-smoke/" \
+    assert (
+        "   http://logs.example.org/osstest/logs/bisect/xen-unstable-smoke/"
         "build-amd64-libvirt.libvirt-build.svg" in body
+    )
 
 
 def test_launder_keeps_paths_inside() -> None:

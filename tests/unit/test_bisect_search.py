@@ -37,8 +37,10 @@ B, L = ("c0",), ("c64",)
 
 
 def start(basis: tuple[str, ...] = B, latest: tuple[str, ...] = L) -> list[Observation]:
-    return [Observation(basis, "pass", "h0", "history"), Observation(latest, "fail", "h0",
-                                                                    "trigger")]
+    return [
+        Observation(basis, "pass", "h0", "history"),
+        Observation(latest, "fail", "h0", "trigger"),
+    ]
 
 
 def test_confirm_pairs_matches_the_design_table() -> None:
@@ -70,8 +72,12 @@ def test_binomial_tail() -> None:
 def test_posterior_matches_a_brute_force_sum() -> None:
     g = chain_graph(6)
     idx = build_index(g, ("c0",), ("c6",))
-    obs = [Observation(("c3",), "fail"), Observation(("c1",), "pass"),
-           Observation(("c3",), "pass"), Observation(("c6",), "pass")]
+    obs = [
+        Observation(("c3",), "fail"),
+        Observation(("c1",), "pass"),
+        Observation(("c3",), "pass"),
+        Observation(("c6",), "pass"),
+    ]
     fg = FlakeGrid((0.1, 0.3), (0.5, 0.5), 0.3, False)
     post = compute_posterior(idx, obs, fg, (0.01, 0.2), (0.8, 0.2), 0.4, 0.02)
     # Brute force over hypotheses: culprit c1..c6, flake, env.
@@ -100,7 +106,8 @@ def test_posterior_matches_a_brute_force_sum() -> None:
     for i in range(1, 7):
         assert post.node_mass((f"c{i}",)) == pytest.approx(weights[f"c{i}"] / z)
     assert post.pbad(("c3",)) == pytest.approx(
-        sum(weights[f"c{i}"] for i in range(1, 4)) / z + weights["env"] / z)
+        sum(weights[f"c{i}"] for i in range(1, 4)) / z + weights["env"] / z
+    )
 
 
 def test_first_steps_reproduce_the_endpoints_then_search() -> None:
@@ -137,8 +144,9 @@ def test_runs_on_other_hosts_are_not_evidence_in_strict_mode() -> None:
 def test_deterministic_culprit_found_and_confirmed(n: int) -> None:
     g, b, latest = linear_case(n)
     culprit = (f"c{(n * 2) // 3}",)
-    r = simulate(pushgate_step(SearchParams(strict_host="h0")), g, b, latest,
-                 Truth(culprit, 0.0), seed=1)
+    r = simulate(
+        pushgate_step(SearchParams(strict_host="h0")), g, b, latest, Truth(culprit, 0.0), seed=1
+    )
     assert r.outcome.kind == "complete" and r.outcome.culprit == culprit
     assert r.outcome.confidence >= 0.998 and r.outcome.exit_code == 4
     assert r.runs <= math.ceil(math.log2(n)) + 2 + 2 * 3 + 3
@@ -208,9 +216,16 @@ def test_contradicting_culprit_fails_the_fit_check() -> None:
 
 def test_repro_sequence_alternation() -> None:
     p, c = ("p",), ("c",)
-    obs = [Observation(c, "fail"), Observation(p, "pass"), Observation(p, "fail"),
-           Observation(c, "fail"), Observation(c, "fail"), Observation(p, "pass"),
-           Observation(c, "pass"), Observation(c, "fail")]
+    obs = [
+        Observation(c, "fail"),
+        Observation(p, "pass"),
+        Observation(p, "fail"),
+        Observation(c, "fail"),
+        Observation(c, "fail"),
+        Observation(p, "pass"),
+        Observation(c, "pass"),
+        Observation(c, "fail"),
+    ]
     pairs, contrary, need = repro_sequence(obs, [p], c, "pass", "fail")
     assert (pairs, contrary, need) == (2, 2, [p])
 
@@ -230,14 +245,19 @@ def test_baselines() -> None:
     assert r.outcome.culprit == latest  # git bisect has no "no culprit" answer
 
 
-NOISELESS = SearchParams(fgrid=FlakeGrid((0.0,), (1.0,), 0.1, False), eps_grid=(0.0,),
-                         eps_weights=(1.0,), strict_host="h0")
+NOISELESS = SearchParams(
+    fgrid=FlakeGrid((0.0,), (1.0,), 0.1, False),
+    eps_grid=(0.0,),
+    eps_weights=(1.0,),
+    strict_host="h0",
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 100_000), st.integers(1, 3), st.integers(2, 14), st.randoms())
-def test_noiseless_search_on_random_dags(seed: int, trees: int, commits: int,
-                                         pick: random.Random) -> None:
+def test_noiseless_search_on_random_dags(
+    seed: int, trees: int, commits: int, pick: random.Random
+) -> None:
     graph, basis, latest = random_dag(random.Random(seed), trees, commits)
     cands = graph.candidates(basis, latest)
     culprit = pick.choice(cands)
@@ -261,8 +281,9 @@ def test_class_mode_uses_fewer_rounds() -> None:
 
 
 def test_graph_cache_is_per_endpoint_pair() -> None:
-    g = RevGraph(["t"], {("a",): [], ("b",): [("a",)], ("c",): [("b",)]},
-                 {("a",): 0, ("b",): 1, ("c",): 2})
+    g = RevGraph(
+        ["t"], {("a",): [], ("b",): [("a",)], ("c",): [("b",)]}, {("a",): 0, ("b",): 1, ("c",): 2}
+    )
     assert build_index(g, ("a",), ("c",)).cands == [("b",), ("c",)]
     assert build_index(g, ("b",), ("c",)).cands == [("c",)]
 
@@ -275,8 +296,11 @@ def test_learned_priors_shrink_towards_defaults() -> None:
 
 def test_noiseless_model_meeting_a_contradiction_is_inconsistent() -> None:
     g, b, latest = linear_case(8)
-    obs = start(b, latest) + [Observation(("c4",), "fail"), Observation(("c6",), "pass"),
-                              Observation(latest, "pass")]
+    obs = start(b, latest) + [
+        Observation(("c4",), "fail"),
+        Observation(("c6",), "pass"),
+        Observation(latest, "pass"),
+    ]
     d = step(g, b, latest, obs, NOISELESS)
     assert isinstance(d, Outcome) and d.kind == "inconsistent"
 

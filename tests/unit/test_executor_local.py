@@ -44,7 +44,11 @@ def test_output_is_timestamped_line_by_line(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert re.fullmatch(rf"{STAMP} \[pushgate\] run: /bin/sh -c .*", lines[0])
     assert [re.sub(STAMP + " ", "", x) for x in lines[1:]] == [
-        "one", "two", "no newline", "[pushgate] exit status 3"]
+        "one",
+        "two",
+        "no newline",
+        "[pushgate] exit status 3",
+    ]
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
@@ -52,8 +56,9 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     # The step leaves a background child behind and ignores SIGTERM itself.
     script = f"trap '' TERM; sleep 60 & echo $! > {pidfile}; wait"
     t0 = time.monotonic()
-    out = run(StepRun(["/bin/sh", "-c", script], dict(os.environ), tmp_path,
-                      tmp_path / "t.log", 0.5))
+    out = run(
+        StepRun(["/bin/sh", "-c", script], dict(os.environ), tmp_path, tmp_path / "t.log", 0.5)
+    )
     assert out.timed_out
     assert time.monotonic() - t0 < 10
     time.sleep(0.1)
@@ -69,8 +74,9 @@ def test_missing_command_is_an_error_not_a_crash(tmp_path: Path) -> None:
 def test_kill_orphans_finds_steps_by_runner_and_flight(tmp_path: Path) -> None:
     env = dict(os.environ, PUSHGATE_RUNNER="host:1:2", PUSHGATE_FLIGHT="7")
     mine = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
-    other = subprocess.Popen(["sleep", "60"], env=dict(env, PUSHGATE_FLIGHT="8"),
-                             start_new_session=True)
+    other = subprocess.Popen(
+        ["sleep", "60"], env=dict(env, PUSHGATE_FLIGHT="8"), start_new_session=True
+    )
     try:
         time.sleep(0.1)
         assert kill_orphans("host:1:2", 7) == 1
@@ -112,8 +118,11 @@ def test_missing_cwd_is_an_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_exit_by_signal_is_a_negative_code(tmp_path: Path) -> None:
-    out = run(StepRun(["/bin/sh", "-c", "kill -USR1 $$"], dict(os.environ), tmp_path,
-                      tmp_path / "k.log", 5))
+    out = run(
+        StepRun(
+            ["/bin/sh", "-c", "kill -USR1 $$"], dict(os.environ), tmp_path, tmp_path / "k.log", 5
+        )
+    )
     assert out.exit_code == -signal.SIGUSR1
 
 
@@ -133,14 +142,16 @@ def test_helper_death_breaks_the_running_step_and_the_next_step_runs(tmp_path: P
     async def go() -> tuple[object, object, int]:
         ex = LocalExecutor()
         try:
-            slow = asyncio.create_task(ex.run(StepRun(
-                ["sleep", "30"], dict(os.environ), tmp_path, tmp_path / "a.log", 60)))
+            slow = asyncio.create_task(
+                ex.run(StepRun(["sleep", "30"], dict(os.environ), tmp_path, tmp_path / "a.log", 60))
+            )
             await asyncio.sleep(0.5)
             helper = ex.spawner().proc.pid
             os.kill(helper, signal.SIGKILL)
             first = await asyncio.wait_for(slow, 10)
-            second = await ex.run(StepRun(["true"], dict(os.environ), tmp_path,
-                                          tmp_path / "b.log", 10))
+            second = await ex.run(
+                StepRun(["true"], dict(os.environ), tmp_path, tmp_path / "b.log", 10)
+            )
             return first, second, helper
         finally:
             await ex.close()
@@ -167,10 +178,22 @@ def test_many_steps_at_once_each_get_their_own_output_and_status(tmp_path: Path)
     async def go() -> list[object]:
         ex = LocalExecutor()
         try:
-            return list(await asyncio.gather(*(
-                ex.run(StepRun(["/bin/sh", "-c", f"echo step{i}; exit {i % 3}"],
-                               dict(os.environ), tmp_path, tmp_path / f"{i}.log", 10))
-                for i in range(40))))
+            return list(
+                await asyncio.gather(
+                    *(
+                        ex.run(
+                            StepRun(
+                                ["/bin/sh", "-c", f"echo step{i}; exit {i % 3}"],
+                                dict(os.environ),
+                                tmp_path,
+                                tmp_path / f"{i}.log",
+                                10,
+                            )
+                        )
+                        for i in range(40)
+                    )
+                )
+            )
         finally:
             await ex.close()
 

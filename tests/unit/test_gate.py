@@ -35,8 +35,7 @@ FREE = dbg.GateState("app")
         ({"tolerable": False}, FREE, False, "not-pushed"),
         ({"tolerable": False}, dbg.GateState("app", force=True), True, "pending"),
         ({"tolerable": False}, dbg.GateState("app", force_revision="b" * 40), True, "pending"),
-        ({"tolerable": False}, dbg.GateState("app", force_revision="c" * 40), False,
-         "not-pushed"),
+        ({"tolerable": False}, dbg.GateState("app", force_revision="c" * 40), False, "not-pushed"),
         ({}, dbg.GateState("app", blocked_why="freeze"), False, "not-pushed"),
         ({}, dbg.GateState("app", blocked_why="freeze", force=True), False, "not-pushed"),
         ({"target": "a" * 40}, dbg.GateState("app", force=True), False, "up-to-date"),
@@ -45,10 +44,15 @@ FREE = dbg.GateState("app")
         ({"blessing": "play"}, FREE, False, "not-applicable"),
     ],
 )
-def test_decision_rule(kw: dict[str, object], state: dbg.GateState, push: bool,
-                       kind: str) -> None:
-    args: dict[str, object] = dict(branch_push=True, mode="normal", blessing="real",
-                                   target="b" * 40, expected_old="a" * 40, tolerable=True)
+def test_decision_rule(kw: dict[str, object], state: dbg.GateState, push: bool, kind: str) -> None:
+    args: dict[str, object] = dict(
+        branch_push=True,
+        mode="normal",
+        blessing="real",
+        target="b" * 40,
+        expected_old="a" * 40,
+        tolerable=True,
+    )
     args.update(kw)
     d = decide(state=state, **args)  # type: ignore[arg-type]
     assert (d.push, d.kind) == (push, kind)
@@ -58,11 +62,25 @@ def test_decision_rule(kw: dict[str, object], state: dbg.GateState, push: bool,
 def _cycle_flight(db: Database, loaded: Loaded, target: str, expected_old: str | None) -> int:
     """A finished flight of the gate (no jobs needed to exercise the push)."""
     with db.write() as conn:
-        f = dbf.create_flight(conn, branch="app", intended="real", bless_as="real",
-                              revisions={"app": (target, "x", expected_old)}, new_jobs=[])
-        dbg.insert_cycle(conn, flight=f, branch="app", tree="app", mode="normal",
-                         target=target, that_revision=expected_old, expected_old=expected_old,
-                         reason="test")
+        f = dbf.create_flight(
+            conn,
+            branch="app",
+            intended="real",
+            bless_as="real",
+            revisions={"app": (target, "x", expected_old)},
+            new_jobs=[],
+        )
+        dbg.insert_cycle(
+            conn,
+            flight=f,
+            branch="app",
+            tree="app",
+            mode="normal",
+            target=target,
+            that_revision=expected_old,
+            expected_old=expected_old,
+            reason="test",
+        )
     return f
 
 
@@ -127,8 +145,9 @@ def test_non_fast_forward_is_refused(db: Database, proj: GateProject) -> None:
 
 
 @pytest.mark.parametrize("remote", ["target", "expected", "elsewhere"])
-def test_pending_push_is_settled_from_the_remote(db: Database, proj: GateProject,
-                                                 remote: str) -> None:
+def test_pending_push_is_settled_from_the_remote(
+    db: Database, proj: GateProject, remote: str
+) -> None:
     """A process died between recording the decision and recording git's answer."""
     loaded = proj.load()
     c1 = proj.commit("one")
@@ -138,8 +157,9 @@ def test_pending_push_is_settled_from_the_remote(db: Database, proj: GateProject
     f = _cycle_flight(db, loaded, c2, c1)
     proj.set_tested({"target": c2, "expected": c1, "elsewhere": c3}[remote])
     with db.write() as conn:
-        dbg.insert_push(conn, flight=f, branch="app", tree="app", revision=c2,
-                        expected_old=c1, status="pending")
+        dbg.insert_push(
+            conn, flight=f, branch="app", tree="app", revision=c2, expected_old=c1, status="pending"
+        )
     row = push_flight(db, loaded, f, tolerable=False)  # the verdict is not asked again
     want = {"target": ("pushed", c2), "expected": ("pushed", c2), "elsewhere": ("refused", c3)}
     assert (row.status, proj.tested()) == want[remote]
@@ -173,6 +193,7 @@ def test_concurrent_decisions_push_once(db: Database, proj: GateProject) -> None
 def test_gate_lock_is_exclusive(db: Database) -> None:
     got: list[str] = []
     with db_lock(db, "gate-x"):
+
         def other() -> None:
             try:
                 with db_lock(db, "gate-x", wait=False):

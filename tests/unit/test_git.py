@@ -32,12 +32,18 @@ def upstream(tmp_path: Path) -> Upstream:
     r = Upstream(make_repo(tmp_path / "work").path)
     r.c1 = r.commit("first", files={"README": "hello\n", "src/a.c": "int a;\n"})
     r.c2 = r.commit(
-        "second\n\nLonger body.\n", files={"src/a.c": "int a = 2;\n"}, author=ANN,
+        "second\n\nLonger body.\n",
+        files={"src/a.c": "int a = 2;\n"},
+        author=ANN,
         trailers=[("Signed-off-by", ANN), ("Reviewed-by", "Rita Reviewer <rita@example.org>")],
     )
     r.branch("side", at=r.c1)
-    r.s1 = r.commit("side work", files={"side.txt": "s\n"}, author=BOB,
-                    trailers=[("Signed-off-by", BOB), ("Acked-by", ANN)])
+    r.s1 = r.commit(
+        "side work",
+        files={"side.txt": "s\n"},
+        author=BOB,
+        trailers=[("Signed-off-by", BOB), ("Acked-by", ANN)],
+    )
     r.checkout("main")
     r.m = r.merge("side")
     r.c4 = r.commit("fourth", files={"README": "hello again\n"})
@@ -64,15 +70,49 @@ def git_log(repo: Path, *args: str) -> str:
 
 # -- refs ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ref", ["main", "refs/heads/staging", "xen-tested-master", "v4.17.0",
-                                 "abc123", "0" * 40, "stable-4.17/next", "user@host"])
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "main",
+        "refs/heads/staging",
+        "xen-tested-master",
+        "v4.17.0",
+        "abc123",
+        "0" * 40,
+        "stable-4.17/next",
+        "user@host",
+    ],
+)
 def test_check_ref_accepts(ref: str) -> None:
     assert check_ref(ref) == ref
 
 
-@pytest.mark.parametrize("ref", ["--upload-pack=x", "-x", "a..b", "x;rm", "x;rm -rf /", "",
-                                 "a\nb", "a\x7fb", "a b", "foo.lock", "HEAD~1", "a^", "x:y",
-                                 "@{-1}", "@", "a//b/", "$(id)", "`id`", "ref/", ".hidden"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "--upload-pack=x",
+        "-x",
+        "a..b",
+        "x;rm",
+        "x;rm -rf /",
+        "",
+        "a\nb",
+        "a\x7fb",
+        "a b",
+        "foo.lock",
+        "HEAD~1",
+        "a^",
+        "x:y",
+        "@{-1}",
+        "@",
+        "a//b/",
+        "$(id)",
+        "`id`",
+        "ref/",
+        ".hidden",
+    ],
+)
 def test_check_ref_rejects(ref: str) -> None:
     with pytest.raises(GitError):
         check_ref(ref)
@@ -103,6 +143,7 @@ def test_resolve_prefers_branch_over_same_named_tag(upstream: Upstream, tmp_path
 
 
 # -- mirror and fetch ------------------------------------------------------------------------
+
 
 def test_ensure_is_idempotent_and_fetch_updates_and_prunes(
     mirror: Mirror, upstream: Upstream, remote: Path
@@ -162,8 +203,9 @@ def silent_server() -> Iterator[int]:
 
 
 def test_network_timeout(tmp_path: Path, silent_server: int) -> None:
-    m = Mirror(tmp_path / "x.git", f"git://127.0.0.1:{silent_server}/x.git", name="x",
-               network_timeout=1.0)
+    m = Mirror(
+        tmp_path / "x.git", f"git://127.0.0.1:{silent_server}/x.git", name="x", network_timeout=1.0
+    )
     with pytest.raises(GitError, match=r"tree x .*timed out after 1s"):
         m.ensure()
 
@@ -174,12 +216,15 @@ def test_bad_url_rejected(tmp_path: Path) -> None:
 
 
 def test_redact_url() -> None:
-    assert redact_url("To https://bot:s3cret@git.example.org/x.git") == \
-        "To https://bot:***@git.example.org/x.git"
+    assert (
+        redact_url("To https://bot:s3cret@git.example.org/x.git")
+        == "To https://bot:***@git.example.org/x.git"
+    )
     assert redact_url("ssh://git@host/x.git") == "ssh://git@host/x.git"
 
 
 # -- worktrees -------------------------------------------------------------------------------
+
 
 def test_worktree_content(mirror: Mirror, upstream: Upstream, tmp_path: Path) -> None:
     dest = tmp_path / "build" / "xen"
@@ -208,8 +253,9 @@ def test_worktree_is_detached(mirror: Mirror, tmp_path: Path) -> None:
     mirror.fetch()  # fetching into refs/heads/main is not blocked by the worktree
 
 
-def test_worktree_dest_reused_after_plain_delete(mirror: Mirror, upstream: Upstream,
-                                                 tmp_path: Path) -> None:
+def test_worktree_dest_reused_after_plain_delete(
+    mirror: Mirror, upstream: Upstream, tmp_path: Path
+) -> None:
     dest = tmp_path / "wt"
     mirror.worktree("main", dest)
     shutil.rmtree(dest)  # a build dir wiped without remove_worktree
@@ -225,6 +271,7 @@ def test_worktree_dest_reused_after_plain_delete(mirror: Mirror, upstream: Upstr
 
 # -- logs ------------------------------------------------------------------------------------
 
+
 def test_log_range_matches_git_log_order(mirror: Mirror, upstream: Upstream) -> None:
     u = upstream
     commits = mirror.log_range(u.c1, "main")
@@ -236,8 +283,10 @@ def test_log_range_matches_git_log_order(mirror: Mirror, upstream: Upstream) -> 
     assert (c2.author_name, c2.author_email) == ("Ann Author", "ann@example.org")
     assert c2.author == ANN and c2.committer_email == "committer@example.com"
     assert c2.subject == "second" and c2.body.startswith("Longer body.")
-    assert c2.trailers == (("Signed-off-by", ANN),
-                           ("Reviewed-by", "Rita Reviewer <rita@example.org>"))
+    assert c2.trailers == (
+        ("Signed-off-by", ANN),
+        ("Reviewed-by", "Rita Reviewer <rita@example.org>"),
+    )
     assert c2.parents == (u.c1,)
     assert by[u.m].parents == (u.c2, u.s1)
     assert c2.author_date.isoformat() == "2024-01-01T12:02:00+00:00"
@@ -259,25 +308,38 @@ def test_revision_log_truncation(mirror: Mirror, upstream: Upstream) -> None:
     u = upstream
     n = len(git_log(u.path, f"{u.c1}..{u.c4}").splitlines())
     assert mirror.revision_log_text(u.c1, u.c4, max_lines=n + 1).count("\ncommit ") == 3
-    assert mirror.revision_log_text(u.c1, u.c4, max_lines=n) == \
-        f"(No revision log; it would be {n} lines long.)\n"
+    assert (
+        mirror.revision_log_text(u.c1, u.c4, max_lines=n)
+        == f"(No revision log; it would be {n} lines long.)\n"
+    )
 
 
 def test_people_touched(upstream: Upstream, tmp_path: Path) -> None:
     u = upstream
     base = u.c4
-    u.commit("x", author="Roger Pau Monne <roger.pau@citrix.com>", trailers=[
-        ("Signed-off-by", "Roger Pau Monné <roger.pau@citrix.com>"),
-        ("Reviewed-by", "Only Reviewer <rev@example.org>"),
-        ("Release-Acked-by", "Release Manager <rm@example.org>"),
-        ("CC", "Cc Person <cc@example.org>"),
-        ("Tested-by", "Luo Yuzhang <yuzhang.luo@intel.com> # QAT"),
-    ])
-    u.commit("y", author="ann author <ANN@example.org>", trailers=[
-        ("acked-by", "zed <zed@example.org>"), ("Committed-by", "Bob Builder <bob@example.org>"),
-    ])
-    u.commit("z\n\n     Signed-off-by: Five Spaces <five@example.org>\nFrom: Not Indented <n@x>",
-             author=ANN)
+    u.commit(
+        "x",
+        author="Roger Pau Monne <roger.pau@citrix.com>",
+        trailers=[
+            ("Signed-off-by", "Roger Pau Monné <roger.pau@citrix.com>"),
+            ("Reviewed-by", "Only Reviewer <rev@example.org>"),
+            ("Release-Acked-by", "Release Manager <rm@example.org>"),
+            ("CC", "Cc Person <cc@example.org>"),
+            ("Tested-by", "Luo Yuzhang <yuzhang.luo@intel.com> # QAT"),
+        ],
+    )
+    u.commit(
+        "y",
+        author="ann author <ANN@example.org>",
+        trailers=[
+            ("acked-by", "zed <zed@example.org>"),
+            ("Committed-by", "Bob Builder <bob@example.org>"),
+        ],
+    )
+    u.commit(
+        "z\n\n     Signed-off-by: Five Spaces <five@example.org>\nFrom: Not Indented <n@x>",
+        author=ANN,
+    )
     m = Mirror(tmp_path / "m.git", str(u.path))
     m.ensure()
     # Log order is newest first: z's "Ann Author" is seen before y's spelling, which wins.
@@ -308,8 +370,7 @@ def test_parents_graph(mirror: Mirror, upstream: Upstream) -> None:
     u = upstream
     g = mirror.parents_graph(u.c1, u.c4)
     assert not g.rewound
-    assert g.parents == {u.c4: [u.m], u.m: [u.c2, u.s1], u.c2: [u.c1], u.s1: [u.c1],
-                         u.c1: []}
+    assert g.parents == {u.c4: [u.m], u.m: [u.c2, u.s1], u.c2: [u.c1], u.s1: [u.c1], u.c1: []}
     assert list(g.parents)[0] == u.c4
     assert set(g.dates) == set(g.parents)
     assert g.dates[u.c4] > g.dates[u.c1]
@@ -330,6 +391,7 @@ def test_is_ancestor(mirror: Mirror, upstream: Upstream) -> None:
 
 # -- pushing ---------------------------------------------------------------------------------
 
+
 def test_push_fast_forward(mirror: Mirror, upstream: Upstream, remote: Path) -> None:
     u = upstream
     run_git(remote, "branch", "tested", u.c2)
@@ -338,8 +400,9 @@ def test_push_fast_forward(mirror: Mirror, upstream: Upstream, remote: Path) -> 
     res = mirror.push_with_lease(str(remote), "tested", "main", u.c2)
     assert res.ok and res.reason == "pushed", res.output
     assert f"To {remote}\n" in res.output
-    assert re.search(rf"^   {u.c2[:7]}[0-9a-f]*\.\.{u.c4[:7]}[0-9a-f]*  {u.c4} -> tested$",
-                     res.output, re.M), res.output
+    assert re.search(
+        rf"^   {u.c2[:7]}[0-9a-f]*\.\.{u.c4[:7]}[0-9a-f]*  {u.c4} -> tested$", res.output, re.M
+    ), res.output
     assert remote_head(remote, "refs/heads/tested") == u.c4
     assert mirror.remote_ref(str(remote), "refs/heads/tested") == u.c4
     assert mirror.remote_ref(str(remote), "nosuch") is None
@@ -405,8 +468,9 @@ def test_push_old_revision_only_in_target_repository(
     assert remote_head(tested, "refs/heads/tested") == alien
 
 
-def test_push_up_to_date_and_errors(mirror: Mirror, upstream: Upstream, tmp_path: Path,
-                                    remote: Path) -> None:
+def test_push_up_to_date_and_errors(
+    mirror: Mirror, upstream: Upstream, tmp_path: Path, remote: Path
+) -> None:
     u = upstream
     res = mirror.push_with_lease(str(remote), "main", "main", u.c4)
     assert res.ok and res.reason == "up-to-date"
@@ -426,14 +490,16 @@ def test_push_up_to_date_and_errors(mirror: Mirror, upstream: Upstream, tmp_path
 
 # -- hygiene ---------------------------------------------------------------------------------
 
+
 def test_caller_git_env_and_user_config_are_ignored(
     mirror: Mirror, upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = mirror.revision_log_text(upstream.c1, "main")
     home = tmp_path / "home"
     home.mkdir()
-    (home / ".gitconfig").write_text("[format]\n\tpretty = oneline\n[log]\n\tdate = iso\n"
-                                     "[core]\n\tpager = false\n")
+    (home / ".gitconfig").write_text(
+        "[format]\n\tpretty = oneline\n[log]\n\tdate = iso\n[core]\n\tpager = false\n"
+    )
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))

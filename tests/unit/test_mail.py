@@ -70,8 +70,13 @@ def server() -> Iterator[SmtpServer]:
         yield srv
 
 
-def report(flight: int = 123, subject: str | None = None, body: str = BODY,
-           in_reply_to: str | None = None, references: list[str] | None = None) -> EmailMessage:
+def report(
+    flight: int = 123,
+    subject: str | None = None,
+    body: str = BODY,
+    in_reply_to: str | None = None,
+    references: list[str] | None = None,
+) -> EmailMessage:
     return build_message(
         subject=subject or f"[xen-unstable test] {flight}: regressions - FAIL",
         body=body,
@@ -87,8 +92,9 @@ def report(flight: int = 123, subject: str | None = None, body: str = BODY,
 
 
 def smtp(port: int, **kw: object) -> MailSettings:
-    return MailSettings(mode="smtp", host="127.0.0.1", port=port, timeout=5.0,
-                        from_addr="bounces@example.org", **kw)  # type: ignore[arg-type]
+    return MailSettings(
+        mode="smtp", host="127.0.0.1", port=port, timeout=5.0, from_addr="bounces@example.org", **kw
+    )  # type: ignore[arg-type]
 
 
 def test_smtp_delivery_headers_body_and_hidden_bcc(server: SmtpServer) -> None:
@@ -99,8 +105,12 @@ def test_smtp_delivery_headers_body_and_hidden_bcc(server: SmtpServer) -> None:
         ["cc@example.org", "admin@example.org"],  # duplicate: one RCPT only
         ["secret-watcher@example.org"],
     )
-    assert rcpts == ["xen-devel@lists.example.org", "admin@example.org", "cc@example.org",
-                     "secret-watcher@example.org"]
+    assert rcpts == [
+        "xen-devel@lists.example.org",
+        "admin@example.org",
+        "cc@example.org",
+        "secret-watcher@example.org",
+    ]
     deliver(smtp(server.port), msg, rcpts)
 
     [got] = server.received
@@ -112,7 +122,9 @@ def test_smtp_delivery_headers_body_and_hidden_bcc(server: SmtpServer) -> None:
     assert m["Subject"] == "[xen-unstable test] 123: regressions - FAIL"
     assert m["From"] == "pushgate service <pushgate@example.org>"
     assert [a.addr_spec for a in m["To"].addresses] == [
-        "xen-devel@lists.example.org", "admin@example.org"]
+        "xen-devel@lists.example.org",
+        "admin@example.org",
+    ]
     assert m["Cc"] == "cc@example.org"
     assert m["Message-ID"] == "<pushgate-report-123@example.org>"
     assert m["In-Reply-To"] == "<pushgate-report-120@example.org>"
@@ -121,8 +133,10 @@ def test_smtp_delivery_headers_body_and_hidden_bcc(server: SmtpServer) -> None:
     assert m["X-Pushgate-Flight"] == "123"
     assert header_items(m, "X-Pushgate-Failures") == FAILURES.split()
     # osstest's shape on the wire: one 4-space-indented item per line, none refolded
-    assert b"\n    xen-unstable:test-arm64-arm64-libvirt-raw:guest-start/debian.repeat" \
+    assert (
+        b"\n    xen-unstable:test-arm64-arm64-libvirt-raw:guest-start/debian.repeat"
         b":fail:heisenbug\n" in got.data.replace(b"\r\n", b"\n")
+    )
     assert m.get_content_type() == "text/plain"
     assert m.get_content_charset() == "utf-8"
     assert m.get_content() == BODY  # dots, "From ", long line, spaces, tab: all exact
@@ -130,8 +144,11 @@ def test_smtp_delivery_headers_body_and_hidden_bcc(server: SmtpServer) -> None:
 
 
 def test_non_ascii_and_overlong_body_survive_exactly(server: SmtpServer) -> None:
-    body = "People who touched revisions under test:\n  Jürgen Groß <jgross@example.org>\n" \
-        + "x" * 1500 + "\nFrom here\n"
+    body = (
+        "People who touched revisions under test:\n  Jürgen Groß <jgross@example.org>\n"
+        + "x" * 1500
+        + "\nFrom here\n"
+    )
     msg = report(body=body, subject="[linux test] 5: tolerable FAIL – Groß")
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
     deliver(smtp(server.port), msg, ["admin@example.org"])
@@ -163,11 +180,14 @@ def test_header_items_reads_both_osstest_foldings(name: str) -> None:
 
 def test_message_ids_are_deterministic_and_thread() -> None:
     assert make_message_id("report", 123, "example.org") == "<pushgate-report-123@example.org>"
-    assert make_message_id("retest", 124, "example.org") == \
-        make_message_id("retest", 124, "example.org")
+    assert make_message_id("retest", 124, "example.org") == make_message_id(
+        "retest", 124, "example.org"
+    )
     assert make_message_id("bisect", 7, "x.org") != make_message_id("bisect", 8, "x.org")
     assert thread_to_report(123, "example.org") == (
-        "<pushgate-report-123@example.org>", ["<pushgate-report-123@example.org>"])
+        "<pushgate-report-123@example.org>",
+        ["<pushgate-report-123@example.org>"],
+    )
     for bad_kind in ["", "a b", "a>b", "a\nb"]:
         with pytest.raises(ValueError):
             make_message_id(bad_kind, 1, "example.org")
@@ -179,14 +199,30 @@ def test_build_refuses_header_injection_and_bad_input() -> None:
     with pytest.raises(ValueError):
         report(subject="ok\nBcc: victim@example.org")
     with pytest.raises(ValueError):
-        build_message(subject="s", body="b", from_addr="a@example.org", to=["not an address"],
-                      cc=[], message_id="<m@x>", in_reply_to=None, references=[],
-                      extra_headers={})
+        build_message(
+            subject="s",
+            body="b",
+            from_addr="a@example.org",
+            to=["not an address"],
+            cc=[],
+            message_id="<m@x>",
+            in_reply_to=None,
+            references=[],
+            extra_headers={},
+        )
     for name in ["Bcc", "Subject", "X Bad", "X:Bad"]:
         with pytest.raises(ValueError):
-            build_message(subject="s", body="b", from_addr="a@example.org",
-                          to=["t@example.org"], cc=[], message_id="<m@x>", in_reply_to=None,
-                          references=[], extra_headers={name: "v"})
+            build_message(
+                subject="s",
+                body="b",
+                from_addr="a@example.org",
+                to=["t@example.org"],
+                cc=[],
+                message_id="<m@x>",
+                in_reply_to=None,
+                references=[],
+                extra_headers={name: "v"},
+            )
     with pytest.raises(ValueError):
         envelope_recipients(["nobody"])
 
@@ -199,12 +235,16 @@ def test_next_attempt_delay_backs_off_to_a_cap() -> None:
     assert next_attempt_delay(10_000) == 3600.0
 
 
-def test_starttls_with_auth_trusting_the_cert(cert: Cert,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_starttls_with_auth_trusting_the_cert(cert: Cert, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PG_TEST_SMTP_PW", "s3cret-pw")
     with SmtpServer(tls=cert, users={"pushgate": "s3cret-pw"}) as srv:
-        settings = smtp(srv.port, security="starttls", user="pushgate",
-                        password_env="PG_TEST_SMTP_PW", ca_file=str(cert.cert))
+        settings = smtp(
+            srv.port,
+            security="starttls",
+            user="pushgate",
+            password_env="PG_TEST_SMTP_PW",
+            ca_file=str(cert.cert),
+        )
         deliver(settings, report(), ["admin@example.org"])
         assert srv.received[0].login == "pushgate"
         assert parse(srv.received[0].data).get_content() == BODY
@@ -212,8 +252,9 @@ def test_starttls_with_auth_trusting_the_cert(cert: Cert,
 
 def test_starttls_unverified_when_told(cert: Cert) -> None:
     with SmtpServer(tls=cert) as srv:
-        deliver(smtp(srv.port, security="starttls", tls_verify=False), report(),
-                ["admin@example.org"])
+        deliver(
+            smtp(srv.port, security="starttls", tls_verify=False), report(), ["admin@example.org"]
+        )
         assert len(srv.received) == 1
 
 
@@ -228,17 +269,26 @@ def test_implicit_tls_with_password_file(cert: Cert, tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("file-pw\n")
     with SmtpServer(tls=cert, implicit_tls=True, users={"u": "file-pw"}) as srv:
-        deliver(smtp(srv.port, security="tls", user="u", password_file=str(pw),
-                     ca_file=str(cert.cert)), report(), ["admin@example.org"])
+        deliver(
+            smtp(srv.port, security="tls", user="u", password_file=str(pw), ca_file=str(cert.cert)),
+            report(),
+            ["admin@example.org"],
+        )
         assert srv.received[0].login == "u"
 
 
 def test_wrong_password_is_permanent_and_never_shown(
-        cert: Cert, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert: Cert, monkeypatch: pytest.MonkeyPatch
+) -> None:
     secret = "hunter2-wrong-Pa55"
     monkeypatch.setenv("PG_TEST_SMTP_PW", secret)
-    settings = smtp(0, security="starttls", user="pushgate", password_env="PG_TEST_SMTP_PW",
-                    ca_file=str(cert.cert))
+    settings = smtp(
+        0,
+        security="starttls",
+        user="pushgate",
+        password_env="PG_TEST_SMTP_PW",
+        ca_file=str(cert.cert),
+    )
     # this server even quotes the submitted password back in its 535 reply
     with SmtpServer(tls=cert, users={"pushgate": "right"}, echo_password=True) as srv:
         settings.port = srv.port
@@ -282,8 +332,9 @@ def test_refused_recipients_transient_vs_permanent(server: SmtpServer) -> None:
     server.rcpt_replies["gone@example.org"] = "550 5.1.1 no such user"
     # partial: the good address gets the mail; only the 4xx one is to be retried
     with pytest.raises(TransientMailError) as info:
-        deliver(smtp(server.port), report(),
-                ["ok@example.org", "later@example.org", "gone@example.org"])
+        deliver(
+            smtp(server.port), report(), ["ok@example.org", "later@example.org", "gone@example.org"]
+        )
     assert info.value.recipients == ["later@example.org"]
     assert [r.rcpt_tos for r in server.received] == [["ok@example.org"]]
     with pytest.raises(PermanentMailError) as info2:
@@ -302,9 +353,15 @@ def test_mbox_appends_parseable_messages(tmp_path: Path) -> None:
     in_reply_to, refs = thread_to_report(123, "example.org")
     second = build_message(
         subject="[xen-unstable bisection] 130: testing test-amd64-amd64-xl",
-        body="bisecting\nFrom 1 to 2\n", from_addr="pg@example.org", to=["a@example.org"],
-        cc=[], message_id=make_message_id("bisect", 130, "example.org"),
-        in_reply_to=in_reply_to, references=refs, extra_headers={})
+        body="bisecting\nFrom 1 to 2\n",
+        from_addr="pg@example.org",
+        to=["a@example.org"],
+        cc=[],
+        message_id=make_message_id("bisect", 130, "example.org"),
+        in_reply_to=in_reply_to,
+        references=refs,
+        extra_headers={},
+    )
     deliver(settings, first, ["a@example.org"])
     deliver(settings, second, ["a@example.org", "hidden@example.org"])
 
@@ -350,8 +407,9 @@ def test_settings_validation_and_config() -> None:
     assert MailSettings(mode="smtp", security="starttls").port == 587
     from pushgate.config import MailConfig
 
-    s = MailSettings.from_config(MailConfig(mode="smtp", host="relay", port=2525, user="u",
-                                            password_env="X"))
+    s = MailSettings.from_config(
+        MailConfig(mode="smtp", host="relay", port=2525, user="u", password_env="X")
+    )
     assert (s.mode, s.host, s.port, s.user, s.password_env) == ("smtp", "relay", 2525, "u", "X")
     assert issubclass(TransientMailError, MailError) and issubclass(PermanentMailError, MailError)
 
@@ -368,13 +426,23 @@ def test_bcc_header_set_by_a_caller_is_stripped(server: SmtpServer, tmp_path: Pa
     assert msg["Bcc"] == "sneaky@example.org"  # the caller's object is left alone
 
 
-def test_logs_name_message_not_password(cert: Cert, monkeypatch: pytest.MonkeyPatch,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_logs_name_message_not_password(
+    cert: Cert, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("PG_TEST_SMTP_PW", "log-secret-77")
     caplog.set_level(logging.DEBUG)
     with SmtpServer(tls=cert, users={"u": "log-secret-77"}) as srv:
-        deliver(smtp(srv.port, security="starttls", user="u", password_env="PG_TEST_SMTP_PW",
-                     tls_verify=False), report(), ["admin@example.org"])
+        deliver(
+            smtp(
+                srv.port,
+                security="starttls",
+                user="u",
+                password_env="PG_TEST_SMTP_PW",
+                tls_verify=False,
+            ),
+            report(),
+            ["admin@example.org"],
+        )
     assert "<pushgate-report-123@example.org>" in caplog.text
     assert "log-secret-77" not in caplog.text
 
@@ -385,8 +453,9 @@ def test_stale_dotlock_is_broken(tmp_path: Path) -> None:
     lock.write_text("")  # left by a writer that crashed
     old = time.time() - 3600
     os.utime(lock, (old, old))
-    deliver(MailSettings(mode="mbox", mbox_path=str(path), timeout=2.0), report(),
-            ["a@example.org"])
+    deliver(
+        MailSettings(mode="mbox", mbox_path=str(path), timeout=2.0), report(), ["a@example.org"]
+    )
     assert len(mailbox.mbox(str(path))) == 1
     assert not lock.exists()
 

@@ -32,12 +32,20 @@ def _loaded(tmp_path: Path, port: int) -> Loaded:
 
 
 def _report(flight: int = 7) -> BuiltReport:
-    c = Classification(flight=flight, branch="app", blessing="real", intended="real",
-                       outcome="all pass")
+    c = Classification(
+        flight=flight, branch="app", blessing="real", intended="real", outcome="all pass"
+    )
     headers = {"X-Pushgate-Versions-This": "app=" + "a" * 40}
-    return BuiltReport(flight, "app", f"[app test] {flight}: all pass - PUSHED",
-                       "flight 7 app real [real]\n\nPerfect :-)\n", headers, c, "pushed",
-                       "normal")
+    return BuiltReport(
+        flight,
+        "app",
+        f"[app test] {flight}: all pass - PUSHED",
+        "flight 7 app real [real]\n\nPerfect :-)\n",
+        headers,
+        c,
+        "pushed",
+        "normal",
+    )
 
 
 def test_report_arrives_once_with_headers_and_recipients(db: Database, tmp_path: Path) -> None:
@@ -108,18 +116,30 @@ def test_permanent_and_partial_failures(db: Database, tmp_path: Path) -> None:
     assert failed.status == "failed" and "550" in (failed.last_error or "")
 
 
-def test_retest_and_bisection_mails_thread_under_the_report(db: Database,
-                                                            tmp_path: Path) -> None:
+def test_retest_and_bisection_mails_thread_under_the_report(db: Database, tmp_path: Path) -> None:
     with SmtpServer() as srv:
         loaded = _loaded(tmp_path, srv.port)
         enqueue_report(db, loaded, _report(7))
         reply_to, refs = thread_to_report(7, "gate.example.org")
-        msg = build_message(subject="[app bisection] complete test-x", body="culprit\n",
-                            from_addr="pushgate@localhost", to=["list@example.org"], cc=[],
-                            message_id="<pushgate-bisect-9@gate.example.org>",
-                            in_reply_to=reply_to, references=refs, extra_headers={})
-        assert enqueue(db, message_id="<pushgate-bisect-9@gate.example.org>", kind="bisect",
-                       flight=9, data=serialize(msg), recipients=["list@example.org"])
+        msg = build_message(
+            subject="[app bisection] complete test-x",
+            body="culprit\n",
+            from_addr="pushgate@localhost",
+            to=["list@example.org"],
+            cc=[],
+            message_id="<pushgate-bisect-9@gate.example.org>",
+            in_reply_to=reply_to,
+            references=refs,
+            extra_headers={},
+        )
+        assert enqueue(
+            db,
+            message_id="<pushgate-bisect-9@gate.example.org>",
+            kind="bisect",
+            flight=9,
+            data=serialize(msg),
+            recipients=["list@example.org"],
+        )
         assert deliver_due(db, mailer_for(loaded)).sent == 2
         got = {parse(r.data)["Message-ID"]: parse(r.data) for r in srv.received}
     reply = got["<pushgate-bisect-9@gate.example.org>"]
@@ -152,9 +172,17 @@ def test_mbox_mode_and_no_recipients(db: Database, tmp_path: Path) -> None:
     assert deliver_due(db, mailer_for(loaded)).sent == 1
     assert "[app test] 3: all pass - PUSHED" in Path(s.mbox_path).read_text()
     quiet = make_gate_project(tmp_path / "q").load()
-    quiet = quiet.__class__(quiet.path, quiet.cfg.model_copy(update={"branches": {
-        "app": quiet.branch("app").model_copy(update={"mail_to": [], "mail_cc": []})}}),
-        quiet.jobs)
+    quiet = quiet.__class__(
+        quiet.path,
+        quiet.cfg.model_copy(
+            update={
+                "branches": {
+                    "app": quiet.branch("app").model_copy(update={"mail_to": [], "mail_cc": []})
+                }
+            }
+        ),
+        quiet.jobs,
+    )
     assert enqueue_report(db, quiet, _report(4)) is False
 
 

@@ -49,36 +49,77 @@ class Page(HTMLParser):
 
 def _flight() -> FlightData:
     t = 1_700_000_000.0
-    build = JobData("build-amd64", "pass", host="h1", started=t, finished=t + 30,
-                    steps=[StepData(1, "hosts-allocate", "pass", t, t + 5, "build-amd64/1.log"),
-                           StepData(2, "xen-build", "pass", t + 5, t + 30, "build-amd64/2.log"),
-                           StepData(3, "logs-capture", "pass", t + 30, t + 31, None)],
-                    runvars=[RunvarData("tree_xen", "https://x/xen.git"),
-                             RunvarData("built_revision_xen", "a" * 40, synth=True)],
-                    artifacts=[ArtifactData("dist & <tools>.tar.gz", "build-amd64/dist.tgz", 42)])
-    test = JobData("test-amd64-amd64-xl", "fail", host="h2", started=t + 40, finished=t + 90,
-                   steps=[StepData(1, "hosts-allocate", "pass", t + 40, t + 41, "xl/1.log"),
-                          StepData(2, "xen-boot", "pass", t + 41, t + 50, "xl/2.log"),
-                          StepData(3, "guest-start", "fail", t + 50, t + 60, "xl/3.log"),
-                          StepData(4, "guest-start", "blocked", None, None, None),
-                          StepData(5, "logs-capture", "pass", t + 60, t + 61, "xl/5.log")],
-                   runvars=[RunvarData("buildjob", "build-amd64")])
-    evil = JobData(EVIL_JOB, "broken", host="<b>host</b>",
-                   steps=[StepData(1, EVIL_TESTID, "broken", t, t + 1, EVIL_LOG),
-                          StepData(2, "javascript", "fail", t, t + 1, "javascript:alert(3)")],
-                   runvars=[RunvarData("<script>", "</td><script>alert(4)</script>")],
-                   artifacts=[ArtifactData("<script>a</script>", "x/<y>.bin")],
-                   logs=["../../etc/<passwd>"])
-    return FlightData(7, "xen-unstable", "real", "real", t, t + 100, {"xen": "b" * 40},
-                      [test, evil, build])
+    build = JobData(
+        "build-amd64",
+        "pass",
+        host="h1",
+        started=t,
+        finished=t + 30,
+        steps=[
+            StepData(1, "hosts-allocate", "pass", t, t + 5, "build-amd64/1.log"),
+            StepData(2, "xen-build", "pass", t + 5, t + 30, "build-amd64/2.log"),
+            StepData(3, "logs-capture", "pass", t + 30, t + 31, None),
+        ],
+        runvars=[
+            RunvarData("tree_xen", "https://x/xen.git"),
+            RunvarData("built_revision_xen", "a" * 40, synth=True),
+        ],
+        artifacts=[ArtifactData("dist & <tools>.tar.gz", "build-amd64/dist.tgz", 42)],
+    )
+    test = JobData(
+        "test-amd64-amd64-xl",
+        "fail",
+        host="h2",
+        started=t + 40,
+        finished=t + 90,
+        steps=[
+            StepData(1, "hosts-allocate", "pass", t + 40, t + 41, "xl/1.log"),
+            StepData(2, "xen-boot", "pass", t + 41, t + 50, "xl/2.log"),
+            StepData(3, "guest-start", "fail", t + 50, t + 60, "xl/3.log"),
+            StepData(4, "guest-start", "blocked", None, None, None),
+            StepData(5, "logs-capture", "pass", t + 60, t + 61, "xl/5.log"),
+        ],
+        runvars=[RunvarData("buildjob", "build-amd64")],
+    )
+    evil = JobData(
+        EVIL_JOB,
+        "broken",
+        host="<b>host</b>",
+        steps=[
+            StepData(1, EVIL_TESTID, "broken", t, t + 1, EVIL_LOG),
+            StepData(2, "javascript", "fail", t, t + 1, "javascript:alert(3)"),
+        ],
+        runvars=[RunvarData("<script>", "</td><script>alert(4)</script>")],
+        artifacts=[ArtifactData("<script>a</script>", "x/<y>.bin")],
+        logs=["../../etc/<passwd>"],
+    )
+    return FlightData(
+        7, "xen-unstable", "real", "real", t, t + 100, {"xen": "b" * 40}, [test, evil, build]
+    )
 
 
 def _classification() -> Classification:
-    f = Failure("test-amd64-amd64-xl", 3, "guest-start", "fail", "REGR. vs. 6", 7,
-                blocker="regression", category=CAT_REGRESSION)
-    return Classification(flight=7, branch="xen-unstable", blessing="real", intended="real",
-                          outcome="FAIL", failures=[f], all_failures=[f],
-                          verdict="Regressions :-(", subject_prefix="regressions - ")
+    f = Failure(
+        "test-amd64-amd64-xl",
+        3,
+        "guest-start",
+        "fail",
+        "REGR. vs. 6",
+        7,
+        blocker="regression",
+        category=CAT_REGRESSION,
+    )
+    return Classification(
+        flight=7,
+        branch="xen-unstable",
+        blessing="real",
+        intended="real",
+        outcome="FAIL",
+        failures=[f],
+        all_failures=[f],
+        verdict="Regressions :-(",
+        subject_prefix="regressions - ",
+    )
 
 
 def test_pages_written_and_grid(tmp_path: Path) -> None:
@@ -89,7 +130,8 @@ def test_pages_written_and_grid(tmp_path: Path) -> None:
     index = Page((out / "index.html").read_text())
     # Columns in jobs-table order: build jobs first.
     assert index.hrefs.index("job-build-amd64.html") < index.hrefs.index(
-        "job-test-amd64-amd64-xl.html")
+        "job-test-amd64-amd64-xl.html"
+    )
     assert "../logs/7/xl/3.log" in index.hrefs and "../logs/7/build-amd64/2.log" in index.hrefs
     assert "st-pass" in index.classes and "st-fail" in index.classes
     assert "st-other" in index.classes  # broken / blocked cells are yellow
@@ -109,11 +151,26 @@ def test_pages_written_and_grid(tmp_path: Path) -> None:
 
 
 def test_rows_topological_with_repeats_and_logs_last() -> None:
-    a = JobData("a", "pass", steps=[StepData(1, "x", "pass"), StepData(2, "y", "pass"),
-                                    StepData(3, "logs-capture", "pass")])
-    b = JobData("b", "pass", steps=[StepData(1, "x", "pass"), StepData(2, "w", "pass"),
-                                    StepData(3, "y", "pass"), StepData(4, "y", "pass"),
-                                    StepData(5, "logs-capture", "pass")])
+    a = JobData(
+        "a",
+        "pass",
+        steps=[
+            StepData(1, "x", "pass"),
+            StepData(2, "y", "pass"),
+            StepData(3, "logs-capture", "pass"),
+        ],
+    )
+    b = JobData(
+        "b",
+        "pass",
+        steps=[
+            StepData(1, "x", "pass"),
+            StepData(2, "w", "pass"),
+            StepData(3, "y", "pass"),
+            StepData(4, "y", "pass"),
+            StepData(5, "logs-capture", "pass"),
+        ],
+    )
     assert step_rows([a, b]) == ["x", "w", "y", "y [2]", "logs-capture"]
     # Disagreeing orders (a cycle) still give every row once.
     c = JobData("c", "pass", steps=[StepData(1, "y", "pass"), StepData(2, "x", "pass")])

@@ -23,14 +23,18 @@ def _history(db: Database) -> int:
     h = History(db)
     f1 = h.flight("xen", {"xen": A}, flight=1)
     f1.job("build-amd64", [("xen-build", "pass")])
-    f1.job("test-amd64-xl", [("xen-boot", "pass"), ("guest-start", "pass"),
-                             ("migrate-support-check", "fail", False)])
+    f1.job(
+        "test-amd64-xl",
+        [("xen-boot", "pass"), ("guest-start", "pass"), ("migrate-support-check", "fail", False)],
+    )
     f1.job("test-amd64-pv", [("xen-boot", "pass")])
     h.finish(f1)
     f2 = h.flight("xen", {"xen": B}, flight=2)
     f2.job("build-amd64", [("xen-build", "pass")])
-    f2.job("test-amd64-xl", [("xen-boot", "pass"), ("guest-start", "fail"),
-                             ("migrate-support-check", "fail", False)])
+    f2.job(
+        "test-amd64-xl",
+        [("xen-boot", "pass"), ("guest-start", "fail"), ("migrate-support-check", "fail", False)],
+    )
     f2.job("test-amd64-pv", [("xen-boot", "fail")])
     h.finish(f2)
     f3 = h.flight("xen", {"xen": B}, flight=3, blessing="real-retest")
@@ -45,11 +49,18 @@ def test_render_json_has_every_fact(db: Database, tmp_path: Path) -> None:
 
     repo = make_repo(tmp_path / "xen")
     base = repo.commit("base", files={"a": "1\n"})
-    repo.commit("fix <thing> & more", files={"a": "2\n"}, author="Ann <ann@example.org>",
-                trailers=[("Signed-off-by", "Ann <ann@example.org>"),
-                          ("Reviewed-by", "Rev <rev@example.org>")])
-    tip = repo.commit("second", files={"b": "1\n"},
-                      trailers=[("Acked-by", "Bob <bob@example.org>")])
+    repo.commit(
+        "fix <thing> & more",
+        files={"a": "2\n"},
+        author="Ann <ann@example.org>",
+        trailers=[
+            ("Signed-off-by", "Ann <ann@example.org>"),
+            ("Reviewed-by", "Rev <rev@example.org>"),
+        ],
+    )
+    tip = repo.commit(
+        "second", files={"b": "1\n"}, trailers=[("Acked-by", "Bob <bob@example.org>")]
+    )
     m = Mirror(tmp_path / "state" / "xen.git", str(repo.clone_bare(tmp_path / "xen.git")))
     m.fetch()
     now = datetime(2024, 1, 3, tzinfo=UTC)
@@ -57,8 +68,12 @@ def test_render_json_has_every_fact(db: Database, tmp_path: Path) -> None:
         logs_url="http://logs.example.org/logs/",
         people=m.people_touched(base, tip),
         commits=m.log_range(base, tip),
-        push_age=PushAge(AgeLine(1, datetime(2024, 1, 1, tzinfo=UTC)), None,
-                         AgeLine(2, datetime(2024, 1, 2, tzinfo=UTC), 1), now),
+        push_age=PushAge(
+            AgeLine(1, datetime(2024, 1, 1, tzinfo=UTC)),
+            None,
+            AgeLine(2, datetime(2024, 1, 2, tzinfo=UTC), 1),
+            now,
+        ),
     )
     d = render_json(c, ctx)
     json.loads(json.dumps(d))  # serialisable as is
@@ -83,13 +98,19 @@ def test_render_json_has_every_fact(db: Database, tmp_path: Path) -> None:
     assert [f["flight"] for f in d["flights"]] == [2, 3]
     assert d["jobs"][0] == {"job": "build-amd64", "status": "pass"}
 
-    assert d["people"] == ["A U Thor <author@example.com>", "Ann <ann@example.org>",
-                           "Bob <bob@example.org>"]
+    assert d["people"] == [
+        "A U Thor <author@example.com>",
+        "Ann <ann@example.org>",
+        "Bob <bob@example.org>",
+    ]
     assert [x["subject"] for x in d["commits"]] == ["second", "fix <thing> & more"]
     assert d["commits"][0]["sha"] == tip and d["commits"][1]["author"] == "Ann <ann@example.org>"
     assert ["Signed-off-by", "Ann <ann@example.org>"] in d["commits"][1]["trailers"]
     assert d["push_age"]["testing_same_since"] == {
-        "flight": 2, "started": "2024-01-02T00:00:00+00:00", "attempts": 1}
+        "flight": 2,
+        "started": "2024-01-02T00:00:00+00:00",
+        "attempts": 1,
+    }
 
 
 def test_render_json_perfect_without_context(db: Database) -> None:
@@ -99,6 +120,11 @@ def test_render_json_perfect_without_context(db: Database) -> None:
     h.finish(f)
     d = render_json(classify(db, 7, this={"ovmf": A}, that={}))
     assert d["verdict"] == "Perfect :-)" and d["failures"] == []
-    assert d["decision"] == {"blocking": False, "tolerable": True, "perfect": True,
-                             "reasons": [], "blockers": []}
+    assert d["decision"] == {
+        "blocking": False,
+        "tolerable": True,
+        "perfect": True,
+        "reasons": [],
+        "blockers": [],
+    }
     assert d["people"] == [] and d["commits"] == [] and d["push_age"] is None
