@@ -364,11 +364,12 @@ class _Watch:
         if not self.done.done():
             self.done.set_result(timed_out)
 
-    def _read(self) -> None:
+    def _read(self) -> bool:
+        """Copy what the pipe holds into the log; False once it is empty for now."""
         try:
             data = os.read(self.out, 65536)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
@@ -377,8 +378,9 @@ class _Watch:
             self.eof = True
             if self.returncode is not None:
                 self._resolve(False)
-            return
+            return False
         self._write(data)
+        return True
 
     def _write(self, data: bytes, final: bool = False) -> None:
         lines = (self.partial + data).split(b"\n")
@@ -395,6 +397,10 @@ class _Watch:
         self.returncode = code
         if self.exit_waiter is not None and not self.exit_waiter.done():
             self.exit_waiter.set_result(None)
+        # The output has usually ended with the process: read it to its end now
+        # rather than on another turn of the loop.
+        while not self.eof and not self.lost and self._read():
+            pass
         if self.eof or self.lost:
             self._resolve(False)
 
