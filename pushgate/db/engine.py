@@ -94,34 +94,34 @@ class DriverStatement:
             params = fixed | params
         return sql, tuple(map(params.__getitem__, order)) if order is not None else params
 
+    @staticmethod
+    @contextmanager
+    def _cursor(conn: Connection) -> Iterator[Any]:
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            yield cur
+        finally:
+            cur.close()
+
     def __call__(self, conn: Connection, params: dict[str, Any]) -> int:
         """Execute; returns the number of rows changed."""
         sql, args = self._prepare(conn, params)
-        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(conn) as cur:
             cur.execute(sql, args)
             return int(cur.rowcount)
-        finally:
-            cur.close()
 
     def many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         prepared = [self._prepare(conn, r) for r in rows]
-        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(conn) as cur:
             cur.executemany(prepared[0][0], [a for _, a in prepared])
-        finally:
-            cur.close()
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         sql, args = self._prepare(conn, params)
-        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with self._cursor(conn) as cur:
             cur.execute(sql, args)
             return [tuple(r) for r in cur.fetchall()]
-        finally:
-            cur.close()
 
 
 class Database:

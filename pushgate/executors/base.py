@@ -38,7 +38,16 @@ class Executor(Protocol):
     async def close(self) -> None: ...
 
 
+# (second, its formatted date and time): a step's log lines mostly share a second,
+# and strftime is the dear part of a stamp.
+_second: tuple[int, str] = (-1, "")
+
+
 def stamp(t: float | None = None) -> str:
     """Timestamp prefix of a log line (UTC, milliseconds, osstest's trailing Z)."""
+    global _second
     t = time.time() if t is None else t
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d} Z"
+    sec = int(t)
+    if _second[0] != sec:
+        _second = (sec, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec)))
+    return f"{_second[1]}.{int(t * 1000) % 1000:03d} Z"

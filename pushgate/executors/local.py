@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 from pushgate.executors import spawner
@@ -60,20 +59,9 @@ def kill_orphans(runner: str, flight: int) -> int:
     return len(groups)
 
 
-class _Stamper:
-    """Log-line prefixes; the formatted second is reused until the clock moves on."""
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
-
-    def __call__(self) -> bytes:
-        t = time.time()
-        sec = int(t)
-        if sec != self.second:
-            self.second = sec
-            self.prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
-        return f"{self.prefix}.{int(t * 1000) % 1000:03d} Z ".encode()
+def _ts() -> bytes:
+    """A log line's prefix, as bytes."""
+    return (stamp() + " ").encode()
 
 
 class SpawnerDied(RuntimeError):
@@ -218,7 +206,6 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self) -> None:
-        self.stamp = _Stamper()
         # argv[0] -> its path, per PATH: without it the child of every step
         # tries execve in each PATH directory in turn, while the helper waits.
         self._which: dict[tuple[str, str], str | None] = {}
@@ -252,7 +239,8 @@ class LocalExecutor:
         except FileNotFoundError:
             if exe is None:
                 raise
-            # The binary found earlier is gone: search PATH afresh.
+            # The binary found earlier may be gone: search PATH afresh, once (not
+            # recursively: a missing cwd fails with the same error every time).
             self._which.clear()
             exe = self._executable(argv0, req.env)
             return await self.spawner().spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
@@ -267,47 +255,43 @@ class LocalExecutor:
         try:
             os.write(
                 log,
-                self.stamp() + f"[pushgate] run: {shlex.join(req.argv)} (cwd {req.cwd})\n".encode(),
+                _ts() + f"[pushgate] run: {shlex.join(req.argv)} (cwd {req.cwd})\n".encode(),
             )
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             try:
                 pid = await self._spawn(req, out_w)
-            except SpawnerDied as e:
+            except (SpawnerDied, OSError) as e:
                 os.close(out_r)
-                msg = f"cannot start {req.argv[0]!r}: {e}"
-                os.write(log, self.stamp() + f"[pushgate] {msg}\n".encode())
-                return StepOutcome(None, error=msg)
-            except OSError as e:
-                os.close(out_r)
-                msg = f"cannot start {req.argv[0]!r}: {e.strerror}"
-                os.write(log, self.stamp() + f"[pushgate] {msg}\n".encode())
+                why = e.strerror if isinstance(e, OSError) else e
+                msg = f"cannot start {req.argv[0]!r}: {why}"
+                os.write(log, _ts() + f"[pushgate] {msg}\n".encode())
                 return StepOutcome(None, error=msg)
             finally:
                 os.close(out_w)
-            watch = _Watch(loop, self.spawner(), pid, out_r, log, self.stamp)
+            watch = _Watch(loop, self.spawner(), pid, out_r, log)
             try:
                 timed_out = await watch.wait(req.timeout)
                 if timed_out:
                     await watch.stop()
                     os.write(
                         log,
-                        self.stamp()
+                        _ts()
                         + f"[pushgate] timed out after {req.timeout:g}s; "
                         "process group killed\n".encode(),
                     )
                     return StepOutcome(watch.returncode, timed_out=True)
             except asyncio.CancelledError:
                 await watch.stop()
-                os.write(log, self.stamp() + b"[pushgate] interrupted; process group killed\n")
+                os.write(log, _ts() + b"[pushgate] interrupted; process group killed\n")
                 raise
             finally:
                 watch.close()
             if watch.lost:
                 msg = "the spawner helper died; the step's exit status is lost"
-                os.write(log, self.stamp() + f"[pushgate] {msg}\n".encode())
+                os.write(log, _ts() + f"[pushgate] {msg}\n".encode())
                 kill_group(pid)
                 return StepOutcome(None, error=msg)
-            os.write(log, self.stamp() + f"[pushgate] exit status {watch.returncode}\n".encode())
+            os.write(log, _ts() + f"[pushgate] exit status {watch.returncode}\n".encode())
             return StepOutcome(watch.returncode)
         finally:
             os.close(log)
@@ -332,14 +316,12 @@ class _Watch:
         pid: int,
         out: int,
         log: int,
-        stamp: _Stamper,
     ):
         self.loop = loop
         self.spawner = spawner
         self.pid = pid
         self.out = out
         self.log = log
-        self.stamp = stamp
         self.partial = b""
         self.returncode: int | None = None
         self.lost = False
@@ -388,7 +370,7 @@ class _Watch:
         if final and lines and lines[-1] == b"":
             lines.pop()
         if lines:
-            ts = self.stamp()
+            ts = _ts()
             os.write(self.log, b"".join(ts + line + b"\n" for line in lines))
 
     def _exited(self, code: int | None) -> None:

@@ -136,7 +136,6 @@ def serve(sock: socket.socket) -> None:
             else:
                 for f in fds:
                     os.close(f)
-        _reap(sock)
 
 
 if __name__ == "__main__":
