@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -76,10 +77,25 @@ def write_config(
 
 
 _runs = 0
+# Above this, creating a file costs more than pushgate's own work for a step.
+SLOW_CREATE_US = 150
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds so far of this process, and of its reaped children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def time_flight(
-    base: Path, jobs: int, steps: int, slots: int, cmd: list[str], db_url: str | None
+    base: Path,
+    jobs: int,
+    steps: int,
+    slots: int,
+    cmd: list[str],
+    db_url: str | None,
+    cpu: list[tuple[float, float]] | None = None,
 ) -> float:
     # A new state dir per run: deleting the last run's thousands of files just
     # before a timed run makes ext4 slow to create files (its allocator skips
@@ -90,15 +106,28 @@ def time_flight(
     db = Database(loaded.database_url)
     db.upgrade()
     flight = new_flight(db, loaded, "b")
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     statuses, _ = run_flight(db, loaded, flight)
     wall = time.perf_counter() - t0
+    if cpu is not None:
+        # The runner's own CPU, and that of its children: the spawner helper
+        # and, through it, the steps' commands.
+        cpu1 = _cpu()
+        cpu.append((cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]))
     assert all(s == "pass" for s in statuses.values()), statuses
     db.dispose()
     return wall
 
 
-def time_make(base: Path, jobs: int, steps: int, slots: int, cmd: list[str]) -> float:
+def time_make(
+    base: Path,
+    jobs: int,
+    steps: int,
+    slots: int,
+    cmd: list[str],
+    cpu: list[float] | None = None,
+) -> float:
     mk = base / "Makefile"
     targets = [f"j{j}s{s}" for j in range(jobs) for s in range(steps)]
     rules = [f"all: {' '.join(targets)}"]
@@ -108,19 +137,23 @@ def time_make(base: Path, jobs: int, steps: int, slots: int, cmd: list[str]) -> 
             rules.append(f"j{j}s{s}:{dep}\n\t@{' '.join(cmd)}")
     rules.insert(0, ".PHONY: all " + " ".join(targets))
     mk.write_text("\n".join(rules) + "\n")
+    cpu0 = _cpu()[1]
     t0 = time.perf_counter()
     subprocess.run(["make", "-s", f"-j{slots}", "-f", str(mk), "all"], cwd=base, check=True)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(_cpu()[1] - cpu0)
+    return wall
 
 
-def file_create_us(base: Path, n: int = 500) -> float:
+def file_create_us(base: Path, n: int = 500, name: str = "probe") -> float:
     """Mean cost of creating (and writing) one small file under base, in microseconds.
 
     It varies by an order of magnitude between directories of one ext4 file
     system on this kind of machine (a busy /tmp was measured at 740 us, the
     project's directory at 40 us), and a flight creates one log per step.
     """
-    d = base / "probe"
+    d = base / name
     d.mkdir()
     t0 = time.perf_counter()
     for i in range(n):
@@ -155,22 +188,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path(a.tmp).resolve(), prefix=".bench-overhead-") as tmp:
         base = Path(tmp)
         create_us = file_create_us(base)
+        make_cpu: list[float] = []
+        flight_cpu: list[tuple[float, float]] = []
         make_repo(base / "repo")
         for _ in range(a.repeat):
-            runs["make"].append(time_make(base, a.jobs, a.steps, a.slots, ["true"]))
-            runs["flight"].append(time_flight(base, a.jobs, a.steps, a.slots, ["true"], a.db))
+            runs["make"].append(time_make(base, a.jobs, a.steps, a.slots, ["true"], make_cpu))
+            runs["flight"].append(
+                time_flight(base, a.jobs, a.steps, a.slots, ["true"], a.db, flight_cpu)
+            )
         for _ in range(max(1, a.repeat // 2)):
             runs["sleep"].append(
                 time_flight(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"], a.db)
             )
             # The same sleeps under make: what process start-up alone costs on this machine.
             runs["make_sleep"].append(time_make(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"]))
+        # Again at the end: the flights' own files may have slowed the place down.
+        create_us_after = file_create_us(base, name="probe-after")
     make_s, flight_s, sleep_s, make_sleep_s = (
         statistics.median(runs[k]) for k in ("make", "flight", "sleep", "make_sleep")
     )
     ideal = a.jobs * a.steps * 0.05 / a.slots
     n = a.jobs * a.steps
-    print(f"state in {Path(a.tmp).resolve()}: creating a file there takes {create_us:.0f} us")
+    runner_cpu = statistics.median(c[0] for c in flight_cpu) / n * 1000
+    child_cpu = statistics.median(c[1] for c in flight_cpu) / n * 1000
+    make_cpu_ms = statistics.median(make_cpu) / n * 1000
+    print(
+        f"state in {Path(a.tmp).resolve()}: creating a file there takes {create_us:.0f} us "
+        f"before the runs, {create_us_after:.0f} us after"
+    )
+    if max(create_us, create_us_after) > SLOW_CREATE_US:
+        print(
+            f"  warning: over {SLOW_CREATE_US} us a file, the file system weighs on these "
+            "figures (a flight creates a log file per step; on ext4 without a journal, "
+            "creating files is slow for minutes after many were deleted nearby, as by "
+            "a previous run of this bench); compare with --tmp /dev/shm"
+        )
     print(f"{a.jobs} jobs x {a.steps} steps of `true` on {a.slots} slots:")
     print(f"  make -j{a.slots}:  {make_s:.3f} s")
     print(f"  pushgate:  {flight_s:.3f} s  ({flight_s / n * 1000:.2f} ms per step)")
@@ -178,6 +230,10 @@ def main() -> None:
         f"  ratio:     {flight_s / make_s:.2f}   (medians of {a.repeat}; make runs "
         f"{', '.join(f'{x:.2f}' for x in runs['make'])}, pushgate runs "
         f"{', '.join(f'{x:.2f}' for x in runs['flight'])})"
+    )
+    print(
+        f"  CPU per step: pushgate's runner {runner_cpu:.3f} ms, its helper and the commands "
+        f"{child_cpu:.3f} ms; make and the commands {make_cpu_ms:.3f} ms"
     )
     print(
         f"{a.jobs} jobs x {a.steps} steps of `sleep 0.05`: {sleep_s:.3f} s, ideal {ideal:.3f} s, "
@@ -201,7 +257,11 @@ def main() -> None:
                 "make_sleep_s": round(make_sleep_s, 4),
                 "make_sleep_efficiency": round(ideal / make_sleep_s, 4),
                 "sleep_ratio_vs_make": round(sleep_s / make_sleep_s, 3),
+                "runner_cpu_ms_per_step": round(runner_cpu, 3),
+                "children_cpu_ms_per_step": round(child_cpu, 3),
+                "make_cpu_ms_per_step": round(make_cpu_ms, 3),
                 "file_create_us": round(create_us, 1),
+                "file_create_us_after": round(create_us_after, 1),
             }
         )
     )

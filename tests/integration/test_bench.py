@@ -1,0 +1,73 @@
+"""The benchmarks still run: each, at a tiny size, ends with its line of JSON.
+
+No figure is checked here (timings belong to the benchmarks, not to tests on
+a noisy machine); what is checked is that a benchmark runs to the end and
+reports the keys that are tracked from run to run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _last_json(args: list[str], cwd: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_overhead_bench_runs_a_flight_and_make(tmp_path: Path) -> None:
+    figures = _last_json(
+        [
+            str(ROOT / "bench" / "overhead.py"),
+            "--jobs",
+            "3",
+            "--steps",
+            "2",
+            "--repeat",
+            "1",
+            "--tmp",
+            str(tmp_path),
+        ],
+        tmp_path,
+    )
+    for key in (
+        "make_s",
+        "pushgate_s",
+        "ratio_vs_make",
+        "sleep_efficiency",
+        "runner_cpu_ms_per_step",
+        "children_cpu_ms_per_step",
+        "file_create_us",
+    ):
+        assert figures[key] > 0, key
+    # Every sleep took 50 ms: a flight of 3 x 2 on 8 slots cannot beat 0.1 s.
+    assert figures["sleep_flight_s"] >= 0.1
+    # Its state went where it was told, and was cleaned up.
+    assert not any(tmp_path.glob(".bench-overhead-*"))
+
+
+def test_report_bench_runs_on_sqlite(tmp_path: Path) -> None:
+    figures = _last_json(
+        [
+            str(ROOT / "bench" / "report.py"),
+            "--flights",
+            "20",
+            "--db",
+            "sqlite",
+            "--repeat",
+            "1",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        tmp_path,
+    )
+    assert figures["report_s_20_sqlite"] > 0
+    assert figures["step_rows_sqlite"] > 0
