@@ -51,13 +51,20 @@ def project(tmp_path: Path, db_url: str) -> Project:
 def test_kill_9_mid_step_then_resume(project: Project, tmp_path: Path) -> None:
     hang = tmp_path / "hanging.pid"
     again = tmp_path / "second-attempt"
+    stale = tmp_path / "stale-files-seen"
     jobs = {
         "build": {"steps": [{"testid": "compile", "command": "true"}], "trees": []},
         "test": {
             "buildjob": "build",
             "trees": [],
             "steps": [
-                {"testid": "quick", "command": "true"},
+                # Leaves a file in the job's work and artifact dirs; notes if an
+                # earlier attempt's files are still there (a rerun starts afresh).
+                {
+                    "testid": "quick",
+                    "command": f"if [ -e mine ] || [ -e $PUSHGATE_ARTIFACTS/mine ]; then "
+                    f"touch {stale}; fi; touch mine $PUSHGATE_ARTIFACTS/mine",
+                },
                 # First attempt: record our pid and hang; later attempts pass.
                 {
                     "testid": "hang",
@@ -87,6 +94,7 @@ def test_kill_9_mid_step_then_resume(project: Project, tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert b"requeued" in err
     assert again.exists()
+    assert not stale.exists()  # the rerun's work and artifact dirs were made anew
     time.sleep(0.1)
     assert not alive(orphan)  # the new run killed the orphaned step
     with db.read() as conn:
