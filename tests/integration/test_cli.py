@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,16 @@ def test_check_new_run_show(project: Project) -> None:
         (
             lambda t: t.replace('buildjob = "build-x"', 'buildjob = "build-y"'),
             "'build-y' does not exist",
+        ),
+        (lambda t: re.sub(r'url = ".*"\n', "", t), "trees.src.url"),
+        (
+            # build-x now needs test-x, which needs build-x.
+            lambda t: t.replace('[jobs."build-x"]\n', '[jobs."build-x"]\nbuildjob = "test-x"\n'),
+            "cycle",
+        ),
+        (
+            lambda t: t.replace('jobs = ["build-x", "test-x"]', 'jobs = ["build-x", "nope"]'),
+            "nope",
         ),
     ],
 )
