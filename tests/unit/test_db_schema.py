@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from pushgate.db.engine import Database
+from pushgate.db.engine import MIGRATIONS, SCHEMA_HEAD, Database, DatabaseError
 from pushgate.db.schema import metadata
 
 
@@ -32,3 +38,33 @@ def test_sqlite_write_uses_wal(tmp_path: object) -> None:
     with d.read() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
     d.dispose()
+
+
+def test_schema_head_is_alembics_head() -> None:
+    # upgrade() skips alembic when the database is at SCHEMA_HEAD: a new
+    # migration must move it, or databases would never get the migration.
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_heads() == [SCHEMA_HEAD]
+
+
+def test_database_behind_the_head_is_upgraded(db: Database) -> None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "-1")
+        conn.commit()
+    assert db.schema_version() not in (None, SCHEMA_HEAD)
+    db.upgrade()
+    assert db.schema_version() == SCHEMA_HEAD
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
+    # A directory where the database file should be: SQLite cannot open it.
+    (tmp_path / "x.db").mkdir()
+    with pytest.raises(DatabaseError, match="cannot open database"):
+        Database(f"sqlite:///{tmp_path}/x.db").upgrade()
