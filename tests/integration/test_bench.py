@@ -15,29 +15,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _last_json(args: list[str], cwd: Path) -> dict[str, float]:
+def _last_json(script: str, args: str, cwd: Path) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, str(ROOT / "bench" / script), *args.split()],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_overhead_bench_runs_a_flight_and_make(tmp_path: Path) -> None:
-    figures = _last_json(
-        [
-            str(ROOT / "bench" / "overhead.py"),
-            "--jobs",
-            "3",
-            "--steps",
-            "2",
-            "--repeat",
-            "1",
-            "--tmp",
-            str(tmp_path),
-        ],
-        tmp_path,
-    )
+    figures = _last_json("overhead.py", f"--jobs 3 --steps 2 --repeat 1 --tmp {tmp_path}", tmp_path)
     for key in (
         "make_s",
         "pushgate_s",
@@ -57,18 +48,7 @@ def test_overhead_bench_runs_a_flight_and_make(tmp_path: Path) -> None:
 
 def test_report_bench_runs_on_sqlite(tmp_path: Path) -> None:
     figures = _last_json(
-        [
-            str(ROOT / "bench" / "report.py"),
-            "--flights",
-            "20",
-            "--db",
-            "sqlite",
-            "--repeat",
-            "1",
-            "--workdir",
-            str(tmp_path / "w"),
-        ],
-        tmp_path,
+        "report.py", f"--flights 20 --db sqlite --repeat 1 --workdir {tmp_path / 'w'}", tmp_path
     )
     assert figures["report_s_20_sqlite"] > 0
     assert figures["step_rows_sqlite"] > 0
