@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from pushgate import config as cfgmod
-from pushgate.cycle import run_cycle
 from pushgate.db.engine import Database
 from pushgate.demo.project import make_project, write_config
-from pushgate.flights import new_flight
-from pushgate.scheduler import run_flight
+from pushgate.gate.cycle import run_cycle
+from pushgate.run.plan import new_flight
+from pushgate.run.scheduler import run_flight
 
 TICK = os.sysconf("SC_CLK_TCK")
 

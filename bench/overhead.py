@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pushgate import config as cfgmod  # noqa: E402
 from pushgate.db.engine import Database  # noqa: E402
-from pushgate.flights import new_flight  # noqa: E402
-from pushgate.scheduler import run_flight  # noqa: E402
+from pushgate.run.plan import new_flight  # noqa: E402
+from pushgate.run.scheduler import run_flight  # noqa: E402
 
 
 def make_repo(path: Path) -> None:

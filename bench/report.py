@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from pushgate.classify import classify  # noqa: E402
 from pushgate.db.engine import Database  # noqa: E402
 from pushgate.db.history import compute_flight_built  # noqa: E402
+from pushgate.judge.classify import classify  # noqa: E402
 
 BRANCH = "xen-unstable"
 N_BUILDS = 10
@@ -275,7 +275,7 @@ def analyse(db: Database) -> None:
 def time_report(db: Database, flight: int, this: str, that: str, repeat: int) -> dict[str, Any]:
     render: Any = None
     try:
-        from pushgate.report.text import ReportContext, render_text
+        from pushgate.publish.text import ReportContext, render_text
 
         def render(c: Any) -> str:
             return render_text(c, ReportContext(logs_url="http://logs.example.org/"))

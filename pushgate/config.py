@@ -17,11 +17,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pushgate.errors import PushgateError
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 DEFAULT_CONFIG = "pushgate.toml"
 
 
-class ConfigError(Exception):
+class ConfigError(PushgateError):
     """A config problem, located as precisely as we can."""
 
     def __init__(self, path: Path | str, key: str, message: str, line: int | None = None):

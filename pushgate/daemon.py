@@ -29,13 +29,14 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from pushgate.config import Loaded
-from pushgate.cycle import EXIT_STOPPED, plan_flight
-from pushgate.db import gate as dbg
+from pushgate.db import cycles as dbc
+from pushgate.db import mailqueue as dbm
 from pushgate.db.engine import Database
-from pushgate.flights import FlightError
+from pushgate.gate.cycle import EXIT_STOPPED, plan_flight
 from pushgate.git import GitError
-from pushgate.mail import Mailer
-from pushgate.mailqueue import deliver_due, mailer_for
+from pushgate.publish.mail.outbox import deliver_due, mailer_for
+from pushgate.publish.mail.transport import Mailer
+from pushgate.run.plan import FlightError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Daemon:
     def has_work(self, branch: str) -> bool:
         """Does the branch need a cycle now? (fetches its trees)"""
         with self.db.read() as conn:
-            if dbg.latest_cycle(conn, branch, open_only=True) is not None:
+            if dbc.latest_cycle(conn, branch, open_only=True) is not None:
                 return True
         try:
             return plan_flight(self.db, self.loaded, branch) is not None
@@ -158,7 +159,7 @@ class Daemon:
         now = time.time()
         t = min((st.next_check for st in self.branches.values()), default=now + self.poll_s)
         with self.db.read() as conn:
-            mail_at = dbg.next_mail_due(conn)
+            mail_at = dbm.next_mail_due(conn)
         if mail_at is not None:
             t = min(t, mail_at)
         return max(0.05, min(t - now, self.poll_s))

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from pushgate.errors import PushgateError
+
 NETWORK_TIMEOUT = 600.0  # seconds for clone/fetch/push/ls-remote
 LOCAL_TIMEOUT = 300.0  # seconds for purely local commands
 _HEX = re.compile(r"^[0-9a-fA-F]{4,40}$")
@@ -58,7 +60,7 @@ _PEOPLE_RE = re.compile(
 )
 
 
-class GitError(Exception):
+class GitError(PushgateError):
     """A git operation failed; the message is one line naming the repository or ref."""
 
 

@@ -7,11 +7,11 @@ two 40-dash lines, the trace: the endpoints, the tuples, every flight's result a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pushgate import paths
 from pushgate.bisect.graph import GraphError, Node, RevGraph
 from pushgate.bisect.posterior import Observation
 from pushgate.bisect.search import Outcome
@@ -20,14 +20,13 @@ from pushgate.config import Loaded
 from pushgate.db import bisections as dbb
 from pushgate.db import flights as dbf
 from pushgate.db.engine import Database
-from pushgate.flights import mirror
 from pushgate.git import GitError
+from pushgate.paths import mirror
 
 if TYPE_CHECKING:
     from pushgate.bisect.runner import BisectResult, TraceRow
 
 DASHES = "-" * 40
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 HEADLINE = {
     "complete": "*** Found and reproduced problem changeset ***",
@@ -38,18 +37,8 @@ HEADLINE = {
 }
 
 
-def launder(name: str) -> str:
-    """A file-name-safe form: osstest's `/` -> `--`, anything else odd -> `_`."""
-    out = _UNSAFE.sub("_", name.replace("/", "--"))
-    return out if out and not out.startswith(".") else "_" + out
-
-
 def graph_relpath(row: dbb.BisectionRow) -> str:
-    return f"bisect/{launder(row.branch)}/{launder(row.job)}.{launder(row.testid)}.svg"
-
-
-def logs_base(loaded: Loaded) -> str:
-    return loaded.cfg.report.logs_url.replace("{logs}", str(loaded.logs_dir)).rstrip("/")
+    return paths.bisect_graph_relpath(row.branch, row.job, row.testid)
 
 
 def subject(row: dbb.BisectionRow, kind: str) -> str:
@@ -90,11 +79,11 @@ def write_graph(
         latest=latest,
         target=out.culprit if out is not None else None,
         tree_urls={t: loaded.trees[t].url for t in graph.trees if t in loaded.trees},
-        logs_url=logs_base(loaded),
+        logs_url=paths.logs_url(loaded),
         title=f"{row.branch} {row.job} {row.testid}",
         mass=mass,
     )
-    path = loaded.logs_dir / graph_relpath(row)
+    path = paths.log_path(loaded, graph_relpath(row))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".svg.tmp")
     tmp.write_text(svg, encoding="utf-8")
@@ -139,7 +128,7 @@ def summary_lines(
         for p in res.not_present:
             lines.append(f"  Bug not present: {p}")
         if fails:
-            lines.append(f"  Last fail repro: {logs_base(loaded)}/{max(fails)}/")
+            lines.append(f"  Last fail repro: {paths.logs_url(loaded)}/{max(fails)}/")
         lines.append(f"  Posterior:       P(culprit)={out.confidence:.5f} {post}")
         lines.append(f"  Evidence:        {evidence}")
         lines += ["", ""]
@@ -211,7 +200,7 @@ def render(
         body += [
             "",
             "For bisection revision-tuple graph see:",
-            f"   {logs_base(loaded)}/{graph_relpath(row)}",
+            f"   {paths.logs_url(loaded)}/{graph_relpath(row)}",
             "Revision IDs in each graph node refer, respectively, to the Trees above.",
             "",
         ]
@@ -244,14 +233,14 @@ def render(
 
 def enqueue_mail(db: Database, loaded: Loaded, row: dbb.BisectionRow, res: BisectResult) -> bool:
     """Queue the outcome mail once per bisection, threaded to the failing flight's report."""
-    from pushgate.mail import (
+    from pushgate.publish.mail.message import (
         build_message,
         envelope_recipients,
         make_message_id,
         serialize,
         thread_to_report,
     )
-    from pushgate.mailqueue import enqueue
+    from pushgate.publish.mail.outbox import enqueue
 
     br = loaded.branches.get(row.branch)
     if br is None:

@@ -31,14 +31,16 @@ from pushgate.config import Loaded
 from pushgate.db import bisections as dbb
 from pushgate.db import flights as dbf
 from pushgate.db.engine import Database
-from pushgate.flights import FlightError, Tuple, job_runvars, mirror, plan_jobs
+from pushgate.errors import PushgateError
 from pushgate.git import GitError, Mirror, check_ref
-from pushgate.scheduler import run_flight
+from pushgate.paths import job_artifacts, mirror
+from pushgate.run.plan import FlightError, Tuple, job_runvars, plan_jobs
+from pushgate.run.scheduler import run_flight
 
 Say = Callable[[str], None]
 
 
-class BisectError(Exception):
+class BisectError(PushgateError):
     """A bisection cannot start (no failure/pass pair, unknown tree or revision...)."""
 
 
@@ -300,7 +302,6 @@ def make_probe_flight(
 
 
 def _artifacts_kept(loaded: Loaded, flight: int, job: str) -> bool:
-    from pushgate.flights import job_artifacts
 
     cfg = loaded.jobs[job]
     return not cfg.artifacts or job_artifacts(loaded, flight, job).is_dir()
@@ -580,7 +581,7 @@ def start_for_regressions(
 
 
 def _regressions(db: Database, loaded: Loaded, flight: int) -> list[tuple[str, str]]:
-    from pushgate.report.build import classify_flight
+    from pushgate.publish.report import classify_flight
 
     c = classify_flight(db, loaded, flight)
     seen: list[tuple[str, str]] = []

@@ -17,6 +17,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql import Executable
 
+from pushgate.errors import PushgateError
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision (a test checks it against alembic's head):
 # a database already there needs no alembic at all, whose import and script
@@ -25,7 +27,7 @@ SCHEMA_HEAD = "0004"
 _IMMEDIATE = "pushgate_immediate"
 
 
-class DatabaseError(Exception):
+class DatabaseError(PushgateError):
     """The database cannot be reached or is not in the expected shape."""
 
 

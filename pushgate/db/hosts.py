@@ -37,6 +37,10 @@ def sync_hosts(conn: Connection, wanted: dict[str, tuple[str, int, list[str]]]) 
     Slots beyond a shrunk count are removed only when free; hosts not in the
     config are kept (another farm member may use them).
     """
+    if conn.dialect.name == "postgresql":
+        # Two runners starting at once would both insert a new host (a unique violation):
+        # serialise the sync (SQLite's BEGIN IMMEDIATE already does).
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7305841120)")
     now = time.time()
     existing = {r.host: r for r in conn.execute(select(hosts))}
     for name, (executor, nslots, flags) in wanted.items():

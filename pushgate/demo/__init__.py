@@ -15,7 +15,6 @@ from pathlib import Path
 from rich.console import Console
 
 from pushgate import config as cfgmod
-from pushgate.cycle import CycleResult, run_cycle
 from pushgate.db.engine import Database
 from pushgate.demo.bisect import demo_bisect
 from pushgate.demo.project import (
@@ -27,7 +26,8 @@ from pushgate.demo.project import (
     make_project,
     write_config,
 )
-from pushgate.mailqueue import mail_settings
+from pushgate.gate.cycle import CycleResult, run_cycle
+from pushgate.publish.mail.outbox import mail_settings
 
 
 def _show(console: Console, title: str, res: CycleResult, seconds: float) -> None:

@@ -3,7 +3,7 @@
 For each real flight report in shared/osstest-reports, the test parses the report, builds a
 history of flights whose step results imply every failure annotation in it (the baseline
 flight, an older flight where the non-never-pass steps passed, the retest and heisen
-flights), runs `pushgate.classify.classify` and `pushgate.report.text`, and compares line by
+flights), runs `pushgate.judge.classify.classify` and `pushgate.publish.text`, and compares line by
 line: the subject, the X-...-Failures items, the flight lines, the verdict and failure
 sections, and the jobs table. Flight and job names are the real ones.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from pushgate.classify import classify
 from pushgate.db.engine import Database
-from pushgate.report.model import (
+from pushgate.judge.classify import classify
+from pushgate.judge.verdict import (
     CAT_ALLOWABLE,
     CAT_FAIL,
     CAT_HEISENBUG,
@@ -34,7 +34,7 @@ from pushgate.report.model import (
     SECTION_HEADINGS,
     Classification,
 )
-from pushgate.report.text import (
+from pushgate.publish.text import (
     AgeLine,
     PushAge,
     ReportContext,

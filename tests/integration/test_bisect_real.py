@@ -24,8 +24,8 @@ from pushgate.bisect.runner import BisectResult, bisect
 from pushgate.config import Loaded
 from pushgate.db import bisections as dbb
 from pushgate.db.engine import Database
-from pushgate.flights import new_flight
-from pushgate.scheduler import run_flight
+from pushgate.run.plan import new_flight
+from pushgate.run.scheduler import run_flight
 from tests.flightkit import render_toml
 from tests.gitrepo import git_env, make_repo
 
@@ -412,7 +412,7 @@ def test_cli_kill_9_then_resume(tmp_path: Path, db_url: str) -> None:
 @SQLITE
 def test_start_for_regressions_dedups_and_queues_the_mail(tmp_path: Path, db_url: str) -> None:
     from pushgate.bisect.runner import start_for_regressions
-    from pushgate.db import gate as dbg
+    from pushgate.db import mailqueue as dbm
 
     p = Proj(tmp_path, db_url)
     loaded, db = p.load(jobs())
@@ -431,7 +431,7 @@ def test_start_for_regressions_dedups_and_queues_the_mail(tmp_path: Path, db_url
     assert start_for_regressions(db, loaded, f1, regs) == []
     with db.read() as conn:
         assert len(dbb.list_bisections(conn)) == 1
-        mails = [dbg.get_mail(conn, f"<pushgate-bisection-1-{f1}@pushgate.invalid>")]
+        mails = [dbm.get_mail(conn, f"<pushgate-bisection-1-{f1}@pushgate.invalid>")]
     assert mails[0] is not None
     assert "Subject: [b bisection] complete test" in mails[0].message
     assert f"In-Reply-To: <pushgate-report-{f1}@pushgate.invalid>" in mails[0].message

@@ -13,7 +13,7 @@ import pytest
 
 from pushgate.db import flights as dbf
 from pushgate.db.hosts import held_slots
-from pushgate.flights import new_flight
+from pushgate.run.plan import new_flight
 from tests.flightkit import Project, make_project
 
 

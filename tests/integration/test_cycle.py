@@ -7,12 +7,14 @@ import mailbox
 from pathlib import Path
 
 from pushgate.config import Loaded
-from pushgate.cycle import run_cycle
-from pushgate.db import gate as dbg
+from pushgate.db import cycles as dbc
+from pushgate.db import mailqueue as dbm
+from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
-from pushgate.gate import block, force, unblock
-from pushgate.mail import MemoryMailer
-from pushgate.scheduler import run_flight
+from pushgate.gate.cycle import run_cycle
+from pushgate.gate.push import block, force, unblock
+from pushgate.publish.mail.transport import MemoryMailer
+from pushgate.run.scheduler import run_flight
 from tests.gateproject import GateProject, make_gate_project
 
 
@@ -48,7 +50,7 @@ def test_push_regression_retest_heisenbug_and_idle(tmp_path: Path) -> None:
     assert r2.push.status == "not-pushed" and p.tested() == c1
     assert r2.report.subject == f"[app test] {r2.flight}: regressions - FAIL"
     with db.read() as conn:
-        cyc = dbg.get_cycle(conn, r2.flight or 0)
+        cyc = dbc.get_cycle(conn, r2.flight or 0)
     assert cyc is not None and cyc.retest_flight is not None
     body = r2.report.body
     lines = f"flight {r2.flight} app real [real]\nflight {cyc.retest_flight} app real-retest"
@@ -62,7 +64,7 @@ def test_push_regression_retest_heisenbug_and_idle(tmp_path: Path) -> None:
     r3 = run_cycle(db, loaded, "app", mailer=mailer)
     assert r3.report is not None and r3.push is not None
     with db.read() as conn:
-        cyc3 = dbg.get_cycle(conn, r3.flight or 0)
+        cyc3 = dbc.get_cycle(conn, r3.flight or 0)
     assert cyc3 is not None and cyc3.retest_flight is not None
     assert r3.push.status == "pushed" and p.tested() == c3, r3.report.body
     assert r3.report.subject == f"[app test] {r3.flight}: tolerable FAIL - PUSHED"
@@ -119,7 +121,7 @@ def test_block_and_force(tmp_path: Path) -> None:
     assert r2.reason == "push forced" and r2.push is not None
     assert r2.push.status == "pushed" and p.tested() == c1
     with db.read() as conn:
-        st = dbg.get_gate(conn, "app")
+        st = dbp.get_gate(conn, "app")
     assert not st.force and st.blocked_why is None  # the force was used up
     # A regression is not pushed... unless forced to exactly that revision.
     c2 = p.commit("BUG")
@@ -135,7 +137,7 @@ def test_block_and_force(tmp_path: Path) -> None:
     block(db, loaded, "app", "again")
     unblock(db, loaded, "app")
     with db.read() as conn:
-        assert dbg.get_gate(conn, "app").blocked_why is None
+        assert dbp.get_gate(conn, "app").blocked_why is None
     db.dispose()
 
 
@@ -192,7 +194,7 @@ def test_regressions_are_handed_to_the_bisector(tmp_path: Path) -> None:
         r.notes
     )
     with db.read() as conn:
-        cyc = dbg.get_cycle(conn, r.flight or 0)
+        cyc = dbc.get_cycle(conn, r.flight or 0)
     assert cyc is not None and cyc.stage == "done"
     # The bisection mail replies to this cycle's report (a retest has no report of its
     # own: a failure found in it is threaded under the flight it retested).
@@ -206,7 +208,7 @@ def test_regressions_are_handed_to_the_bisector(tmp_path: Path) -> None:
 
 def test_mail_server_down_does_not_change_the_cycle(tmp_path: Path) -> None:
     from pushgate.db.schema import mail_queue
-    from pushgate.mail import parse
+    from pushgate.publish.mail.message import parse
     from tests.smtpserver import SmtpServer
 
     srv = SmtpServer()  # down for now
@@ -217,7 +219,7 @@ def test_mail_server_down_does_not_change_the_cycle(tmp_path: Path) -> None:
     assert "push: pushed" in out.stdout and p.tested() == c1
     db, _ = _open(p)
     with db.read() as conn:
-        (m,) = dbg.list_mail(conn)
+        (m,) = dbm.list_mail(conn)
     assert m.status == "queued" and m.attempts == 1 and "127.0.0.1" in (m.last_error or "")
     with db.write() as conn:  # skip the backoff wait
         conn.execute(mail_queue.update().values(next_attempt=0))
@@ -233,7 +235,7 @@ def test_mail_server_down_does_not_change_the_cycle(tmp_path: Path) -> None:
 def test_schedule_makes_a_flight_when_nothing_is_new(tmp_path: Path) -> None:
     import time
 
-    from pushgate.cycle import make_flight, plan_flight
+    from pushgate.gate.cycle import make_flight, plan_flight
 
     p = make_gate_project(tmp_path, branch_extra='schedule = "*/5 * * * *"')
     db, loaded = _open(p)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pushgate.db import gate as dbg
+from pushgate.db import mailqueue as dbm
+from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from tests.conftest import PG_URL, _pg_schema_url
 from tests.gateproject import GateProject, kill_group, make_gate_project, wait_for
@@ -55,8 +56,8 @@ def test_kill_9_at_each_stage_then_rerun(tmp_path: Path, stage: str) -> None:
     assert p.tested() == c1, out.stdout + out.stderr + p.cli("report", "1").stdout
     db = _open(p)
     with db.read() as conn:
-        rows = dbg.pushes_of(conn, "app")
-        mails = dbg.list_mail(conn)
+        rows = dbp.pushes_of(conn, "app")
+        mails = dbm.list_mail(conn)
     db.dispose()
     assert [(r.flight, r.status) for r in rows] == [(1, "pushed")]
     assert [(m.flight, m.status) for m in mails] == [(1, "sent")]
@@ -93,8 +94,8 @@ def test_two_branch_runs_at_once_push_once_postgresql(tmp_path: Path) -> None:
             assert pr.wait(120) == 0
         assert p.tested() == c1
         with db.read() as conn:
-            rows = dbg.pushes_of(conn, "app")
-            mails = dbg.list_mail(conn)
+            rows = dbp.pushes_of(conn, "app")
+            mails = dbm.list_mail(conn)
         db.dispose()
         assert [(r.flight, r.status) for r in rows] == [(1, "pushed")]
         assert len(mails) == 1

@@ -9,7 +9,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from pushgate.db import gate as dbg
+from pushgate.db import cycles as dbc
+from pushgate.db import mailqueue as dbm
+from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from tests.gateproject import GateProject, kill_group, make_gate_project, wait_for
 
@@ -22,16 +24,16 @@ def _db(p: GateProject) -> Database:
     return db
 
 
-def _cycles(p: GateProject) -> list[dbg.CycleRow]:
+def _cycles(p: GateProject) -> list[dbc.CycleRow]:
     db = _db(p)
     try:
         with db.read() as conn:
-            return dbg.list_cycles(conn, "app")
+            return dbc.list_cycles(conn, "app")
     finally:
         db.dispose()
 
 
-def _done_for(p: GateProject, target: str) -> dbg.CycleRow | None:
+def _done_for(p: GateProject, target: str) -> dbc.CycleRow | None:
     for c in _cycles(p):
         if c.target == target and c.stage == "done":
             return c
@@ -101,8 +103,8 @@ def test_daemon_kill_9_mid_flight_then_restart(tmp_path: Path) -> None:
     assert p.tested() == c1
     db = _db(p)
     with db.read() as conn:
-        assert [(r.flight, r.status) for r in dbg.pushes_of(conn, "app")] == [(1, "pushed")]
-        assert [(m.flight, m.status) for m in dbg.list_mail(conn)] == [(1, "sent")]
+        assert [(r.flight, r.status) for r in dbp.pushes_of(conn, "app")] == [(1, "pushed")]
+        assert [(m.flight, m.status) for m in dbm.list_mail(conn)] == [(1, "sent")]
     db.dispose()
     assert _subjects(p) == ["[app test] 1: all pass - PUSHED"]
 
@@ -116,9 +118,9 @@ def test_sigterm_stops_after_the_current_step(tmp_path: Path) -> None:
     assert _stop(d) == 0
     db = _db(p)
     with db.read() as conn:
-        cyc = dbg.latest_cycle(conn, "app")
+        cyc = dbc.latest_cycle(conn, "app")
         assert cyc is not None and cyc.stage == "flight"  # stopped inside the flight
-        assert not dbg.flight_finished(conn, cyc.flight)
+        assert not dbc.flight_finished(conn, cyc.flight)
     from pushgate.db import flights as dbf
 
     with db.read() as conn:

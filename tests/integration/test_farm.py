@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from pushgate.db import flights as dbf
 from pushgate.db.schema import host_allocations
-from pushgate.flights import new_flight
+from pushgate.run.plan import new_flight
 from tests.flightkit import make_project
 
 

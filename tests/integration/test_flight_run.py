@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from pushgate.db import flights as dbf
 from pushgate.db.schema import host_allocations
-from pushgate.flights import FlightError, new_flight
-from pushgate.scheduler import run_flight
+from pushgate.run.plan import FlightError, new_flight
+from pushgate.run.scheduler import run_flight
 from tests.flightkit import Project, make_project
 
 STEP = "echo step $PUSHGATE_STEPNO $PUSHGATE_TESTID"

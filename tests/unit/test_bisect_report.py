@@ -7,10 +7,11 @@ from pathlib import Path
 
 from pushgate import config as cfgmod
 from pushgate.bisect.graph import RevGraph
-from pushgate.bisect.report import launder, render
+from pushgate.bisect.report import render
 from pushgate.bisect.runner import BisectResult, TraceRow
 from pushgate.bisect.search import Outcome
 from pushgate.db.bisections import BisectionRow
+from pushgate.paths import launder
 
 REAL = Path(
     "/work/shared/osstest-reports/xen-unstable-smoke-bisection-build-amd64-libvirt-171909.txt"

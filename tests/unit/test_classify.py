@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pushgate.classify import AllowPatternError, classify, parse_allow
 from pushgate.db.engine import Database
-from pushgate.report.model import Classification, Failure
+from pushgate.judge.classify import AllowPatternError, classify, parse_allow
+from pushgate.judge.verdict import Classification, Failure
 from tests.historybuilder import History, StepSpec
 
 BR = "xen-unstable"
@@ -400,7 +400,7 @@ def test_dedup_rules(db: Database) -> None:
 
 
 def test_dedup_later_category_must_sort_strictly_after(db: Database) -> None:
-    from pushgate.classify import dedup_and_order
+    from pushgate.judge.classify import dedup_and_order
 
     def mk(cat: str, order: int, blocker: str | None = None) -> Failure:
         return Failure("j", 1, "t", "fail", cat, 1, None, blocker, category=cat, order=order)

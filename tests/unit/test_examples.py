@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pushgate import config as cfgmod
-from pushgate.flights import dump_flights
+from pushgate.run.plan import dump_flights
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.toml"))
 

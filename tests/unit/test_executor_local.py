@@ -11,8 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from pushgate.executors.base import StepRun
-from pushgate.executors.local import LocalExecutor, kill_orphans
+from pushgate.run.executors.base import StepRun
+from pushgate.run.executors.local import LocalExecutor, kill_orphans
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} Z"
 

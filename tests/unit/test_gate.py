@@ -9,23 +9,16 @@ from pathlib import Path
 import pytest
 
 from pushgate.config import Loaded
+from pushgate.db import cycles as dbc
 from pushgate.db import flights as dbf
-from pushgate.db import gate as dbg
+from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
-from pushgate.gate import (
-    LockBusy,
-    block,
-    db_lock,
-    decide,
-    force,
-    gate_state,
-    push_flight,
-    push_part,
-    unblock,
-)
+from pushgate.gate.locks import LockBusy, db_lock
+from pushgate.gate.push import block, decide, force, gate_state, push_flight, unblock
+from pushgate.publish.report import push_part
 from tests.gateproject import GateProject, make_gate_project
 
-FREE = dbg.GateState("app")
+FREE = dbp.GateState("app")
 
 
 @pytest.mark.parametrize(
@@ -33,18 +26,18 @@ FREE = dbg.GateState("app")
     [
         ({}, FREE, True, "pending"),
         ({"tolerable": False}, FREE, False, "not-pushed"),
-        ({"tolerable": False}, dbg.GateState("app", force=True), True, "pending"),
-        ({"tolerable": False}, dbg.GateState("app", force_revision="b" * 40), True, "pending"),
-        ({"tolerable": False}, dbg.GateState("app", force_revision="c" * 40), False, "not-pushed"),
-        ({}, dbg.GateState("app", blocked_why="freeze"), False, "not-pushed"),
-        ({}, dbg.GateState("app", blocked_why="freeze", force=True), False, "not-pushed"),
-        ({"target": "a" * 40}, dbg.GateState("app", force=True), False, "up-to-date"),
-        ({"mode": "baseline-test"}, dbg.GateState("app", force=True), False, "not-applicable"),
+        ({"tolerable": False}, dbp.GateState("app", force=True), True, "pending"),
+        ({"tolerable": False}, dbp.GateState("app", force_revision="b" * 40), True, "pending"),
+        ({"tolerable": False}, dbp.GateState("app", force_revision="c" * 40), False, "not-pushed"),
+        ({}, dbp.GateState("app", blocked_why="freeze"), False, "not-pushed"),
+        ({}, dbp.GateState("app", blocked_why="freeze", force=True), False, "not-pushed"),
+        ({"target": "a" * 40}, dbp.GateState("app", force=True), False, "up-to-date"),
+        ({"mode": "baseline-test"}, dbp.GateState("app", force=True), False, "not-applicable"),
         ({"branch_push": False}, FREE, False, "not-applicable"),
         ({"blessing": "play"}, FREE, False, "not-applicable"),
     ],
 )
-def test_decision_rule(kw: dict[str, object], state: dbg.GateState, push: bool, kind: str) -> None:
+def test_decision_rule(kw: dict[str, object], state: dbp.GateState, push: bool, kind: str) -> None:
     args: dict[str, object] = dict(
         branch_push=True,
         mode="normal",
@@ -70,7 +63,7 @@ def _cycle_flight(db: Database, loaded: Loaded, target: str, expected_old: str |
             revisions={"app": (target, "x", expected_old)},
             new_jobs=[],
         )
-        dbg.insert_cycle(
+        dbc.insert_cycle(
             conn,
             flight=f,
             branch="app",
@@ -90,7 +83,7 @@ def proj(tmp_path: Path) -> GateProject:
 
 
 def _fetch(p: GateProject, loaded: Loaded) -> None:
-    from pushgate.flights import mirror
+    from pushgate.paths import mirror
 
     m = mirror(loaded, "app")
     m.fetch()
@@ -157,7 +150,7 @@ def test_pending_push_is_settled_from_the_remote(
     f = _cycle_flight(db, loaded, c2, c1)
     proj.set_tested({"target": c2, "expected": c1, "elsewhere": c3}[remote])
     with db.write() as conn:
-        dbg.insert_push(
+        dbp.insert_push(
             conn, flight=f, branch="app", tree="app", revision=c2, expected_old=c1, status="pending"
         )
     row = push_flight(db, loaded, f, tolerable=False)  # the verdict is not asked again
@@ -170,7 +163,7 @@ def test_concurrent_decisions_push_once(db: Database, proj: GateProject) -> None
     c1 = proj.commit("one")
     _fetch(proj, loaded)
     f = _cycle_flight(db, loaded, c1, None)
-    rows: list[dbg.PushRow] = []
+    rows: list[dbp.PushRow] = []
     errors: list[BaseException] = []
 
     def go() -> None:
@@ -187,7 +180,7 @@ def test_concurrent_decisions_push_once(db: Database, proj: GateProject) -> None
     assert not errors
     assert len({(r.status, r.output, r.created) for r in rows}) == 1
     with db.read() as conn:
-        assert [r.status for r in dbg.pushes_of(conn, "app")] == ["pushed"]
+        assert [r.status for r in dbp.pushes_of(conn, "app")] == ["pushed"]
 
 
 def test_gate_lock_is_exclusive(db: Database) -> None:
@@ -223,6 +216,6 @@ def test_block_force_unblock(db: Database, proj: GateProject) -> None:
     assert gate_state(db, "app").force_revision is None  # a block clears a force
     force(db, loaded, "app")
     block(db, loaded, "app", "x")
-    assert unblock(db, loaded, "app") == dbg.GateState("app")
+    assert unblock(db, loaded, "app") == dbp.GateState("app")
     with pytest.raises(Exception, match="no such branch"):
         block(db, loaded, "nope", "x")

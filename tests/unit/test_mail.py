@@ -1,4 +1,4 @@
-"""pushgate.mail against a real aiosmtpd server on loopback, and a real mbox file."""
+"""Mail message and transport against a real aiosmtpd server on loopback, and a real mbox."""
 
 from __future__ import annotations
 
@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from pushgate.mail import (
+from pushgate.publish.mail.message import (
+    build_message,
+    envelope_recipients,
+    header_items,
+    make_message_id,
+    parse,
+    report_message_id,
+    serialize,
+    thread_to_report,
+)
+from pushgate.publish.mail.transport import (
     Mailer,
     MailError,
     MailSettings,
@@ -24,16 +34,8 @@ from pushgate.mail import (
     PermanentMailError,
     SettingsMailer,
     TransientMailError,
-    build_message,
     deliver,
-    envelope_recipients,
-    header_items,
-    make_message_id,
     next_attempt_delay,
-    parse,
-    report_message_id,
-    serialize,
-    thread_to_report,
 )
 from tests.smtpserver import Cert, SmtpServer, free_port, make_cert
 

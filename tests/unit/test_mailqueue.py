@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from pushgate.config import Loaded
-from pushgate.db import gate as dbg
+from pushgate.db import mailqueue as dbm
 from pushgate.db.engine import Database
-from pushgate.mail import build_message, parse, serialize, thread_to_report
-from pushgate.mailqueue import (
+from pushgate.judge.verdict import Classification
+from pushgate.publish.mail.message import build_message, parse, serialize, thread_to_report
+from pushgate.publish.mail.outbox import (
     CLAIM_S,
     deliver_due,
     enqueue,
@@ -20,8 +21,7 @@ from pushgate.mailqueue import (
     mail_settings,
     mailer_for,
 )
-from pushgate.report.build import BuiltReport
-from pushgate.report.model import Classification
+from pushgate.publish.report import BuiltReport
 from tests.gateproject import make_gate_project
 from tests.smtpserver import SmtpServer, free_port
 
@@ -68,7 +68,7 @@ def test_report_arrives_once_with_headers_and_recipients(db: Database, tmp_path:
     assert msg["X-Pushgate-Versions-This"].strip() == "app=" + "a" * 40
     assert msg.get_content().startswith("flight 7 app real [real]\n")
     with db.read() as conn:
-        row = dbg.get_mail(conn, "<pushgate-report-7@gate.example.org>")
+        row = dbm.get_mail(conn, "<pushgate-report-7@gate.example.org>")
     assert row is not None and row.status == "sent" and row.attempts == 1
 
 
@@ -81,7 +81,7 @@ def test_smtp_down_then_up_nothing_lost(db: Database, tmp_path: Path) -> None:
     res = deliver_due(db, mailer_for(loaded), now=t0)
     assert (res.sent, res.retry) == (0, 3)
     with db.read() as conn:
-        rows = dbg.list_mail(conn)
+        rows = dbm.list_mail(conn)
     assert all(r.status == "queued" and r.attempts == 1 and r.last_error for r in rows)
     assert all(r.next_attempt >= t0 + 29 for r in rows)  # backoff: not due again at once
     assert deliver_due(db, mailer_for(loaded)).retry == 0  # nothing due yet
@@ -91,7 +91,7 @@ def test_smtp_down_then_up_nothing_lost(db: Database, tmp_path: Path) -> None:
         subjects = sorted(parse(r.data)["Subject"] for r in srv.received)
     assert subjects == [f"[app test] {f}: all pass - PUSHED" for f in (1, 2, 3)]
     with db.read() as conn:
-        assert dbg.mail_counts(conn) == {"sent": 3}
+        assert dbm.mail_counts(conn) == {"sent": 3}
 
 
 def test_permanent_and_partial_failures(db: Database, tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_permanent_and_partial_failures(db: Database, tmp_path: Path) -> None:
         res = deliver_due(db, mailer_for(loaded))
         assert res.retry == 1 and len(srv.received) == 1  # the others got it already
         with db.read() as conn:
-            row = dbg.list_mail(conn)[0]
+            row = dbm.list_mail(conn)[0]
         assert row.recipients == ["cc@example.org"] and row.status == "queued"
         del srv.rcpt_replies["cc@example.org"]
         assert deliver_due(db, mailer_for(loaded), now=time.time() + 60).sent == 1
@@ -112,7 +112,7 @@ def test_permanent_and_partial_failures(db: Database, tmp_path: Path) -> None:
         enqueue_report(db, loaded, _report(2))
         assert deliver_due(db, mailer_for(loaded)).failed == 1
     with db.read() as conn:
-        failed = [r for r in dbg.list_mail(conn) if r.flight == 2][0]
+        failed = [r for r in dbm.list_mail(conn) if r.flight == 2][0]
     assert failed.status == "failed" and "550" in (failed.last_error or "")
 
 
@@ -153,14 +153,14 @@ def test_a_claimed_message_is_not_sent_by_another_sender(db: Database, tmp_path:
     enqueue_report(db, loaded, _report(1))
     now = time.time()
     with db.read() as conn:
-        (m,) = dbg.due_mail(conn, now)
+        (m,) = dbm.due_mail(conn, now)
     with db.write() as conn:
-        assert dbg.claim_mail(conn, m.id, now, CLAIM_S)
+        assert dbm.claim_mail(conn, m.id, now, CLAIM_S)
     with db.write() as conn:
-        assert not dbg.claim_mail(conn, m.id, now, CLAIM_S)
+        assert not dbm.claim_mail(conn, m.id, now, CLAIM_S)
     with db.read() as conn:
-        assert dbg.due_mail(conn, now + CLAIM_S - 1) == []
-        assert len(dbg.due_mail(conn, now + CLAIM_S + 1)) == 1  # a dead sender's claim ends
+        assert dbm.due_mail(conn, now + CLAIM_S - 1) == []
+        assert len(dbm.due_mail(conn, now + CLAIM_S + 1)) == 1  # a dead sender's claim ends
 
 
 def test_mbox_mode_and_no_recipients(db: Database, tmp_path: Path) -> None:
@@ -194,5 +194,5 @@ def test_backoff_grows(db: Database, tmp_path: Path, attempts: int) -> None:
     for i in range(attempts):
         deliver_due(db, mailer_for(loaded), now=now + 10_000 * (i + 1))
     with db.read() as conn:
-        (row,) = dbg.list_mail(conn)
+        (row,) = dbm.list_mail(conn)
     assert row.attempts == attempts and row.status == "queued"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from pathlib import Path
 
-from pushgate.report.html import (
+from pushgate.judge.verdict import CAT_REGRESSION, Classification, Failure
+from pushgate.publish.html import (
     ArtifactData,
     FlightData,
     JobData,
@@ -16,7 +17,6 @@ from pushgate.report.html import (
     step_rows,
     write_html,
 )
-from pushgate.report.model import CAT_REGRESSION, Classification, Failure
 
 EVIL_JOB = "test-<script>alert(1)</script>&x"
 EVIL_TESTID = "guest-<script>start</script>&y"

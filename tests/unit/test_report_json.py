@@ -6,11 +6,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pushgate.classify import classify
 from pushgate.db.engine import Database
 from pushgate.git import Mirror
-from pushgate.report.jsonout import render_json
-from pushgate.report.text import AgeLine, PushAge, ReportContext
+from pushgate.judge.classify import classify
+from pushgate.publish.jsonout import render_json
+from pushgate.publish.text import AgeLine, PushAge, ReportContext
 from tests.gitrepo import make_repo
 from tests.historybuilder import History
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pushgate.report.model import (
+from pushgate.judge.verdict import (
     CAT_FAIL,
     CAT_HEISENBUG,
     CAT_NONBLOCKING,
@@ -16,7 +16,7 @@ from pushgate.report.model import (
     FlightRef,
     JobLine,
 )
-from pushgate.report.text import (
+from pushgate.publish.text import (
     AgeLine,
     PushAge,
     ReportContext,
@@ -431,10 +431,10 @@ def test_tolerable_flight_says_how_many_jobs_were_not_run() -> None:
 
 
 def test_headers_survive_a_real_mail_round_trip() -> None:
-    """render_headers feeds pushgate.mail.build_message; the serialized mail carries the
+    """render_headers feeds mail.message.build_message; the serialized mail carries the
     items in osstest's shape (name alone, 4-space items), a whole-job item included."""
-    from pushgate.mail import build_message, parse, serialize
-    from pushgate.report.text import render_mail_text
+    from pushgate.publish.mail.message import build_message, parse, serialize
+    from pushgate.publish.text import render_mail_text
 
     whole = Failure(
         "test-amd64-amd64-xl-rtds",

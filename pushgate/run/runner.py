@@ -8,10 +8,8 @@ that dies leaves a job that the next `flight run` can requeue or break.
 from __future__ import annotations
 
 import asyncio
-import functools
 import glob
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -25,10 +23,10 @@ from pushgate.config import JobConfig, Loaded, StepConfig
 from pushgate.db import flights as dbf
 from pushgate.db import hosts as dbh
 from pushgate.db.engine import Database
-from pushgate.executors.base import Executor, StepOutcome, StepRun, stamp
-from pushgate.flights import job_artifacts, job_workdir, mirror
 from pushgate.git import GitError
 from pushgate.model import Status, job_rollup
+from pushgate.paths import job_artifacts, job_log_dir, job_workdir, log_relpath, mirror
+from pushgate.run.executors.base import Executor, StepOutcome, StepRun, stamp
 
 BUILD_CHECK = "build-check(1)"
 T = TypeVar("T")
@@ -135,15 +133,6 @@ class GroupWriter:
                 conn.close()
             except Exception:  # noqa: BLE001 - a broken connection is dropped either way
                 pass
-
-
-@functools.lru_cache(maxsize=4096)
-def _safe_testid(testid: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+()-]", "_", testid)
-
-
-def log_relpath(flight: int, job: str, stepno: int, testid: str) -> str:
-    return f"{flight}/{job}/{stepno}.{_safe_testid(testid)}.log"
 
 
 def command_argv(step: StepConfig) -> list[str]:
@@ -265,7 +254,7 @@ class JobRun:
         mkdir first, not a stat and then mkdir: a first attempt, the usual
         case, costs three system calls once the flight's parents exist.
         """
-        logs = f"{self.ctx.loaded.logs_dir}/{self.ctx.flight}/{self.job}"
+        logs = job_log_dir(self.ctx.loaded, self.ctx.flight, self.job)
         for d, fresh in ((self.workdir, True), (self.artifacts, True), (logs, False)):
             try:
                 os.mkdir(d)

@@ -24,17 +24,18 @@ from pushgate.db import flights as dbf
 from pushgate.db import hosts as dbh
 from pushgate.db.engine import Database
 from pushgate.db.history import compute_flight_built
-from pushgate.executors.base import Executor
-from pushgate.executors.local import LocalExecutor, kill_orphans
+from pushgate.errors import PushgateError
 from pushgate.model import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, Status
-from pushgate.runner import Interrupted, JobRun, Progress, RunContext, block_job, starve_job
+from pushgate.run.executors.base import Executor
+from pushgate.run.executors.local import LocalExecutor, kill_orphans
+from pushgate.run.runner import Interrupted, JobRun, Progress, RunContext, block_job, starve_job
 
 # A job interrupted this many times is marked broken rather than retried again.
 MAX_ATTEMPTS = 3
 POLL_S = 0.5
 
 
-class FlightRunError(Exception):
+class FlightRunError(PushgateError):
     pass
 
 

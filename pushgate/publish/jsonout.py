@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from pushgate.git import Commit
-from pushgate.report.model import Classification, Failure
-from pushgate.report.text import AgeLine, PushAge, ReportContext, render_subject
+from pushgate.judge.verdict import Classification, Failure
+from pushgate.publish.text import AgeLine, PushAge, ReportContext, render_subject
 
 SCHEMA_VERSION = 1
 

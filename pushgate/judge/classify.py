@@ -26,8 +26,7 @@ from sqlalchemy import Connection
 
 from pushgate.db import history
 from pushgate.db.engine import Database
-from pushgate.model import flight_outcome
-from pushgate.report.model import (
+from pushgate.judge.verdict import (
     BLOCKER_BROKEN,
     BLOCKER_REGRESSION,
     BLOCKER_UNFINISHED,
@@ -43,6 +42,7 @@ from pushgate.report.model import (
     flight_label,
     job_sort_key,
 )
+from pushgate.model import flight_outcome
 
 WHOLE_JOB_TESTID = "<job status>"
 # Winning priority at or above which no heisenbug search is made (build regressions).

@@ -22,8 +22,8 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from pushgate.report.model import SECTION_HEADINGS, Classification, job_sort_key
-from pushgate.report.text import render_failure, render_subject
+from pushgate.judge.verdict import SECTION_HEADINGS, Classification, job_sort_key
+from pushgate.publish.text import render_failure, render_subject
 
 TEMPLATES = Path(__file__).parent / "templates"
 CSS = """

@@ -20,8 +20,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from pushgate.executors import spawner
-from pushgate.executors.base import StepOutcome, StepRun, stamp
+from pushgate.run.executors import spawner
+from pushgate.run.executors.base import StepOutcome, StepRun, stamp
 
 # Grace between SIGTERM and SIGKILL when a step times out or is cancelled.
 KILL_GRACE_S = 2.0

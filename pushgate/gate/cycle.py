@@ -23,22 +23,24 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from pushgate.config import Loaded
+from pushgate.db import cycles as dbc
 from pushgate.db import flights as dbf
-from pushgate.db import gate as dbg
+from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
-from pushgate.flights import (
+from pushgate.gate.locks import db_lock, pause_point
+from pushgate.gate.push import push_flight, push_url
+from pushgate.judge.verdict import BLOCKER_REGRESSION, Classification
+from pushgate.publish.mail.outbox import deliver_due, enqueue_report, mailer_for
+from pushgate.publish.mail.transport import Mailer
+from pushgate.publish.report import BuiltReport, build_report, classify_flight
+from pushgate.run.plan import (
     Tuple,
     fetch_trees,
     plan_jobs,
     resolve_tuple,
     select_branch_jobs,
 )
-from pushgate.gate import db_lock, pause_point, push_flight, push_url
-from pushgate.mail import Mailer
-from pushgate.mailqueue import deliver_due, enqueue_report, mailer_for
-from pushgate.report.build import BuiltReport, build_report, classify_flight
-from pushgate.report.model import BLOCKER_REGRESSION, Classification
-from pushgate.scheduler import run_flight
+from pushgate.run.scheduler import run_flight
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class CycleResult:
     """idle (nothing to do), done (a cycle completed), stopped (asked to stop midway)."""
     flight: int | None = None
     reason: str = ""
-    push: dbg.PushRow | None = None
+    push: dbp.PushRow | None = None
     report: BuiltReport | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -111,11 +113,11 @@ def plan_flight(
     if tc.push_url and tc.push_url != tc.url:
         tested = mirrors[tree].remote_ref(push_url(loaded, tree), tc.tested_ref)
     with db.read() as conn:
-        last = dbg.latest_cycle(conn, branch)
-        state = dbg.get_gate(conn, branch)
-        base_tested = tested is None or dbg.revision_tested(conn, branch, tree, tested)
-        latest_tested = dbg.latest_tested_revision(conn, branch, tree)
-        last_push = dbg.get_push(conn, last.flight) if last else None
+        last = dbc.latest_cycle(conn, branch)
+        state = dbp.get_gate(conn, branch)
+        base_tested = tested is None or dbc.revision_tested(conn, branch, tree, tested)
+        latest_tested = dbc.latest_tested_revision(conn, branch, tree)
+        last_push = dbp.get_push(conn, last.flight) if last else None
 
     def plan(mode: str, rev: str, that: str | None, reason: str) -> Plan:
         revs = dict(tup.revisions)
@@ -161,7 +163,7 @@ def make_flight(db: Database, loaded: Loaded, branch: str, p: Plan) -> int:
             revisions=revisions,
             new_jobs=planned,
         )
-        dbg.insert_cycle(
+        dbc.insert_cycle(
             conn,
             flight=flight,
             branch=branch,
@@ -182,7 +184,7 @@ def build_jobs(loaded: Loaded, branch: str) -> set[str]:
     return deps | {j for j in names if j.startswith("build-")}
 
 
-def retest_plan(loaded: Loaded, cyc: dbg.CycleRow, c: Classification) -> tuple[list[str], str]:
+def retest_plan(loaded: Loaded, cyc: dbc.CycleRow, c: Classification) -> tuple[list[str], str]:
     """§6.5: the regressed non-build jobs to retest, and a note saying why (not)."""
     br = loaded.branch(cyc.branch)
     if c.tolerable:
@@ -202,7 +204,7 @@ def retest_plan(loaded: Loaded, cyc: dbg.CycleRow, c: Classification) -> tuple[l
     return jobs, f"retest of {', '.join(jobs)}"
 
 
-def make_retest(db: Database, loaded: Loaded, cyc: dbg.CycleRow, jobs: list[str], note: str) -> int:
+def make_retest(db: Database, loaded: Loaded, cyc: dbc.CycleRow, jobs: list[str], note: str) -> int:
     """A real-retest flight of `jobs` on the same tuple, its builds those of the main
     flight; created together with the cycle's move to the retest stage."""
     with db.read() as conn:
@@ -227,20 +229,20 @@ def make_retest(db: Database, loaded: Loaded, cyc: dbg.CycleRow, jobs: list[str]
             new_jobs=planned,
             parent_flight=cyc.flight,
         )
-        dbg.set_stage(conn, cyc.flight, "retest", retest_flight=retest, retest_note=note)
+        dbc.set_stage(conn, cyc.flight, "retest", retest_flight=retest, retest_note=note)
     return retest
 
 
-def _cycle_row(db: Database, flight: int) -> dbg.CycleRow:
+def _cycle_row(db: Database, flight: int) -> dbc.CycleRow:
     with db.read() as conn:
-        cyc = dbg.get_cycle(conn, flight)
+        cyc = dbc.get_cycle(conn, flight)
     assert cyc is not None
     return cyc
 
 
 def _finished(db: Database, flight: int) -> bool:
     with db.read() as conn:
-        return dbg.flight_finished(conn, flight)
+        return dbc.flight_finished(conn, flight)
 
 
 def run_cycle(
@@ -263,7 +265,7 @@ def run_cycle(
     res = CycleResult(branch, "idle")
     with db_lock(db, f"branch-{branch}"):
         with db.read() as conn:
-            cyc = dbg.latest_cycle(conn, branch, open_only=True)
+            cyc = dbc.latest_cycle(conn, branch, open_only=True)
         if cyc is None and new_flight:
             p = plan_flight(db, loaded, branch)
             if p is not None:
@@ -278,7 +280,7 @@ def run_cycle(
 
 
 def hand_to_bisector(
-    db: Database, loaded: Loaded, cyc: dbg.CycleRow, c: Classification
+    db: Database, loaded: Loaded, cyc: dbc.CycleRow, c: Classification
 ) -> list[str]:
     """§6.4: bisect the main flight's regressions, unless the branch says not to or the
     report has broken lines. Runs the bisection to its end (it resumes if interrupted:
@@ -315,7 +317,7 @@ def hand_to_bisector(
 def _advance(
     db: Database,
     loaded: Loaded,
-    cyc: dbg.CycleRow,
+    cyc: dbc.CycleRow,
     run: RunFn,
     stopper: Stopper,
     res: CycleResult,
@@ -336,7 +338,7 @@ def _advance(
             make_retest(db, loaded, cyc, jobs, note)
         else:
             with db.write() as conn:
-                dbg.set_stage(conn, flight, "push", retest_note=note)
+                dbc.set_stage(conn, flight, "push", retest_note=note)
         cyc = _cycle_row(db, flight)
     if stopper.stop:
         return "stopped"
@@ -348,7 +350,7 @@ def _advance(
             if not _finished(db, cyc.retest_flight):
                 return "stopped"
         with db.write() as conn:
-            dbg.set_stage(conn, flight, "push")
+            dbc.set_stage(conn, flight, "push")
         cyc = _cycle_row(db, flight)
     if stopper.stop:
         return "stopped"
@@ -359,13 +361,13 @@ def _advance(
             blessing = dbf.bless_as(conn, flight)
         res.push = push_flight(db, loaded, flight, tolerable=c.tolerable, blessing=blessing)
         with db.write() as conn:
-            dbg.set_stage(conn, flight, "report")
+            dbc.set_stage(conn, flight, "report")
         cyc = _cycle_row(db, flight)
     if cyc.stage == "report":
         rep = build_report(db, loaded, flight)
         enqueue_report(db, loaded, rep)
         with db.write() as conn:
-            dbg.set_stage(conn, flight, "bisect")
+            dbc.set_stage(conn, flight, "bisect")
         res.report = rep
         pause_point("mail")
         cyc = _cycle_row(db, flight)
@@ -376,10 +378,10 @@ def _advance(
             c = res.report.classification if res.report else classify_flight(db, loaded, flight)
             res.notes += hand_to_bisector(db, loaded, cyc, c)
         with db.write() as conn:
-            dbg.set_stage(conn, flight, "done")
+            dbc.set_stage(conn, flight, "done")
     if res.report is None:
         res.report = build_report(db, loaded, flight)
     if res.push is None:
         with db.read() as conn:
-            res.push = dbg.get_push(conn, flight)
+            res.push = dbp.get_push(conn, flight)
     return "done"

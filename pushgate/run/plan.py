@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from pathlib import Path
 
 from pushgate.config import ConfigError, Loaded
 from pushgate.db import flights as dbf
 from pushgate.db.engine import Database
+from pushgate.errors import PushgateError
 from pushgate.git import GitError, Mirror, check_ref
+from pushgate.paths import mirror
 
 
-class FlightError(Exception):
+class FlightError(PushgateError):
     """A flight cannot be made as asked."""
-
-
-def mirror(loaded: Loaded, tree: str) -> Mirror:
-    return Mirror(loaded.git_dir / f"{tree}.git", loaded.trees[tree].url)
 
 
 def fetch_trees(loaded: Loaded, trees: list[str]) -> dict[str, Mirror]:
@@ -233,11 +230,3 @@ def dump_flights(loaded: Loaded) -> list[str]:
             values.update({k: job for k, (_, job) in nj.deps.items()})
             out += [f"{branch} {nj.job} {k}={v}" for k, v in sorted(values.items())]
     return out
-
-
-def job_workdir(loaded: Loaded, flight: int, job: str) -> Path:
-    return loaded.worktrees_dir / str(flight) / job
-
-
-def job_artifacts(loaded: Loaded, flight: int, job: str) -> Path:
-    return loaded.artifacts_dir / str(flight) / job

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pushgate.git import Commit
-from pushgate.report.model import SECTION_HEADINGS, Classification, Failure
+from pushgate.judge.verdict import SECTION_HEADINGS, Classification, Failure
 
 HEADER_PREFIX = "X-Pushgate"
 DASHES = "-" * 60
@@ -144,7 +144,7 @@ def version_items(versions: Mapping[str, str]) -> list[str]:
 
 
 def render_headers(c: Classification, prefix: str = HEADER_PREFIX) -> dict[str, str]:
-    """Extra mail headers (name -> items joined by newlines), as pushgate.mail.build_message
+    """Extra mail headers (name -> items joined by newlines), as mail.message.build_message
     takes them; absent when empty (§5.1)."""
     out: dict[str, str] = {}
     items = failure_header_items(c)

@@ -1,7 +1,7 @@
 """The classification of one flight: what the classifier hands to the renderers.
 
 Plain dataclasses with a JSON-friendly shape (`to_json()`), filled in by
-`pushgate.classify.classify` and consumed by the text, HTML and JSON
+`pushgate.judge.classify.classify` and consumed by the text, HTML and JSON
 renderers. Vocabulary and rules: spec/osstest-semantics.md §4.
 """
 

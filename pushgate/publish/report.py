@@ -16,19 +16,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pushgate.classify import classify
+from pushgate import paths
 from pushgate.config import Loaded
+from pushgate.db import cycles as dbc
 from pushgate.db import flights as dbf
-from pushgate.db import gate as dbg
+from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
-from pushgate.flights import mirror
+from pushgate.errors import PushgateError
+from pushgate.gate.push import PUSHED_STATUSES
 from pushgate.git import Commit, GitError
-from pushgate.report.jsonout import render_json
-from pushgate.report.model import Classification
-from pushgate.report.text import (
+from pushgate.judge.classify import classify
+from pushgate.judge.verdict import Classification
+from pushgate.paths import job_artifacts, mirror
+from pushgate.publish.jsonout import render_json
+from pushgate.publish.text import (
     AgeLine,
     PushAge,
     ReportContext,
+    push_part_text,
     render_headers,
     render_subject,
     render_text,
@@ -42,7 +47,7 @@ BASELINE_TEST_PARAGRAPH = (
 BLESSINGS = ("real", "real-retest")
 
 
-class ReportError(Exception):
+class ReportError(PushgateError):
     """The flight cannot be reported (it does not exist, ...)."""
 
 
@@ -76,17 +81,13 @@ class BuiltReport:
         return "\n".join(head) + "\n\n" + self.body
 
 
-def logs_url(loaded: Loaded) -> str:
-    return loaded.cfg.report.logs_url.replace("{logs}", str(loaded.logs_dir))
-
-
 def flight_versions(db: Database, loaded: Loaded, flight: int) -> Versions:
     """this/that for the flight's report (see the module doc)."""
     with db.read() as conn:
         info = dbf.get_flight(conn, flight)
         if info is None:
             raise ReportError(f"flight {flight} does not exist")
-        cyc = dbg.get_cycle(conn, flight)
+        cyc = dbc.get_cycle(conn, flight)
         if cyc is not None:
             that = {cyc.tree: cyc.that_revision} if cyc.that_revision else {}
             return Versions(cyc.tree, {cyc.tree: cyc.target}, that, cyc.mode, cyc.retest_flight)
@@ -111,7 +112,7 @@ def classify_flight(
     refer = []
     if v.retest_flight is not None:
         with db.read() as conn:
-            if dbg.flight_finished(conn, v.retest_flight):
+            if dbc.flight_finished(conn, v.retest_flight):
                 refer.append(v.retest_flight)
     return classify(
         db,
@@ -132,9 +133,9 @@ def push_age(db: Database, branch: str, flight: int, v: Versions, now: datetime)
     tree = v.tree
     target, base = v.this[tree], v.that[tree]
     with db.read() as conn:
-        rows = dbg.branch_flight_revisions(conn, branch, tree, flight)
+        rows = dbc.branch_flight_revisions(conn, branch, tree, flight)
 
-    def line(r: dbg.AgeFlight | None, attempts: int | None) -> AgeLine:
+    def line(r: dbc.AgeFlight | None, attempts: int | None) -> AgeLine:
         if r is None:
             return AgeLine(None)
         return AgeLine(r.flight, datetime.fromtimestamp(r.started, UTC), attempts)
@@ -147,6 +148,21 @@ def push_age(db: Database, branch: str, flight: int, v: Versions, now: datetime)
     return PushAge(line(basis, None), failing, same_line, now)
 
 
+def push_part(row: dbp.PushRow | None) -> tuple[str, str | None]:
+    """(the report's push part §5.9, push state for the subject: `pushed` or None)."""
+    if row is None or row.status == "pending":
+        return push_part_text("not-pushed"), None
+    if row.status in PUSHED_STATUSES:
+        return push_part_text("pushed", revision=row.revision, output=row.output), "pushed"
+    if row.status in ("refused", "failed"):
+        return f"Pushing revision {row.revision}:\n\n{row.output.rstrip()}\n", None
+    if row.status == "up-to-date":
+        return push_part_text("up-to-date"), None
+    if row.status == "not-applicable":
+        return push_part_text("not-applicable"), None
+    return push_part_text("not-pushed"), None
+
+
 def build_report(
     db: Database, loaded: Loaded, flight: int, *, now: datetime | None = None
 ) -> BuiltReport:
@@ -154,9 +170,7 @@ def build_report(
     v = flight_versions(db, loaded, flight)
     c = classify_flight(db, loaded, flight, v)
     with db.read() as conn:
-        row = dbg.get_push(conn, flight)
-    from pushgate.gate import push_part
-
+        row = dbp.get_push(conn, flight)
     part: str | None
     if row is not None:
         part, state = push_part(row)
@@ -179,7 +193,7 @@ def build_report(
         except GitError:
             pass  # a report without people or log beats no report
     ctx = ReportContext(
-        logs_url=logs_url(loaded),
+        logs_url=paths.logs_url(loaded),
         push_age=push_age(db, c.branch, flight, v, now),
         people=people or None,
         push_part=part,
@@ -219,8 +233,7 @@ def write_flight_html(
     """The flight's HTML pages (report.html's renderer) in out_dir, linking to its logs."""
     from pushgate.bisect.report import graph_relpath
     from pushgate.db import bisections as dbb
-    from pushgate.flights import job_artifacts
-    from pushgate.report.html import (
+    from pushgate.publish.html import (
         ArtifactData,
         FlightData,
         JobData,
@@ -247,10 +260,16 @@ def write_flight_html(
 
     links = []
     for b in bisections:
-        svg = loaded.logs_dir / graph_relpath(b)
+        rel = graph_relpath(b)
+        svg = paths.log_path(loaded, rel)
         if svg.is_file():
             culprit = f" {b.culprit_tree} {b.culprit_commit[:12]}" if b.culprit_commit else ""
-            links.append((f"bisection of {b.job} {b.testid}: {b.status}{culprit}", svg.as_uri()))
+            links.append(
+                (
+                    f"bisection of {b.job} {b.testid}: {b.status}{culprit}",
+                    paths.log_url(loaded, rel),
+                )
+            )
     prefix = f"{flight}/"
     data = FlightData(
         flight,
@@ -289,5 +308,5 @@ def write_flight_html(
         ],
         links,
     )
-    logs_base = (loaded.logs_dir / str(flight)).as_uri() + "/"
+    logs_base = paths.flight_logs_url(loaded, flight)
     return write_html(out_dir, data, rep.classification if rep else None, logs_base=logs_base)

@@ -13,10 +13,9 @@ from rich.console import Console
 from rich.text import Text
 
 from pushgate import config as cfgmod
-from pushgate.config import ConfigError, Loaded
-from pushgate.db.engine import Database, DatabaseError
-from pushgate.flights import FlightError
-from pushgate.git import GitError
+from pushgate.config import Loaded
+from pushgate.db.engine import Database
+from pushgate.errors import PushgateError
 
 F = TypeVar("F", bound=Callable[..., Any])
 # No markup: printed text (commit subjects, test output) may hold [brackets] of its own.
@@ -63,7 +62,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, FlightError, GitError, DatabaseError) as e:
+        except PushgateError as e:
             fail(str(e))
 
     return wrapper  # type: ignore[return-value]
@@ -94,8 +93,8 @@ def main(ctx: click.Context, config: str | None) -> None:
 @handle_errors
 def check(ctx: Ctx, dump_flights: bool) -> None:
     """Validate the config and print a summary."""
-    from pushgate.flights import dump_flights as dump
-    from pushgate.report.summary import config_summary
+    from pushgate.publish.summary import config_summary
+    from pushgate.run.plan import dump_flights as dump
 
     if dump_flights:
         click.echo("\n".join(dump(ctx.loaded)))
@@ -145,7 +144,7 @@ def flight_new(
     ctx: Ctx, branch: str, blessing: str, revs: tuple[str, ...], jobs: str | None
 ) -> None:
     """Create a flight of BRANCH's jobs and print its number."""
-    from pushgate.flights import create_planned, plan_flight
+    from pushgate.run.plan import create_planned, plan_flight
 
     # Plan first (fetch, resolve, select jobs) so bad input writes no database row.
     plan = plan_flight(ctx.loaded, branch, blessing=blessing, revs=_parse_revs(revs), jobs=jobs)
@@ -159,8 +158,8 @@ def flight_new(
 @handle_errors
 def flight_run(ctx: Ctx, flight_no: int, quiet: bool) -> None:
     """Run flight N (resuming it if it was interrupted); print its grid."""
-    from pushgate.progress import run_with_progress
-    from pushgate.report.grid import render_grid
+    from pushgate.cli.progress import run_with_progress
+    from pushgate.publish.grid import render_grid
 
     statuses, notes = run_with_progress(ctx.db, ctx.loaded, flight_no, console, quiet=quiet)
     for note in notes:
@@ -176,7 +175,7 @@ def flight_run(ctx: Ctx, flight_no: int, quiet: bool) -> None:
 @handle_errors
 def flight_show(ctx: Ctx, flight_no: int, as_json: bool) -> None:
     """Print flight N's job x step grid."""
-    from pushgate.report.grid import flight_data, render_grid
+    from pushgate.publish.grid import flight_data, render_grid
 
     if as_json:
         data = flight_data(ctx.db, flight_no)
@@ -194,7 +193,7 @@ def flight_show(ctx: Ctx, flight_no: int, as_json: bool) -> None:
 @handle_errors
 def flight_list(ctx: Ctx, branch: str | None, limit: int) -> None:
     """List recent flights."""
-    from pushgate.report.grid import render_flight_list
+    from pushgate.publish.grid import render_flight_list
 
     render_flight_list(console, ctx.db, branch, limit)
 
@@ -208,27 +207,11 @@ def demo(directory: Path | None, quiet: bool) -> None:
 
     try:
         run_demo(directory, console, quiet=quiet)
-    except (ConfigError, FlightError, GitError, DatabaseError) as e:
+    except PushgateError as e:
         fail(str(e))
 
 
 # --- gate, report, daemon ---
-
-
-def _report_errors(fn: F) -> F:
-    import functools
-
-    from pushgate.gate import LockBusy
-    from pushgate.report.build import ReportError
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ReportError, LockBusy, LookupError) as e:
-            fail(str(e))
-
-    return wrapper  # type: ignore[return-value]
 
 
 @main.command()
@@ -243,14 +226,13 @@ def _report_errors(fn: F) -> F:
 )
 @pass_ctx
 @handle_errors
-@_report_errors
 def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None) -> None:
     """Print flight N's report (subject, headers and body, as mailed)."""
-    from pushgate.report.build import build_report
+    from pushgate.publish.report import build_report
 
     rep = build_report(ctx.db, ctx.loaded, flight_no)
     if html_dir is not None:
-        from pushgate.report.build import write_flight_html
+        from pushgate.publish.report import write_flight_html
 
         for p in write_flight_html(ctx.db, ctx.loaded, flight_no, html_dir, rep):
             err_console.print(f"wrote {p}", highlight=False)
@@ -281,7 +263,7 @@ def _show_gate(branch: str, st: Any) -> None:
 @handle_errors
 def gate_block(ctx: Ctx, branch: str, why: str) -> None:
     """Stop BRANCH from pushing until `gate unblock` or `gate force`."""
-    from pushgate import gate as gatemod
+    from pushgate.gate import push as gatemod
 
     _show_gate(branch, gatemod.block(ctx.db, ctx.loaded, branch, why))
 
@@ -292,7 +274,7 @@ def gate_block(ctx: Ctx, branch: str, why: str) -> None:
 @handle_errors
 def gate_unblock(ctx: Ctx, branch: str) -> None:
     """Let BRANCH push again."""
-    from pushgate import gate as gatemod
+    from pushgate.gate import push as gatemod
 
     _show_gate(branch, gatemod.unblock(ctx.db, ctx.loaded, branch))
 
@@ -304,7 +286,7 @@ def gate_unblock(ctx: Ctx, branch: str) -> None:
 @handle_errors
 def gate_force(ctx: Ctx, branch: str, rev: str | None) -> None:
     """Push BRANCH's next tested revision whatever its verdict (clears a block)."""
-    from pushgate import gate as gatemod
+    from pushgate.gate import push as gatemod
 
     _show_gate(branch, gatemod.force(ctx.db, ctx.loaded, branch, rev))
 
@@ -315,7 +297,7 @@ def gate_force(ctx: Ctx, branch: str, rev: str | None) -> None:
 @handle_errors
 def gate_show(ctx: Ctx, branch: str) -> None:
     """Print BRANCH's block/force state."""
-    from pushgate import gate as gatemod
+    from pushgate.gate import push as gatemod
 
     ctx.loaded.branch(branch)
     _show_gate(branch, gatemod.gate_state(ctx.db, branch))
@@ -331,12 +313,11 @@ def branch() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No live progress.")
 @pass_ctx
 @handle_errors
-@_report_errors
 def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
     """One cycle of BRANCH: fetch, test, retest, push, report, mail (resumes a cycle
     that was interrupted)."""
-    from pushgate.cycle import EXIT_STOPPED, Stopper, run_cycle
-    from pushgate.progress import run_with_progress
+    from pushgate.cli.progress import run_with_progress
+    from pushgate.gate.cycle import EXIT_STOPPED, Stopper, run_cycle
 
     stopper = Stopper()
     stopper.install()
@@ -392,12 +373,12 @@ def mail() -> None:
 @handle_errors
 def mail_flush(ctx: Ctx) -> None:
     """Deliver every due queued mail now."""
-    from pushgate.db import gate as dbg
-    from pushgate.mailqueue import flush
+    from pushgate.db import mailqueue as dbm
+    from pushgate.publish.mail.outbox import flush
 
     res = flush(ctx.db, ctx.loaded)
     with ctx.db.read() as conn:
-        counts = dbg.mail_counts(conn)
+        counts = dbm.mail_counts(conn)
     click.echo(
         f"sent {res.sent}, to retry {res.retry}, failed {res.failed}; queue: "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
@@ -441,7 +422,7 @@ def bisect_cmd(
 
     Exits with the outcome's code: 4 complete, 8 inconclusive, 12 inconsistent,
     16 unreproducible, 20 flake, 32 doubtful."""
-    from pushgate.bisect.runner import BisectError, bisect
+    from pushgate.bisect.runner import bisect
 
     if branch == "status" and job is None:
         _bisect_status(ctx)
@@ -450,20 +431,17 @@ def bisect_cmd(
         fail("usage: pushgate bisect BRANCH JOB TESTID (or: pushgate bisect status)")
     if hosts < 1:
         fail("--hosts must be at least 1")
-    try:
-        res = bisect(
-            ctx.db,
-            ctx.loaded,
-            branch,
-            job,
-            testid,
-            _tree_revs(good, "--good"),
-            _tree_revs(bad, "--bad"),
-            hosts=hosts,
-            say=click.echo,
-        )
-    except BisectError as e:
-        fail(str(e))
+    res = bisect(
+        ctx.db,
+        ctx.loaded,
+        branch,
+        job,
+        testid,
+        _tree_revs(good, "--good"),
+        _tree_revs(bad, "--bad"),
+        hosts=hosts,
+        say=click.echo,
+    )
     click.echo(
         f"outcome: {res.outcome} ({len(res.probe_flights)} flights, {res.runs} runs,"
         f" confidence {res.confidence:.5f})"

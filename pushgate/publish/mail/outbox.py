@@ -20,23 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pushgate.config import Loaded
-from pushgate.db import gate as dbg
+from pushgate.db import mailqueue as dbm
 from pushgate.db.engine import Database
-from pushgate.mail import (
+from pushgate.publish.mail.message import (
+    build_message,
+    envelope_recipients,
+    make_message_id,
+    parse,
+    serialize,
+)
+from pushgate.publish.mail.transport import (
     Mailer,
     MailError,
     MailSettings,
     PermanentMailError,
     SettingsMailer,
     TransientMailError,
-    build_message,
-    envelope_recipients,
-    make_message_id,
     next_attempt_delay,
-    parse,
-    serialize,
 )
-from pushgate.report.build import BuiltReport
+from pushgate.publish.report import BuiltReport
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def enqueue_report(db: Database, loaded: Loaded, rep: BuiltReport) -> bool:
         return False
     mid = report_message_id(loaded, rep.flight)
     with db.read() as conn:
-        if dbg.get_mail(conn, mid) is not None:
+        if dbm.get_mail(conn, mid) is not None:
             return False
     msg = build_message(
         subject=rep.subject,
@@ -104,7 +106,7 @@ def enqueue(
 ) -> bool:
     """Queue serialized message bytes for the envelope recipients, once per Message-ID."""
     with db.write() as conn:
-        return dbg.enqueue_mail(
+        return dbm.enqueue_mail(
             conn,
             message_id=message_id,
             kind=kind,
@@ -129,10 +131,10 @@ def deliver_due(
     out = FlushResult()
     now = time.time() if now is None else now
     with db.read() as conn:
-        due = dbg.due_mail(conn, now, limit)
+        due = dbm.due_mail(conn, now, limit)
     for m in due:
         with db.write() as conn:
-            if not dbg.claim_mail(conn, m.id, now, CLAIM_S):
+            if not dbm.claim_mail(conn, m.id, now, CLAIM_S):
                 continue  # another sender has it
         try:
             mailer.send(parse(m.message.encode("utf-8")), m.recipients)
@@ -142,7 +144,7 @@ def deliver_due(
             permanent = isinstance(e, PermanentMailError)
             delay = next_attempt_delay(m.attempts + 1)
             with db.write() as conn:
-                dbg.mark_failed(
+                dbm.mark_failed(
                     conn,
                     m.id,
                     error=str(e),
@@ -162,7 +164,7 @@ def deliver_due(
             )
             continue
         with db.write() as conn:
-            dbg.mark_sent(conn, m.id, time.time())
+            dbm.mark_sent(conn, m.id, time.time())
         out.sent += 1
     return out
 

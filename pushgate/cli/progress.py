@@ -11,8 +11,8 @@ from rich.text import Text
 
 from pushgate.config import Loaded
 from pushgate.db.engine import Database
-from pushgate.runner import Progress
-from pushgate.scheduler import run_flight
+from pushgate.run.runner import Progress
+from pushgate.run.scheduler import run_flight
 
 
 class _Tracker:

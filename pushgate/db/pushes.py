@@ -1,0 +1,123 @@
+"""Queries of push decisions (one row per flight, unique: two processes racing leave one)
+and of the operator's block/force state of each branch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, select, update
+
+from pushgate.db.schema import (
+    gate_state,
+    pushes,
+)
+
+# --- pushes -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushRow:
+    flight: int
+    branch: str
+    tree: str
+    revision: str
+    expected_old: str | None
+    status: str
+    output: str
+    created: float
+    finished: float | None
+
+
+def get_push(conn: Connection, flight: int) -> PushRow | None:
+    r = conn.execute(select(pushes).where(pushes.c.flight == flight)).first()
+    if r is None:
+        return None
+    return PushRow(
+        r.flight,
+        r.branch,
+        r.tree,
+        r.revision,
+        r.expected_old,
+        r.status,
+        r.output,
+        r.created,
+        r.finished,
+    )
+
+
+def insert_push(
+    conn: Connection,
+    *,
+    flight: int,
+    branch: str,
+    tree: str,
+    revision: str,
+    expected_old: str | None,
+    status: str,
+    output: str = "",
+) -> None:
+    now = time.time()
+    conn.execute(
+        insert(pushes).values(
+            flight=flight,
+            branch=branch,
+            tree=tree,
+            revision=revision,
+            expected_old=expected_old,
+            status=status,
+            output=output,
+            created=now,
+            finished=None if status == "pending" else now,
+        )
+    )
+
+
+def finish_push(conn: Connection, flight: int, status: str, output: str) -> None:
+    conn.execute(
+        update(pushes)
+        .where(pushes.c.flight == flight)
+        .values(status=status, output=output, finished=time.time())
+    )
+
+
+def pushes_of(conn: Connection, branch: str) -> list[PushRow]:
+    q = select(pushes.c.flight).where(pushes.c.branch == branch).order_by(pushes.c.flight)
+    out = []
+    for (f,) in conn.execute(q):
+        row = get_push(conn, f)
+        if row:
+            out.append(row)
+    return out
+
+
+# --- block / force ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateState:
+    branch: str
+    blocked_why: str | None = None
+    force: bool = False
+    force_revision: str | None = None
+
+
+def get_gate(conn: Connection, branch: str) -> GateState:
+    r = conn.execute(select(gate_state).where(gate_state.c.branch == branch)).first()
+    if r is None:
+        return GateState(branch)
+    return GateState(branch, r.blocked_why, bool(r.force), r.force_revision)
+
+
+def put_gate(conn: Connection, state: GateState) -> None:
+    values = {
+        "blocked_why": state.blocked_why,
+        "force": state.force,
+        "force_revision": state.force_revision,
+        "updated": time.time(),
+    }
+    done = conn.execute(
+        update(gate_state).where(gate_state.c.branch == state.branch).values(**values)
+    )
+    if done.rowcount == 0:
+        conn.execute(insert(gate_state).values(branch=state.branch, **values))

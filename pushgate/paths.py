@@ -1,0 +1,86 @@
+"""Every on-disk path and every URL of a log, artifact, work dir or mirror: made here only.
+
+Logs and artifacts stay on disk, indexed by the database (which stores paths relative to
+the logs dir). Links in reports and pages go through `log_url`, so they follow
+`report.logs_url` (an http URL on a real installation) and never leak a local path when
+one is configured.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from pushgate.config import Loaded
+from pushgate.git import Mirror
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def launder(name: str) -> str:
+    """A file-name-safe form of a name: osstest's `/` -> `--`, anything else odd -> `_`."""
+    out = _UNSAFE.sub("_", name.replace("/", "--"))
+    return out if out and not out.startswith(".") else "_" + out
+
+
+@functools.lru_cache(maxsize=4096)
+def _safe_testid(testid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+()-]", "_", testid)
+
+
+# --- git mirrors and per-job dirs -------------------------------------------------------------
+
+
+def mirror(loaded: Loaded, tree: str) -> Mirror:
+    """The bare mirror of a configured tree."""
+    return Mirror(loaded.git_dir / f"{tree}.git", loaded.trees[tree].url)
+
+
+def job_workdir(loaded: Loaded, flight: int, job: str) -> Path:
+    return loaded.worktrees_dir / str(flight) / job
+
+
+def job_artifacts(loaded: Loaded, flight: int, job: str) -> Path:
+    return loaded.artifacts_dir / str(flight) / job
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+def job_log_dir(loaded: Loaded, flight: int, job: str) -> str:
+    # A plain string: a Path per step cost more than the rest of the runner's step loop.
+    return f"{loaded.logs_dir}/{flight}/{job}"
+
+
+def log_relpath(flight: int, job: str, stepno: int, testid: str) -> str:
+    """A step's log, relative to the logs dir (what the database stores)."""
+    return f"{flight}/{job}/{stepno}.{_safe_testid(testid)}.log"
+
+
+def log_path(loaded: Loaded, rel: str) -> Path:
+    return loaded.logs_dir / rel
+
+
+def bisect_graph_relpath(branch: str, job: str, testid: str) -> str:
+    """A bisection's SVG graph, relative to the logs dir."""
+    return f"bisect/{launder(branch)}/{launder(job)}.{launder(testid)}.svg"
+
+
+# --- URLs ------------------------------------------------------------------------------------
+
+
+def logs_url(loaded: Loaded) -> str:
+    """The base URL of the logs, without a trailing slash (`report.logs_url`, whose
+    `{logs}` is the logs dir; by default a file:// URL of it)."""
+    return loaded.cfg.report.logs_url.replace("{logs}", str(loaded.logs_dir)).rstrip("/")
+
+
+def log_url(loaded: Loaded, rel: str) -> str:
+    """The URL of a file under the logs dir, given its relative path."""
+    return f"{logs_url(loaded)}/{rel.lstrip('/')}"
+
+
+def flight_logs_url(loaded: Loaded, flight: int) -> str:
+    """The URL of a flight's log directory, with a trailing slash."""
+    return f"{logs_url(loaded)}/{flight}/"
