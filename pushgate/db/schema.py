@@ -193,6 +193,10 @@ pushes = Table(
     Column("output", Text, nullable=False, default=""),
     Column("created", Float, nullable=False),
     Column("finished", Float),
+    # Why the gate decided so (tolerable, blocked: ..., forced), and who gave a block or
+    # force that decided it.
+    Column("why", Text),
+    Column("decided_by", String(200)),
 )
 
 gate_state = Table(
@@ -203,6 +207,8 @@ gate_state = Table(
     Column("force", Boolean, nullable=False, default=False),
     Column("force_revision", String(64)),
     Column("updated", Float, nullable=False),
+    # Who gave the current block or force (`--by`, default the login name).
+    Column("updated_by", String(200)),
 )
 
 mail_queue = Table(
@@ -282,4 +288,49 @@ bisections = Table(
     Column("created", Float, nullable=False),
     Column("finished", Float),
     Index("ix_bisections_branch_job_testid", "branch", "job", "testid"),
+)
+
+# A flight's verdict, stored once when the flight (with its retest) is judged; every report,
+# page, gate decision and statistic reads it (invariant 9). `doc` is the whole
+# classification with what the report needs beside it (push-age lines, people, commits),
+# as JSON; the columns are what lists and filters need without parsing it.
+verdicts = Table(
+    "verdicts",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("branch", String(200), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("outcome", String(100), nullable=False),
+    Column("subject_prefix", String(50), nullable=False),
+    Column("verdict", String(100), nullable=False),
+    Column("blocking", Boolean, nullable=False),
+    Column("mode", String(20), nullable=False),
+    Column("retest_flight", Integer),
+    Column("doc", Text, nullable=False),
+    ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
+    Index("ix_verdicts_branch_flight", "branch", "flight"),
+)
+
+# Every step (or whole job) of a verdict that did not pass, with its class: the rows
+# flakiness statistics and history grids read, indexed by (job, testid).
+verdict_failures = Table(
+    "verdict_failures",
+    metadata,
+    Column("flight", Integer, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("job", String(200), nullable=False),
+    Column("stepno", Integer),
+    Column("testid", String(400), nullable=False),
+    Column("status", String(20), nullable=False),
+    # regression | like | never-pass | heisenbug | blocked | allowed | baseline-untested
+    # | broken | unfinished | failed
+    Column("kind", String(30), nullable=False),
+    # The flight it was seen in, when not the judged flight (a heisen flight).
+    Column("in_flight", Integer),
+    Column("reference_flight", Integer),
+    Column("passed_in", Integer),
+    Column("blocks", Boolean, nullable=False),
+    Column("annotation", Text, nullable=False),
+    ForeignKeyConstraint(["flight"], ["verdicts.flight"], ondelete="CASCADE"),
+    Index("ix_verdict_failures_job_testid", "job", "testid"),
 )
