@@ -35,6 +35,9 @@ class Observation:
     result: Result
     host: str = "h0"
     kind: Kind = "probe"
+    # A `broken` probe whose build failed (a compile failure, not the infrastructure): the node
+    # is untestable at once, as git bisect's exit 125 (§4.4); nothing would build it next time.
+    build_failed: bool = False
 
 
 # ---------------------------------------------------------------- flake rate (§4.2)
@@ -88,12 +91,25 @@ def beta_ppf(q: float, a: float, b: float) -> float:
     return (lo + hi) / 2
 
 
+# Levels of the f grid. The bisection's own runs move the posterior along them, so a test whose
+# history says 0.02 but which fails at good nodes during the search is read at 0.2 or 0.3.
+F_LEVELS = (0.003, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+
+
 @dataclass(frozen=True)
 class FlakeGrid:
+    """Prior over the step's flake rate f: grid points and their weights.
+
+    conf is the lowest f_conf the confirmation count may use (§6); the count itself is sized
+    from the posterior's 90th percentile of f, which the bisection's runs can only raise above
+    it. history is the number of known-good runs behind the estimate."""
+
     points: tuple[float, ...]
     weights: tuple[float, ...]
-    conf: float  # f_conf: drives the confirmation count
+    conf: float
     too_flaky: bool
+    history: int = 0
+    proven: bool = False  # history proves the step (nearly) deterministic: f_conf < f_min
 
 
 def flake_grid(
@@ -104,18 +120,35 @@ def flake_grid(
     strength: float = 10.0,
     f_min: float = 0.1,
     f_max: float = 0.5,
+    history_min: int = 20,
+    robust: float = 0.05,
+    levels: Sequence[float] = F_LEVELS,
 ) -> FlakeGrid:
-    """Beta posterior of the step's flake rate from known-good runs, as a 3-point grid."""
+    """Prior over f from known-good runs (§4.2): the Beta(s·m + fails, s·(1 - m) + passes)
+    estimate spread over the F_LEVELS grid by bin mass, plus `robust` spread evenly so that
+    the bisection's contradictions can pull f up whatever history said.
+
+    The floor f_min holds until the step has `history_min` known-good runs: the fleet prior
+    alone is no evidence that this test is deterministic, but 20 clean runs are, and then the
+    grid goes down to its lowest level (fewer confirmation pairs, §6)."""
     a = strength * parent_rate + fails
     b = strength * (1.0 - parent_rate) + passes
-    p10, p50, p90 = (beta_ppf(q, a, b) for q in (0.1, 0.5, 0.9))
-    pts: list[float] = []
-    for p in (p10, p50, p90):
-        c = round(min(max(p, f_min), f_max), 6)
-        if c not in pts:
-            pts.append(c)
-    w = 1.0 / len(pts)
-    return FlakeGrid(tuple(pts), tuple(w for _ in pts), max(f_min, min(p90, f_max)), p10 > f_max)
+    proven = passes + fails >= history_min
+    floor = levels[0] if proven else f_min
+    pts = [x for x in levels if floor <= x <= f_max]
+    if not pts or pts[0] > floor:
+        pts.insert(0, floor)
+    # Bin j takes f between the geometric means of its neighbours; the ends take the tails.
+    edges = [0.0] + [math.sqrt(x * y) for x, y in zip(pts, pts[1:], strict=False)] + [1.0]
+    cdf = [beta_cdf(e, a, b) for e in edges]
+    mass = [max(0.0, hi - lo) for lo, hi in zip(cdf, cdf[1:], strict=False)]
+    tot = sum(mass) or 1.0
+    w = [(1.0 - robust) * m / tot + robust / len(pts) for m in mass]
+    p10, p90 = beta_ppf(0.1, a, b), beta_ppf(0.9, a, b)
+    conf = max(floor, min(p90, f_max))
+    return FlakeGrid(
+        tuple(pts), tuple(w), conf, p10 > f_max, int(passes + fails), proven and conf < f_min
+    )
 
 
 def learned_priors(
@@ -221,6 +254,16 @@ class Posterior:
     f_mean: float
     wprefix: list[float]  # prefix sums of the prior weights w(c) over lin
     uniform: bool = True
+    f_marg: tuple[tuple[float, float], ...] = ()  # (f, posterior weight), f ascending
+
+    def f_quantile(self, q: float) -> float:
+        """The smallest grid f whose posterior CDF reaches q (an upper, conservative read)."""
+        acc = 0.0
+        for f, w in self.f_marg:
+            acc += w
+            if acc >= q - 1e-12:
+                return f
+        return self.f_marg[-1][0] if self.f_marg else self.f_mean
 
     def mass_range(self, a: int, b: int) -> float:
         """Culprit mass of positions a..b inclusive."""
@@ -373,19 +416,34 @@ def compute_posterior(
         raise ValueError("observations are impossible under every hypothesis")
     marg = [0.0] * len(rows[0])
     eps_acc = f_acc = 0.0
+    f_w: dict[float, float] = {}
     for (fj, ek, _), row in zip(grid, rows, strict=True):
+        g_acc = 0.0
         for i, v in enumerate(row):
             if v != -math.inf:
                 e = math.exp(v - top)
                 marg[i] += e
-                eps_acc += e * ek
-                f_acc += e * fj
+                g_acc += e
+        eps_acc += g_acc * ek
+        f_acc += g_acc * fj
+        f_w[fj] = f_w.get(fj, 0.0) + g_acc
     z = sum(marg)
     marg = [m / z for m in marg]
     seg_mass = marg[2:]
     cum = [0.0]
     for m in seg_mass[:-1]:
         cum.append(cum[-1] + m)
+    f_marg = tuple((f, v / z) for f, v in sorted(f_w.items()))
     return Posterior(
-        idx, marg[0], marg[1], starts, seg_mass, cum, eps_acc / z, f_acc / z, w, weights is None
+        idx,
+        marg[0],
+        marg[1],
+        starts,
+        seg_mass,
+        cum,
+        eps_acc / z,
+        f_acc / z,
+        w,
+        weights is None,
+        f_marg,
     )

@@ -24,6 +24,7 @@ class Truth:
     culprit: Node | None  # None: a pure flake
     f: float
     eps: float = 0.0
+    unbuildable: frozenset[Node] = frozenset()  # nodes whose build fails (compile error)
 
 
 class FakeResults:
@@ -35,6 +36,8 @@ class FakeResults:
         self.bad = graph.descendants(truth.culprit) if truth.culprit is not None else set()
 
     def run(self, node: Node) -> str:
+        if node in self.truth.unbuildable:
+            return "broken"
         p_fail = 1.0 - self.truth.eps if node in self.bad else self.truth.f
         return "fail" if self.rng.random() < p_fail else "pass"
 
@@ -71,7 +74,9 @@ def simulate(
         for i, node in enumerate(d.nodes):
             # Rotating slots over hosts swaps a confirmation pair's hosts each round.
             host = f"h{(i + rounds) % hosts}" if hosts > 1 else STRICT_HOST
-            obs.append(Observation(node, store.run(node), host, "probe"))  # type: ignore[arg-type]
+            result = store.run(node)
+            unbuilt = node in truth.unbuildable
+            obs.append(Observation(node, result, host, "probe", unbuilt))  # type: ignore[arg-type]
     raise RuntimeError("simulation did not terminate")
 
 

@@ -55,11 +55,20 @@ def test_beta_quantiles_and_flake_grid() -> None:
     # I_x(a, b) = P(Binomial(a + b - 1, x) >= a) for integer a, b.
     assert beta_cdf(0.49, 3, 7) == pytest.approx(binom_sf(3, 9, 0.49), abs=1e-9)
     assert beta_ppf(0.9, 3, 7) == pytest.approx(0.4901, abs=1e-3)
-    clean = flake_grid(passes=50, fails=0)
-    assert clean.points == (0.1,) and clean.conf == 0.1 and not clean.too_flaky
+    # No history: the floor holds (osstest's 3 pairs), but the grid reaches up to f_max so the
+    # bisection's own false failures can move f.
+    none = flake_grid(passes=0, fails=0)
+    assert none.points[0] == 0.1 and none.points[-1] == 0.5 and none.conf == 0.1
+    assert not none.proven and none.weights[0] > 0.9 and sum(none.weights) == pytest.approx(1)
+    # 20 clean known-good runs prove the step deterministic: below the floor, fewer pairs.
+    clean = flake_grid(passes=20, fails=0)
+    assert clean.proven and clean.points[0] < 0.01 and clean.conf < 0.03
+    assert confirm_pairs(clean.conf, minimum=SearchParams().confirm_min) == 2
+    assert not flake_grid(passes=19, fails=0).proven
     flaky = flake_grid(passes=40, fails=10)
-    assert len(flaky.points) == 3 and 0.1 <= flaky.points[0] < flaky.points[2] <= 0.5
-    assert flaky.conf == pytest.approx(flaky.points[2])
+    assert not flaky.proven and 0.2 < flaky.conf < 0.3
+    best = max(zip(flaky.weights, flaky.points, strict=True))[1]
+    assert best in (0.15, 0.2)
     assert flake_grid(passes=10, fails=40).too_flaky
 
 
