@@ -26,7 +26,7 @@ from pushgate.bisect.posterior import (
     compute_posterior,
     flake_grid,
 )
-from pushgate.bisect.search import EXIT_CODES, Outcome, Probes, SearchParams, step
+from pushgate.bisect.search import EXIT_CODES, Outcome, Probes, SearchParams, step, swapped
 from pushgate.config import Loaded
 from pushgate.db import bisections as dbb
 from pushgate.db import flights as dbf
@@ -179,9 +179,18 @@ def collect(
 ) -> tuple[list[Observation], list[TraceRow]]:
     """Every finished flight of the branch that ran the job at a node of the graph, in flight
     order. Only pass/fail of the step is evidence; a probe that broke or was blocked counts
-    as `broken` (budget, and the node turns untestable), other statuses are not evidence."""
+    as `broken` (budget, and the node turns untestable), other statuses are not evidence.
+    A probe blocked because one of its builds *failed* is marked build_failed: that node is
+    untestable at once, so a revision that does not compile is built only once."""
     with db.read() as conn:
         runs = dbb.step_runs(conn, row.branch, row.job, row.testid)
+        unbuilt: set[int] = set()
+        for r in runs:
+            if r.step_status is None and r.finished:
+                deps = dbf.job_deps_of(conn, r.flight).get(row.job, [])
+                st = dbf.job_statuses(conn, [(f, j) for _, f, j in deps if f == r.flight])
+                if any(v == "fail" for v in st.values()):
+                    unbuilt.add(r.flight)  # a build it needs failed (not broke)
     obs: list[Observation] = []
     trace: list[TraceRow] = []
     for r in runs:
@@ -199,7 +208,8 @@ def collect(
         else:
             continue
         host = r.host or row.host
-        obs.append(Observation(node, result, host, kind))  # type: ignore[arg-type]
+        failed_build = result == "broken" and r.flight in unbuilt
+        obs.append(Observation(node, result, host, kind, failed_build))  # type: ignore[arg-type]
         trace.append(TraceRow(r.flight, result, node, host, kind))
     return obs, trace
 
@@ -390,7 +400,12 @@ def bisect(
     latest = node_of(graph, row.latest)
     base_params = params or SearchParams(fgrid=flake_estimate(db, loaded, row))
     sp = dataclasses.replace(base_params, strict_host=row.host)
+    say(
+        f"flake rate: f_conf={sp.fgrid.conf:.3f} from {sp.fgrid.history} known-good runs"
+        + (" (deterministic)" if sp.fgrid.proven else "")
+    )
     rounds = 0
+    warned = ""
     while True:
         with db.read() as conn:
             pending = dbb.unfinished_probe_flights(conn, branch, job, row.start_flight)
@@ -404,7 +419,12 @@ def bisect(
             )
         else:
             decision = step(graph, basis, latest, obs, sp, hosts)
+            if not warned and swapped(obs, basis, latest):
+                warned = "good revision fails and bad revision passes: swapped?"
+                say(f"WARNING: {warned}")
         if isinstance(decision, Outcome):
+            if warned:
+                decision = dataclasses.replace(decision, reason=f"{warned} {decision.reason}")
             return _finish(
                 db,
                 loaded,
@@ -458,7 +478,7 @@ def _mass(
             [o for o in obs if o.host == row.host],
             sp.fgrid,
             sp.eps_grid,
-            sp.eps_weights,
+            sp.eps_prior(),
             sp.pi_flake,
             sp.pi_env,
             sp.prior_weights,
