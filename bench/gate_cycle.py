@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 from pushgate import config as cfgmod
+from pushgate.daemon.cycle import run_cycle
 from pushgate.db.engine import Database
 from pushgate.demo.project import make_project, write_config
-from pushgate.gate.cycle import run_cycle
 from pushgate.run.plan import new_flight
 from pushgate.run.scheduler import run_flight
 

@@ -33,6 +33,7 @@ from pushgate.db import flights as dbf
 from pushgate.db.engine import Database
 from pushgate.errors import PushgateError
 from pushgate.git import GitError, Mirror, check_ref
+from pushgate.judge import verdicts
 from pushgate.paths import job_artifacts, mirror
 from pushgate.run.plan import FlightError, Tuple, job_runvars, plan_jobs
 from pushgate.run.scheduler import run_flight
@@ -601,16 +602,46 @@ def start_for_regressions(
 
 
 def _regressions(db: Database, loaded: Loaded, flight: int) -> list[tuple[str, str]]:
-    from pushgate.publish.report import classify_flight
-
-    c = classify_flight(db, loaded, flight)
+    """The regressions of the flight's stored verdict (judged now if it never was)."""
+    vd = verdicts.for_report(db, loaded, flight)
     seen: list[tuple[str, str]] = []
-    for f in c.all_failures:
+    for f in vd.classification.all_failures:
         if f.in_flight is not None or f.stepno is None:
             continue  # heisen flights and whole-job entries are not bisectable steps
         if f.blocker == "regression" and (f.job, f.testid) not in seen:
             seen.append((f.job, f.testid))
     return seen
+
+
+def open_bisections(
+    db: Database, loaded: Loaded, flight: int, regressions: Iterable[tuple[str, str]]
+) -> tuple[list[int], list[str]]:
+    """Open (not run) a bisection of each regression of `flight`, unless one already
+    searched past it; returns (the bisection ids, notes on those that cannot be)."""
+    with db.read() as conn:
+        info = dbf.get_flight(conn, flight)
+    if info is None:
+        raise BisectError(f"flight {flight} does not exist")
+    ids: list[int] = []
+    notes: list[str] = []
+    for job, testid in regressions:
+        with db.read() as conn:
+            last = dbb.latest_for(conn, info.branch, job, testid)
+        if (
+            last is not None
+            and last.status != "running"
+            and last.latest_flight is not None
+            and last.latest_flight >= flight
+        ):
+            continue  # this failure was bisected already
+        try:
+            row, _ = open_bisection(db, loaded, info.branch, job, testid, None, None)
+        except (BisectError, FlightError, GitError) as e:
+            notes.append(f"{job} {testid}: cannot bisect: {e}")
+            continue
+        if row.id not in ids:
+            ids.append(row.id)
+    return ids, notes
 
 
 def elapsed(t0: float) -> float:

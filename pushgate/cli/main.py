@@ -224,13 +224,18 @@ def demo(directory: Path | None, quiet: bool) -> None:
     metavar="DIR",
     help="Also write the flight's HTML pages into DIR.",
 )
+@click.option(
+    "--now",
+    is_flag=True,
+    help="Recompute the verdict against today's history instead of the one decided.",
+)
 @pass_ctx
 @handle_errors
-def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None) -> None:
-    """Print flight N's report (subject, headers and body, as mailed)."""
+def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None, now: bool) -> None:
+    """Print flight N's report as decided and mailed (subject, headers, body)."""
     from pushgate.publish.report import build_report
 
-    rep = build_report(ctx.db, ctx.loaded, flight_no)
+    rep = build_report(ctx.db, ctx.loaded, flight_no, now=now)
     if html_dir is not None:
         from pushgate.publish.report import write_flight_html
 
@@ -239,6 +244,8 @@ def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None) -> No
     if as_json:
         click.echo(json.dumps(rep.data, indent=2))
     else:
+        if rep.note:
+            click.echo(rep.note)
         click.echo(rep.mail_text(), nl=False)
 
 
@@ -317,7 +324,8 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
     """One cycle of BRANCH: fetch, test, retest, push, report, mail (resumes a cycle
     that was interrupted)."""
     from pushgate.cli.progress import run_with_progress
-    from pushgate.gate.cycle import EXIT_STOPPED, Stopper, run_cycle
+    from pushgate.daemon.cycle import run_cycle
+    from pushgate.gate.cycle import EXIT_STOPPED, Stopper
 
     stopper = Stopper()
     stopper.install()
@@ -356,7 +364,7 @@ def daemon(ctx: Ctx, once: bool, poll_s: float) -> None:
     """Run every branch's gate continuously (SIGTERM stops after the current step)."""
     import logging
 
-    from pushgate.daemon import run_daemon
+    from pushgate.daemon.loop import run_daemon
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)

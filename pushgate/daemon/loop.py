@@ -32,7 +32,7 @@ from pushgate.config import Loaded
 from pushgate.db import cycles as dbc
 from pushgate.db import mailqueue as dbm
 from pushgate.db.engine import Database
-from pushgate.gate.cycle import EXIT_STOPPED, plan_flight
+from pushgate.gate.cycle import EXIT_STOPPED, plan_cycle
 from pushgate.git import GitError
 from pushgate.publish.mail.outbox import deliver_due, mailer_for
 from pushgate.publish.mail.transport import Mailer
@@ -102,7 +102,7 @@ class Daemon:
             if dbc.latest_cycle(conn, branch, open_only=True) is not None:
                 return True
         try:
-            return plan_flight(self.db, self.loaded, branch) is not None
+            return plan_cycle(self.db, self.loaded, branch) is not None
         except (FlightError, GitError) as e:
             log.warning("branch %s: %s", branch, e)
             return False

@@ -27,6 +27,10 @@ class PushRow:
     output: str
     created: float
     finished: float | None
+    why: str | None = None
+    """Why the gate decided so: `tolerable`, `not tolerable`, `blocked: ...`, `forced`..."""
+    decided_by: str | None = None
+    """Who gave the block or force that decided it (None: the verdict alone decided)."""
 
 
 def get_push(conn: Connection, flight: int) -> PushRow | None:
@@ -43,6 +47,8 @@ def get_push(conn: Connection, flight: int) -> PushRow | None:
         r.output,
         r.created,
         r.finished,
+        r.why,
+        r.decided_by,
     )
 
 
@@ -56,6 +62,8 @@ def insert_push(
     expected_old: str | None,
     status: str,
     output: str = "",
+    why: str | None = None,
+    decided_by: str | None = None,
 ) -> None:
     now = time.time()
     conn.execute(
@@ -69,6 +77,8 @@ def insert_push(
             output=output,
             created=now,
             finished=None if status == "pending" else now,
+            why=why,
+            decided_by=decided_by,
         )
     )
 
@@ -100,13 +110,15 @@ class GateState:
     blocked_why: str | None = None
     force: bool = False
     force_revision: str | None = None
+    by: str | None = None
+    """Who gave the current block or force."""
 
 
 def get_gate(conn: Connection, branch: str) -> GateState:
     r = conn.execute(select(gate_state).where(gate_state.c.branch == branch)).first()
     if r is None:
         return GateState(branch)
-    return GateState(branch, r.blocked_why, bool(r.force), r.force_revision)
+    return GateState(branch, r.blocked_why, bool(r.force), r.force_revision, r.updated_by)
 
 
 def put_gate(conn: Connection, state: GateState) -> None:
@@ -115,6 +127,7 @@ def put_gate(conn: Connection, state: GateState) -> None:
         "force": state.force,
         "force_revision": state.force_revision,
         "updated": time.time(),
+        "updated_by": state.by,
     }
     done = conn.execute(
         update(gate_state).where(gate_state.c.branch == state.branch).values(**values)

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from pushgate import config as cfgmod
+from pushgate.daemon.cycle import CycleResult, run_cycle
 from pushgate.db.engine import Database
 from pushgate.demo.bisect import demo_bisect
 from pushgate.demo.project import (
@@ -26,7 +27,6 @@ from pushgate.demo.project import (
     make_project,
     write_config,
 )
-from pushgate.gate.cycle import CycleResult, run_cycle
 from pushgate.publish.mail.outbox import mail_settings
 
 

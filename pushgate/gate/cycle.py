@@ -1,15 +1,15 @@
-"""One push-gate cycle of a branch (`pushgate branch run BRANCH`, osstest §2.1).
+"""The gate's stages of a branch cycle (osstest §2.1): fetch -> decide whether a flight
+is due (the input moved, the baseline was never tested, a force waits, the last flight of
+the input tip did not push, or the cron schedule fired) -> make the flight -> run it ->
+maybe run an immediate retest of the regressed jobs (§6.5) -> judge: the verdict is stored
+-> push decision and push (gate.push) -> stage `report`.
 
-fetch -> decide whether a flight is due (the input moved, the baseline was never
-tested, a force waits, or the cron schedule fired) -> make the flight -> run it ->
-maybe run an immediate retest of the regressed jobs (§6.5) -> push decision and push
-(gate.py) -> report -> queue the mail -> deliver due mail.
-
-Each stage's effect is recorded in the database before the next starts (`gate_cycles`
-.stage, the flight rows, the unique `pushes` and `mail_queue` rows), and every stage
-is idempotent, so a cycle killed at any point (kill -9 included) is completed by the
-next run: the flight resumes, the push happens at most once, no report is queued twice.
-Cycles of one branch take turns under a branch lock.
+The stages after the gate's (report, mail, bisection requests) belong to the layers above
+(daemon.cycle), which call this module. Each stage's effect is recorded in the database
+before the next starts (`gate_cycles.stage`, the flight rows, the stored verdict, the
+unique `pushes` row), and every stage is idempotent, so a cycle killed at any point
+(kill -9 included) is completed by the next run: the flight resumes, the verdict is
+stored once, the push happens at most once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -27,12 +27,11 @@ from pushgate.db import cycles as dbc
 from pushgate.db import flights as dbf
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
-from pushgate.gate.locks import db_lock, pause_point
+from pushgate.gate.locks import pause_point
 from pushgate.gate.push import push_flight, push_url
+from pushgate.judge import verdicts
 from pushgate.judge.verdict import BLOCKER_REGRESSION, Classification
-from pushgate.publish.mail.outbox import deliver_due, enqueue_report, mailer_for
-from pushgate.publish.mail.transport import Mailer
-from pushgate.publish.report import BuiltReport, build_report, classify_flight
+from pushgate.judge.verdicts import classify_flight
 from pushgate.run.plan import (
     Tuple,
     fetch_trees,
@@ -40,7 +39,6 @@ from pushgate.run.plan import (
     resolve_tuple,
     select_branch_jobs,
 )
-from pushgate.run.scheduler import run_flight
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +57,6 @@ class Plan:
     expected_old: str | None
     reason: str
     tup: Tuple
-
-
-@dataclass
-class CycleResult:
-    branch: str
-    action: str
-    """idle (nothing to do), done (a cycle completed), stopped (asked to stop midway)."""
-    flight: int | None = None
-    reason: str = ""
-    push: dbp.PushRow | None = None
-    report: BuiltReport | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class Stopper:
@@ -98,7 +84,7 @@ def _schedule_due(schedule: str | None, last_created: float | None, now: float) 
     return float(nxt) <= now
 
 
-def plan_flight(
+def plan_cycle(
     db: Database, loaded: Loaded, branch: str, *, now: float | None = None
 ) -> Plan | None:
     """Fetch the branch's trees and say whether (and in which mode) a flight is due."""
@@ -245,143 +231,77 @@ def _finished(db: Database, flight: int) -> bool:
         return dbc.flight_finished(conn, flight)
 
 
-def run_cycle(
-    db: Database,
-    loaded: Loaded,
-    branch: str,
-    *,
-    mailer: Mailer | None = None,
-    run: RunFn | None = None,
-    stopper: Stopper | None = None,
-    new_flight: bool = True,
-    bisect: bool = True,
-) -> CycleResult:
-    """One cycle of `branch` (see the module doc); resumes an interrupted one first.
-    bisect=False leaves regressions to a bisection started by other means."""
-    loaded.branch(branch)
-    run = run or (lambda d, lo, f: run_flight(d, lo, f))
-    stopper = stopper or Stopper()
-    mailer = mailer or mailer_for(loaded)
-    res = CycleResult(branch, "idle")
-    with db_lock(db, f"branch-{branch}"):
-        with db.read() as conn:
-            cyc = dbc.latest_cycle(conn, branch, open_only=True)
-        if cyc is None and new_flight:
-            p = plan_flight(db, loaded, branch)
-            if p is not None:
-                flight = make_flight(db, loaded, branch, p)
-                log.info("%s: flight %s (%s)", branch, flight, p.reason)
-                cyc = _cycle_row(db, flight)
-        if cyc is not None:
-            res.flight, res.reason = cyc.flight, cyc.reason
-            res.action = _advance(db, loaded, cyc, run, stopper, res, bisect)
-    deliver_due(db, mailer)
-    return res
+def open_cycle(
+    db: Database, loaded: Loaded, branch: str, *, new_flight: bool = True
+) -> dbc.CycleRow | None:
+    """The branch's unfinished cycle, or a new one when a flight is due (call under the
+    branch lock)."""
+    with db.read() as conn:
+        cyc = dbc.latest_cycle(conn, branch, open_only=True)
+    if cyc is None and new_flight:
+        p = plan_cycle(db, loaded, branch)
+        if p is not None:
+            flight = make_flight(db, loaded, branch, p)
+            log.info("%s: flight %s (%s)", branch, flight, p.reason)
+            cyc = _cycle_row(db, flight)
+    return cyc
 
 
-def hand_to_bisector(
-    db: Database, loaded: Loaded, cyc: dbc.CycleRow, c: Classification
-) -> list[str]:
-    """§6.4: bisect the main flight's regressions, unless the branch says not to or the
-    report has broken lines. Runs the bisection to its end (it resumes if interrupted:
-    the cycle stays at its `bisect` stage until it is done). Never fails the cycle."""
-    if not loaded.branch(cyc.branch).bisect:
-        return []
-    regs = list(
-        dict.fromkeys(
-            (f.job, f.testid)
-            for f in c.all_failures
-            if f.blocker == BLOCKER_REGRESSION and f.in_flight is None
-        )
+def _judge(db: Database, loaded: Loaded, flight: int, note: str | None = None) -> None:
+    """Store the flight's verdict in the transaction that moves the cycle to `push`."""
+    fields = {} if note is None else {"retest_note": note}
+    verdicts.record(
+        db, loaded, flight, also=lambda conn: dbc.set_stage(conn, flight, "push", **fields)
     )
-    if not regs:
-        return []
-    if any(m.startswith("broken") for m in c.mro):
-        return ["no bisection: the report has broken jobs or steps"]
-    try:
-        from pushgate.bisect.runner import start_for_regressions
-    except ImportError:
-        return []
-    try:
-        results = start_for_regressions(db, loaded, cyc.flight, regressions=regs)
-    except Exception as e:  # noqa: BLE001 - the bisector must not stop the gate
-        log.exception("flight %s: bisection failed", cyc.flight)
-        return [f"bisection failed: {e}"]
-    return [
-        f"bisection of {r.job} {r.testid}: {r.outcome}"
-        + (f", culprit {r.culprit_tree} {r.culprit_commit}" if r.culprit_commit else "")
-        for r in results
-    ]
 
 
-def _advance(
+def advance_gate(
     db: Database,
     loaded: Loaded,
     cyc: dbc.CycleRow,
     run: RunFn,
     stopper: Stopper,
-    res: CycleResult,
-    bisect: bool = True,
-) -> str:
-    """Take the cycle of `cyc.flight` through its remaining stages."""
+    notes: list[str],
+) -> tuple[str, dbc.CycleRow]:
+    """Take the cycle through the gate's stages (flight, retest, push) up to `report`.
+    Returns ("stopped" or "ok", the cycle row as it is now)."""
     flight = cyc.flight
     if cyc.stage == "flight":
         if not _finished(db, flight):
             run(db, loaded, flight)
             stopper.install()  # the flight runner's own handlers are gone now
             if not _finished(db, flight):
-                return "stopped"
+                return "stopped", cyc
         c = classify_flight(db, loaded, flight)
         jobs, note = retest_plan(loaded, cyc, c)
-        res.notes.append(note)
+        notes.append(note)
         if jobs:
             make_retest(db, loaded, cyc, jobs, note)
         else:
-            with db.write() as conn:
-                dbc.set_stage(conn, flight, "push", retest_note=note)
+            _judge(db, loaded, flight, note)
         cyc = _cycle_row(db, flight)
     if stopper.stop:
-        return "stopped"
+        return "stopped", cyc
     if cyc.stage == "retest":
         assert cyc.retest_flight is not None
         if not _finished(db, cyc.retest_flight):
             run(db, loaded, cyc.retest_flight)
             stopper.install()
             if not _finished(db, cyc.retest_flight):
-                return "stopped"
-        with db.write() as conn:
-            dbc.set_stage(conn, flight, "push")
+                return "stopped", cyc
+        _judge(db, loaded, flight)
         cyc = _cycle_row(db, flight)
     if stopper.stop:
-        return "stopped"
+        return "stopped", cyc
     if cyc.stage == "push":
-        c = classify_flight(db, loaded, flight)
+        vd = verdicts.stored(db, flight)
+        if vd is None:  # a cycle left at `push` by a version that stored no verdict
+            vd = verdicts.record(db, loaded, flight)
         pause_point("report")
         with db.read() as conn:
             blessing = dbf.bless_as(conn, flight)
-        res.push = push_flight(db, loaded, flight, tolerable=c.tolerable, blessing=blessing)
+        push_flight(db, loaded, flight, tolerable=vd.classification.tolerable, blessing=blessing)
         with db.write() as conn:
             dbc.set_stage(conn, flight, "report")
         cyc = _cycle_row(db, flight)
-    if cyc.stage == "report":
-        rep = build_report(db, loaded, flight)
-        enqueue_report(db, loaded, rep)
-        with db.write() as conn:
-            dbc.set_stage(conn, flight, "bisect")
-        res.report = rep
-        pause_point("mail")
-        cyc = _cycle_row(db, flight)
-    if cyc.stage == "bisect":
-        if stopper.stop:
-            return "stopped"
-        if bisect:
-            c = res.report.classification if res.report else classify_flight(db, loaded, flight)
-            res.notes += hand_to_bisector(db, loaded, cyc, c)
-        with db.write() as conn:
-            dbc.set_stage(conn, flight, "done")
-    if res.report is None:
-        res.report = build_report(db, loaded, flight)
-    if res.push is None:
-        with db.read() as conn:
-            res.push = dbp.get_push(conn, flight)
-    return "done"
+    return "ok", cyc

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+from pushgate.git import Commit
 
 # Category keys in section order (§4.8).
 CAT_FAIL = "A fail"
@@ -129,6 +132,10 @@ class Failure:
         d["blocking"] = self.blocking
         return d
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Failure:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
 
 @dataclass
 class FlightRef:
@@ -219,3 +226,174 @@ class Classification:
         d["subject"] = self.subject
         d["has_baseline"] = self.has_baseline
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Classification:
+        """Inverse of `to_json` (derived keys ignored)."""
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        fields["failures"] = [Failure.from_json(f) for f in d["failures"]]
+        fields["all_failures"] = [Failure.from_json(f) for f in d["all_failures"]]
+        fields["jobs"] = [JobLine(**j) for j in d["jobs"]]
+        fields["flights"] = [FlightRef(**r) for r in d["flights"]]
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class AgeLine:
+    """One flight of the push-age block. `flight` None prints `(not found)`."""
+
+    flight: int | None
+    started: datetime | None = None
+    """Start of the flight (aware, or naive meaning UTC)."""
+    attempts: int | None = None
+    """Flights counted (Failing since / Testing same since); None for the basis line."""
+
+
+@dataclass(frozen=True)
+class PushAge:
+    """`Last test of basis` / `Failing since` / `Testing same since` (§5.5)."""
+
+    basis: AgeLine
+    failing_since: AgeLine | None
+    """Omitted when None or when it is the same flight as `same_since`."""
+    same_since: AgeLine
+    now: datetime
+    """The time of reporting, for the day counts."""
+
+
+# What a stored failure is, in one word (verdict_failures.kind): for statistics and pages.
+def failure_kind(f: Failure) -> str:
+    if f.allowed:
+        return "allowed"
+    if f.heisen:
+        return "heisenbug"
+    if f.blocker is not None:
+        return f.blocker  # regression | broken | unfinished
+    s = f.summary
+    for prefix, kind in (
+        ("like ", "like"),
+        ("never pass", "never-pass"),
+        ("n/a", "blocked"),
+        ("blocked", "blocked"),
+        ("baseline untested", "baseline-untested"),
+    ):
+        if s.startswith(prefix):
+            return kind
+    return "failed"
+
+
+def _dt(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s) if s else None
+
+
+def _age_json(a: AgeLine | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {
+        "flight": a.flight,
+        "started": a.started.isoformat() if a.started else None,
+        "attempts": a.attempts,
+    }
+
+
+def _age_from(d: dict[str, Any] | None) -> AgeLine | None:
+    return None if d is None else AgeLine(d["flight"], _dt(d["started"]), d["attempts"])
+
+
+def _commit_json(c: Commit) -> dict[str, Any]:
+    d = asdict(c)
+    d["author_date"] = c.author_date.isoformat()
+    d["committer_date"] = c.committer_date.isoformat()
+    return d
+
+
+def _commit_from(d: dict[str, Any]) -> Commit:
+    d = dict(d)
+    d["parents"] = tuple(d["parents"])
+    d["trailers"] = tuple(tuple(t) for t in d["trailers"])
+    d["author_date"] = datetime.fromisoformat(d["author_date"])
+    d["committer_date"] = datetime.fromisoformat(d["committer_date"])
+    return Commit(**d)
+
+
+@dataclass
+class Verdict:
+    """What was decided about one flight, stored once (invariant 9)."""
+
+    classification: Classification
+    tree: str
+    """The tree under test ('' when the flight has no revisions)."""
+    mode: str = "normal"
+    """The gate cycle's mode (normal, baseline-test, up-to-date); `normal` outside a cycle."""
+    retest_flight: int | None = None
+    complete: bool = True
+    """The flight had finished; an incomplete verdict is never stored (nor reported as one)."""
+    decided: float = 0.0
+    """When it was judged (epoch seconds); the report's day counts are taken at this time."""
+    push_age: PushAge | None = None
+    people: list[str] = field(default_factory=list)
+    commits: list[Commit] = field(default_factory=list)
+    revision_log: str | None = None
+    """`git log` of baseline..target, shown when the revision was not pushed."""
+    isolated: bool = True
+    """Its steps ran isolated from the harness (`runner.isolation` was on)."""
+    jobs_total: int = 0
+    jobs_finished: int = 0
+
+    @property
+    def flight(self) -> int:
+        return self.classification.flight
+
+    def to_json(self) -> dict[str, Any]:
+        age = self.push_age
+        return {
+            "classification": self.classification.to_json(),
+            "tree": self.tree,
+            "mode": self.mode,
+            "retest_flight": self.retest_flight,
+            "complete": self.complete,
+            "decided": self.decided,
+            "push_age": None
+            if age is None
+            else {
+                "basis": _age_json(age.basis),
+                "failing_since": _age_json(age.failing_since),
+                "same_since": _age_json(age.same_since),
+                "now": age.now.isoformat(),
+            },
+            "people": list(self.people),
+            "commits": [_commit_json(c) for c in self.commits],
+            "revision_log": self.revision_log,
+            "isolated": self.isolated,
+            "jobs_total": self.jobs_total,
+            "jobs_finished": self.jobs_finished,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Verdict:
+        a = d.get("push_age")
+        age = None
+        if a is not None:
+            basis = _age_from(a["basis"])
+            same = _age_from(a["same_since"])
+            assert basis is not None and same is not None
+            now = datetime.fromisoformat(a["now"])
+            age = PushAge(basis, _age_from(a["failing_since"]), same, now)
+        return cls(
+            classification=Classification.from_json(d["classification"]),
+            tree=d["tree"],
+            mode=d["mode"],
+            retest_flight=d["retest_flight"],
+            complete=d["complete"],
+            decided=d["decided"],
+            push_age=age,
+            people=list(d["people"]),
+            commits=[_commit_from(c) for c in d["commits"]],
+            revision_log=d["revision_log"],
+            isolated=d.get("isolated", True),
+            jobs_total=d.get("jobs_total", 0),
+            jobs_finished=d.get("jobs_finished", 0),
+        )
+
+    def decided_at(self) -> datetime:
+        return datetime.fromtimestamp(self.decided, UTC)

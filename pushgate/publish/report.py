@@ -1,37 +1,31 @@
-"""Gather everything one flight's report needs, from the database and git.
+"""A flight's report, rendered from its stored verdict and the gate's stored decision.
 
-The classification compares the flight's targeted revision of the tree under test
-("this") with the baseline recorded when the gate made the flight ("that", from
-`gate_cycles`, or the tested-ref tip stored in `flight_revisions` for a flight made by
-hand). A retest flight made for it is referred to, so one report covers both. The push
-part comes from the recorded push decision. Renderings: the mail (subject, body,
-headers) and a JSON document.
+Nothing here classifies: the verdict comes from `judge.verdicts` (stored once; `--now`
+asks it to recompute against today's history, stored nowhere), the push part from the
+recorded push decision. Renderings: the mail (subject, body, headers), a JSON document
+and the static HTML pages.
 """
 
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pushgate import paths
 from pushgate.config import Loaded
-from pushgate.db import cycles as dbc
 from pushgate.db import flights as dbf
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.errors import PushgateError
 from pushgate.gate.push import PUSHED_STATUSES
-from pushgate.git import Commit, GitError
-from pushgate.judge.classify import classify
-from pushgate.judge.verdict import Classification
-from pushgate.paths import job_artifacts, mirror
+from pushgate.judge.verdict import Classification, Verdict
+from pushgate.judge.verdicts import NoSuchFlight, for_report
+from pushgate.judge.verdicts import judge as judge_now
+from pushgate.paths import job_artifacts
 from pushgate.publish.jsonout import render_json
 from pushgate.publish.text import (
-    AgeLine,
-    PushAge,
     ReportContext,
     push_part_text,
     render_headers,
@@ -44,20 +38,14 @@ BASELINE_TEST_PARAGRAPH = (
     "flight we test it, rather than a new candidate.  The baseline, if\n"
     "any, is the most recent actually tested revision."
 )
-BLESSINGS = ("real", "real-retest")
+NOT_ISOLATED_PARAGRAPH = (
+    'steps not isolated: this flight\'s steps ran with runner.isolation = "none", so the\n'
+    "code under test could reach pushgate's state."
+)
 
 
 class ReportError(PushgateError):
     """The flight cannot be reported (it does not exist, ...)."""
-
-
-@dataclass
-class Versions:
-    tree: str
-    this: dict[str, str]
-    that: dict[str, str]
-    mode: str = "normal"
-    retest_flight: int | None = None
 
 
 @dataclass
@@ -71,6 +59,8 @@ class BuiltReport:
     push_state: str | None
     mode: str
     data: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+    """Said before the report (e.g. that it was recomputed, not as decided)."""
 
     def mail_text(self) -> str:
         """Subject and extra headers in osstest's unfolded shape, a blank line, the body."""
@@ -79,73 +69,6 @@ class BuiltReport:
             head.append(f"{name}:")
             head += [f"    {item}" for item in value.split("\n")]
         return "\n".join(head) + "\n\n" + self.body
-
-
-def flight_versions(db: Database, loaded: Loaded, flight: int) -> Versions:
-    """this/that for the flight's report (see the module doc)."""
-    with db.read() as conn:
-        info = dbf.get_flight(conn, flight)
-        if info is None:
-            raise ReportError(f"flight {flight} does not exist")
-        cyc = dbc.get_cycle(conn, flight)
-        if cyc is not None:
-            that = {cyc.tree: cyc.that_revision} if cyc.that_revision else {}
-            return Versions(cyc.tree, {cyc.tree: cyc.target}, that, cyc.mode, cyc.retest_flight)
-        baselines = dbf.flight_baselines(conn, flight)
-    tree = loaded.branches[info.branch].tree if info.branch in loaded.branches else None
-    if tree is None or tree not in info.revisions:
-        tree = sorted(info.revisions)[0] if info.revisions else ""
-    if not tree:
-        return Versions("", {}, {})
-    base = baselines.get(tree)
-    return Versions(tree, {tree: info.revisions[tree]}, {tree: base} if base else {})
-
-
-def classify_flight(
-    db: Database, loaded: Loaded, flight: int, versions: Versions | None = None
-) -> Classification:
-    v = versions or flight_versions(db, loaded, flight)
-    with db.read() as conn:
-        info = dbf.get_flight(conn, flight)
-    assert info is not None
-    allow = loaded.branches[info.branch].allow if info.branch in loaded.branches else []
-    refer = []
-    if v.retest_flight is not None:
-        with db.read() as conn:
-            if dbc.flight_finished(conn, v.retest_flight):
-                refer.append(v.retest_flight)
-    return classify(
-        db,
-        flight,
-        this=v.this,
-        that=v.that,
-        blessings=BLESSINGS,
-        allow=allow,
-        refer_to_flights=refer,
-        tree=v.tree or None,
-    )
-
-
-def push_age(db: Database, branch: str, flight: int, v: Versions, now: datetime) -> PushAge | None:
-    """§5.5 over the branch's `real` flights up to this one."""
-    if len(v.this) != 1 or list(v.this) != list(v.that):
-        return None
-    tree = v.tree
-    target, base = v.this[tree], v.that[tree]
-    with db.read() as conn:
-        rows = dbc.branch_flight_revisions(conn, branch, tree, flight)
-
-    def line(r: dbc.AgeFlight | None, attempts: int | None) -> AgeLine:
-        if r is None:
-            return AgeLine(None)
-        return AgeLine(r.flight, datetime.fromtimestamp(r.started, UTC), attempts)
-
-    basis = next((r for r in reversed(rows) if r.revision == base and r.flight != flight), None)
-    after = [r for r in rows if basis is None or r.flight > basis.flight]
-    failing = line(after[0], len(after)) if after else None
-    same = [r for r in after if r.revision == target]
-    same_line = line(same[0] if same else None, len(same) if same else None)
-    return PushAge(line(basis, None), failing, same_line, now)
 
 
 def push_part(row: dbp.PushRow | None) -> tuple[str, str | None]:
@@ -160,59 +83,94 @@ def push_part(row: dbp.PushRow | None) -> tuple[str, str | None]:
         return push_part_text("up-to-date"), None
     if row.status == "not-applicable":
         return push_part_text("not-applicable"), None
+    if row.why and row.why.startswith("blocked"):
+        by = f" by {row.decided_by}" if row.decided_by else ""
+        return f"Not pushing: {row.why.replace('blocked', 'blocked' + by, 1)}\n", None
     return push_part_text("not-pushed"), None
 
 
-def build_report(
-    db: Database, loaded: Loaded, flight: int, *, now: datetime | None = None
-) -> BuiltReport:
-    now = now or datetime.now(UTC)
-    v = flight_versions(db, loaded, flight)
-    c = classify_flight(db, loaded, flight, v)
+def build_report(db: Database, loaded: Loaded, flight: int, *, now: bool = False) -> BuiltReport:
+    """Flight N's report as decided (its stored verdict), or with now=True recomputed
+    against today's history."""
+    try:
+        vd = judge_now(db, loaded, flight) if now else for_report(db, loaded, flight)
+    except NoSuchFlight as e:
+        raise ReportError(str(e)) from None
     with db.read() as conn:
         row = dbp.get_push(conn, flight)
+    rep = render_report(loaded, vd, row)
+    if now:
+        rep.note = (
+            f"Recomputed now against today's history; the report as decided and mailed "
+            f"is `pushgate report {flight}`."
+        )
+        rep.data["recomputed"] = True
+    return rep
+
+
+def _running_report(vd: Verdict) -> BuiltReport:
+    c = vd.classification
+    subject = f"[{c.branch} test] {c.flight}: running"
+    lines = [
+        f"flight {c.flight} {c.branch} {c.blessing}",
+        "",
+        f"This flight is still running: {vd.jobs_finished} of {vd.jobs_total} jobs have finished.",
+        "It has no verdict yet; its report is made when it has finished.",
+        "",
+        "jobs:",
+        *(f" {j.job:<50} {j.status}" for j in c.jobs),
+    ]
+    data = {
+        "flight": c.flight,
+        "branch": c.branch,
+        "running": True,
+        "subject": subject,
+        "jobs_total": vd.jobs_total,
+        "jobs_finished": vd.jobs_finished,
+        "jobs": [{"job": j.job, "status": j.status} for j in c.jobs],
+        "failures": [],
+    }
+    return BuiltReport(
+        c.flight, c.branch, subject, "\n".join(lines) + "\n", {}, c, None, vd.mode, data
+    )
+
+
+def render_report(loaded: Loaded, vd: Verdict, row: dbp.PushRow | None) -> BuiltReport:
+    """Render a verdict and a push decision (no database, no git: the same inputs give
+    the same bytes, whenever they are rendered)."""
+    if not vd.complete:
+        return _running_report(vd)
+    c = vd.classification
     part: str | None
     if row is not None:
         part, state = push_part(row)
     else:
         part, state = None, None
-    tree = v.tree
-    target = v.this.get(tree)
-    base = v.that.get(tree)
-    people: list[str] = []
-    revlog: str | None = None
-    commits: list[Commit] = []
-    if tree and target and base and target != base and tree in loaded.trees:
-        m = mirror(loaded, tree)
-        try:
-            if m.exists() and m.has_commit(base) and m.has_commit(target):
-                people = m.people_touched(base, target)
-                if state != "pushed":
-                    revlog = m.revision_log_text(base, target)
-                commits = m.log_range(base, target)
-        except GitError:
-            pass  # a report without people or log beats no report
     ctx = ReportContext(
         logs_url=paths.logs_url(loaded),
-        push_age=push_age(db, c.branch, flight, v, now),
-        people=people or None,
+        push_age=vd.push_age,
+        people=vd.people or None,
         push_part=part,
-        revision_log=revlog,
+        revision_log=vd.revision_log if state != "pushed" else None,
         report_host=socket.gethostname(),
         logs_dir=str(loaded.logs_dir),
-        commits=list(commits),
+        commits=list(vd.commits),
     )
     body = render_text(c, ctx)
+    if not vd.isolated:
+        body = NOT_ISOLATED_PARAGRAPH + "\n\n" + body
     kind = "test"
-    if v.mode == "baseline-test":
+    if vd.mode == "baseline-test":
         kind = "baseline test"
         body = BASELINE_TEST_PARAGRAPH + "\n\n" + body
     subject = render_subject(c, state, kind=kind)
     headers = render_headers(c)
     data = render_json(c, ctx, state)
     data["subject"] = subject
-    data["mode"] = v.mode
-    data["retest_flight"] = v.retest_flight
+    data["mode"] = vd.mode
+    data["retest_flight"] = vd.retest_flight
+    data["decided"] = vd.decided
+    data["isolated"] = vd.isolated
     data["push"] = (
         None
         if row is None
@@ -221,17 +179,18 @@ def build_report(
             "revision": row.revision,
             "expected_old": row.expected_old,
             "output": row.output,
+            "why": row.why,
+            "decided_by": row.decided_by,
             "pushed": state == "pushed",
         }
     )
-    return BuiltReport(flight, c.branch, subject, body, headers, c, state, v.mode, data)
+    return BuiltReport(c.flight, c.branch, subject, body, headers, c, state, vd.mode, data)
 
 
 def write_flight_html(
     db: Database, loaded: Loaded, flight: int, out_dir: Path, rep: BuiltReport | None = None
 ) -> list[Path]:
     """The flight's HTML pages (report.html's renderer) in out_dir, linking to its logs."""
-    from pushgate.bisect.report import graph_relpath
     from pushgate.db import bisections as dbb
     from pushgate.publish.html import (
         ArtifactData,
@@ -260,7 +219,7 @@ def write_flight_html(
 
     links = []
     for b in bisections:
-        rel = graph_relpath(b)
+        rel = paths.bisect_graph_relpath(b.branch, b.job, b.testid)
         svg = paths.log_path(loaded, rel)
         if svg.is_file():
             culprit = f" {b.culprit_tree} {b.culprit_commit[:12]}" if b.culprit_commit else ""

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pushgate.git import Commit
-from pushgate.judge.verdict import SECTION_HEADINGS, Classification, Failure
+from pushgate.judge.verdict import (
+    SECTION_HEADINGS,
+    AgeLine,
+    Classification,
+    Failure,
+    PushAge,
+)
 
 HEADER_PREFIX = "X-Pushgate"
 DASHES = "-" * 60
@@ -25,29 +31,6 @@ NOT_FOUND = "(not found)"
 PUSH_NOT_ALLOWED = "Not pushing."
 PUSH_UP_TO_DATE = "Published tested tree is already up to date."
 PUSH_NOT_APPLICABLE = "Push not applicable."
-
-
-@dataclass(frozen=True)
-class AgeLine:
-    """One flight of the push-age block. `flight` None prints `(not found)`."""
-
-    flight: int | None
-    started: datetime | None = None
-    """Start of the flight (aware, or naive meaning UTC)."""
-    attempts: int | None = None
-    """Flights counted (Failing since / Testing same since); None for the basis line."""
-
-
-@dataclass(frozen=True)
-class PushAge:
-    """`Last test of basis` / `Failing since` / `Testing same since` (§5.5)."""
-
-    basis: AgeLine
-    failing_since: AgeLine | None
-    """Omitted when None or when it is the same flight as `same_since`."""
-    same_since: AgeLine
-    now: datetime
-    """The time of reporting, for the day counts."""
 
 
 @dataclass

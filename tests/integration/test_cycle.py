@@ -6,12 +6,14 @@ from __future__ import annotations
 import mailbox
 from pathlib import Path
 
+from pushgate.bisect.loop import run_open
 from pushgate.config import Loaded
+from pushgate.daemon.cycle import run_cycle
+from pushgate.db import bisections as dbb
 from pushgate.db import cycles as dbc
 from pushgate.db import mailqueue as dbm
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
-from pushgate.gate.cycle import run_cycle
 from pushgate.gate.push import block, force, unblock
 from pushgate.publish.mail.transport import MemoryMailer
 from pushgate.run.scheduler import run_flight
@@ -190,12 +192,17 @@ def test_regressions_are_handed_to_the_bisector(tmp_path: Path) -> None:
     mailer = MemoryMailer()
     r = run_cycle(db, loaded, "app", mailer=mailer)
     assert r.action == "done", r.notes
-    assert any(n.startswith("bisection of test-content check: ") and bad in n for n in r.notes), (
-        r.notes
-    )
+    # The cycle only opens the bisection, and its report is mailed before any search.
+    assert r.bisections and f"bisection {r.bisections[0]} opened" in r.notes, r.notes
+    assert [s.message["Subject"] for s in mailer.sent] == [r.report.subject if r.report else ""]
     with db.read() as conn:
         cyc = dbc.get_cycle(conn, r.flight or 0)
+        assert dbb.get_bisection(conn, r.bisections[0]).status == "running"  # type: ignore[union-attr]
     assert cyc is not None and cyc.stage == "done"
+    done = run_open(db, loaded, mailer=mailer)
+    assert [(b.job, b.testid, b.outcome, b.culprit_commit) for b in done] == [
+        ("test-content", "check", "complete", bad)
+    ]
     # The bisection mail replies to this cycle's report (a retest has no report of its
     # own: a failure found in it is threaded under the flight it retested).
     replies = [s.message for s in mailer.sent if s.message["In-Reply-To"]]
@@ -235,15 +242,15 @@ def test_mail_server_down_does_not_change_the_cycle(tmp_path: Path) -> None:
 def test_schedule_makes_a_flight_when_nothing_is_new(tmp_path: Path) -> None:
     import time
 
-    from pushgate.gate.cycle import make_flight, plan_flight
+    from pushgate.gate.cycle import make_flight, plan_cycle
 
     p = make_gate_project(tmp_path, branch_extra='schedule = "*/5 * * * *"')
     db, loaded = _open(p)
     c1 = p.commit("one")
     run_cycle(db, loaded, "app", mailer=MemoryMailer())
     assert p.tested() == c1
-    assert plan_flight(db, loaded, "app") is None  # not due yet: nothing to do
-    plan = plan_flight(db, loaded, "app", now=time.time() + 301)
+    assert plan_cycle(db, loaded, "app") is None  # not due yet: nothing to do
+    plan = plan_cycle(db, loaded, "app", now=time.time() + 301)
     assert plan is not None and plan.mode == "up-to-date" and plan.target == c1
     flight = make_flight(db, loaded, "app", plan)
     r = run_cycle(db, loaded, "app", mailer=MemoryMailer())

@@ -28,7 +28,12 @@ def upgrade() -> None:
         sa.Column("mode", sa.String(length=20), nullable=False),
         sa.Column("retest_flight", sa.Integer(), nullable=True),
         sa.Column("doc", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(["flight"], ["flights.flight"], name=op.f("fk_verdicts_flight_flights"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["flight"],
+            ["flights.flight"],
+            name=op.f("fk_verdicts_flight_flights"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("flight", name=op.f("pk_verdicts")),
     )
     op.create_index("ix_verdicts_branch_flight", "verdicts", ["branch", "flight"], unique=False)
@@ -46,10 +51,17 @@ def upgrade() -> None:
         sa.Column("passed_in", sa.Integer(), nullable=True),
         sa.Column("blocks", sa.Boolean(), nullable=False),
         sa.Column("annotation", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(["flight"], ["verdicts.flight"], name=op.f("fk_verdict_failures_flight_verdicts"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["flight"],
+            ["verdicts.flight"],
+            name=op.f("fk_verdict_failures_flight_verdicts"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("flight", "seq", name=op.f("pk_verdict_failures")),
     )
-    op.create_index("ix_verdict_failures_job_testid", "verdict_failures", ["job", "testid"], unique=False)
+    op.create_index(
+        "ix_verdict_failures_job_testid", "verdict_failures", ["job", "testid"], unique=False
+    )
     with op.batch_alter_table("pushes", schema=None) as batch_op:
         batch_op.add_column(sa.Column("why", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("decided_by", sa.String(length=200), nullable=True))
