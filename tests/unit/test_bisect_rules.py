@@ -186,9 +186,10 @@ def test_swapped_endpoints_show_on_the_first_two_probes() -> None:
 
 def test_flaky_test_without_history_blames_no_wrong_commit_on_dags() -> None:
     """The issue's case at simulation level: a 20% flaky test, no history, ranges of 30 or
-    more nodes with merges, 40 seeds: a wrong culprit is never named."""
+    more nodes with merges, 300 seeds (about 3 s): a wrong culprit is never named. With f held
+    at the floor (the grid cut to 0.1, as before) two of these seeds blame a wrong node."""
     named = 0
-    for seed in range(40):
+    for seed in range(300):
         rng = random.Random(1000 + seed)
         while True:
             graph, basis, latest = random_dag(rng, 2, 14)
@@ -201,4 +202,4 @@ def test_flaky_test_without_history_blames_no_wrong_commit_on_dags() -> None:
         r = simulate(pushgate_step(params), graph, basis, latest, Truth(culprit, 0.2), seed)
         assert r.outcome.culprit in (None, culprit), (seed, r.outcome)
         named += r.outcome.culprit == culprit
-    assert named >= 34
+    assert named >= 290
