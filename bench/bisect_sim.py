@@ -4,8 +4,15 @@ Drives the real step functions (pushgate's flake-aware search and the git-bisect
 osstest baselines) against a seeded fake results store on linear ranges. Prints one table row per
 method x true f, the acceptance targets, and, as the last line, one JSON object of figures.
 
+History-informed cases (issue 10) follow the main table, on the same N and seed:
+- clean history: 20 known-good runs without a failure, true f = 0; runs on culprit cases per N
+  against ceil(log2 N) + 4 and against osstest and git bisect on the same cases;
+- no history, true f = 0.2: accuracy and wrong blame (f is learned from the bisection alone);
+- unbuildable parent: the culprit's parent does not build; inconclusive, runs per N.
+
     .venv/bin/python bench/bisect_sim.py            # 2000 trials per cell, N up to 4096
     .venv/bin/python bench/bisect_sim.py --quick    # N <= 512, 200 trials per cell
+    .venv/bin/python bench/bisect_sim.py --quick --tau-culprit 0.998   # another threshold
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ FS = (0.0, 0.05, 0.2, 0.4)
 FLAKE_SHARE = 0.4
 METHODS = tuple(methods())
 VARIANTS = ("dag", "eps0.1", "fx0.5", "fx2")
+HISTORY_CASES = ("clean20", "nohist0.2", "unbuildable")
+TAU_CULPRIT: float | None = None  # --tau-culprit; None: SearchParams' default
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ def dag_case(n: int, rng: random.Random) -> tuple[RevGraph, Node, Node]:
 
 def run_case(args: tuple[int, int, float, int, str]) -> list[Row]:
     seed, n, f, trial, variant = args
+    if variant in HISTORY_CASES:
+        return history_case(args)
     rng = random.Random(f"{seed}/{n}/{f}/{trial}/{variant}")
     graph, basis, latest = dag_case(n, rng) if variant == "dag" else linear_case(n)
     cands = graph.candidates(basis, latest)
@@ -92,14 +103,48 @@ def run_case(args: tuple[int, int, float, int, str]) -> list[Row]:
     truth = Truth(culprit, f, 0.1 if variant == "eps0.1" else 0.0)
     max_runs = budget(len(cands), SearchParams(fgrid=flake_grid(*hist)))
     rows = []
-    for name, make in methods().items():
+    for name, make in methods(tau_culprit=TAU_CULPRIT).items():
         fn, hosts = make(hist)
         res = simulate(fn, graph, basis, latest, truth, run_seed, hosts=hosts)
         out = res.outcome
         sc = score(culprit, out.kind, out.culprit, name)
-        rows.append(
-            Row(variant, name, n, f, flake_case, sc, res.runs, res.rounds, res.runs > max_runs)
-        )
+        # The budget grows with the posterior's f; the search reports the one it ended with.
+        cap = max(max_runs, out.max_runs)
+        rows.append(Row(variant, name, n, f, flake_case, sc, res.runs, res.rounds, res.runs > cap))
+    return rows
+
+
+def history_case(args: tuple[int, int, float, int, str]) -> list[Row]:
+    """Linear cases with a given history (module doc): pushgate-H1 and, for a clean history,
+    osstest and git bisect on the same case. `unbuildable` scores `correct` for an
+    inconclusive outcome whose credible set names the culprit and its parent."""
+    seed, n, _, trial, variant = args
+    rng = random.Random(f"{seed}/{n}/{trial}/{variant}")
+    graph, basis, latest = linear_case(n)
+    cands = graph.candidates(basis, latest)
+    f = {"nohist0.2": 0.2}.get(variant, 0.0)
+    flake_case = variant == "nohist0.2" and rng.random() < FLAKE_SHARE
+    lo = 1 if variant == "unbuildable" else 0  # the parent must be a candidate
+    culprit = None if flake_case else cands[rng.randrange(lo, len(cands))]
+    hist = (20, 0) if variant == "clean20" else (0, 0)
+    unbuilt = frozenset()
+    if variant == "unbuildable" and culprit is not None:
+        unbuilt = frozenset(graph.parents(culprit))
+    truth = Truth(culprit, f, 0.0, unbuilt)
+    run_seed = rng.randrange(2**31)
+    all_methods = methods(tau_culprit=TAU_CULPRIT)
+    names = ["pushgate-H1"] + (["osstest", "gitbisect-1"] if variant == "clean20" else [])
+    rows = []
+    for name in names:
+        fn, hosts = all_methods[name](hist)
+        res = simulate(fn, graph, basis, latest, truth, run_seed, hosts=hosts)
+        out = res.outcome
+        if variant == "unbuildable":
+            ok = out.kind == "inconclusive" and unbuilt | {culprit} <= set(out.credible)
+            sc = "correct" if ok else ("wrong" if out.culprit is not None else "abstain")
+        else:
+            sc = score(culprit, out.kind, out.culprit, name)
+        rows.append(Row(variant, name, n, f, flake_case, sc, res.runs, res.rounds, False))
     return rows
 
 
@@ -132,6 +177,11 @@ def wrong(rows: Sequence[Row]) -> float:
     return mean([r.score == "wrong" for r in rows])
 
 
+def _set_tau(tau: float | None) -> None:
+    global TAU_CULPRIT
+    TAU_CULPRIT = tau
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=None, help="trials per method x f cell")
@@ -140,6 +190,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="N <= 512, 200 trials per cell")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument(
+        "--tau-culprit",
+        type=float,
+        default=None,
+        help="culprit threshold for pushgate (default: the search's, the spec's 0.999)",
+    )
+    ap.add_argument(
         "--csv",
         type=Path,
         default=None,
@@ -147,11 +203,15 @@ def main() -> None:
         "(N <= 128, a quarter of the trials)",
     )
     a = ap.parse_args()
+    global TAU_CULPRIT
+    TAU_CULPRIT = a.tau_culprit
     max_n = a.max_n if a.max_n is not None else (512 if a.quick else 4096)
     trials = a.trials if a.trials is not None else (200 if a.quick else 2000)
     ns = [n for n in NS if n <= max_n]
     per_n = max(1, trials // len(ns))  # N weighted equally
     work = [(a.seed, n, f, t, "linear") for f in FS for n in ns for t in range(per_n)]
+    hist_n = max(1, per_n // 2)  # history-informed cases: half the trials per N
+    work += [(a.seed, n, 0.0, t, v) for v in HISTORY_CASES for n in ns for t in range(hist_n)]
     if a.csv:
         work += [
             (a.seed, n, f, t, v)
@@ -162,7 +222,7 @@ def main() -> None:
             for t in range(max(1, per_n // 4))
         ]
     t0 = time.monotonic()
-    with Pool(a.workers) as pool:
+    with Pool(a.workers, initializer=_set_tau, initargs=(a.tau_culprit,)) as pool:
         rows = [r for case in pool.map(run_case, work, chunksize=8) for r in case]
     elapsed = time.monotonic() - t0
     print(
@@ -247,6 +307,71 @@ def main() -> None:
     big_h1 = mean([r.rounds for r in sel("pushgate-H1", FS, None, 128)])
     big_h4 = mean([r.rounds for r in sel("pushgate-H4", FS, None, 128)])
     fig["rounds_ratio_h4_vs_h1_n128plus"] = round(big_h4 / big_h1, 3) if ns[-1] >= 128 else -1
+    b8 = fig["runs_mean_flaky_mix_bisect_8"]
+    fig["runs_ratio_flaky_mix_pushgate_h1_vs_bisect_8"] = round(
+        fig["runs_mean_flaky_mix_pushgate_h1"] / b8, 3
+    )
+    fig["runs_ratio_flaky_mix_pushgate_h1_vs_osstest"] = round(
+        fig["runs_mean_flaky_mix_pushgate_h1"] / fig["runs_mean_flaky_mix_osstest"], 3
+    )
+    hist: dict[tuple[str, str, int], list[Row]] = {}
+    for r in rows:
+        if r.variant in HISTORY_CASES:
+            hist.setdefault((r.variant, r.method, r.n), []).append(r)
+    print(f"\nhistory-informed cases ({hist_n} trials per N, linear, pushgate-H1)")
+    print(
+        f"{'N':>5} {'bound':>5} | clean history, culprit runs: {'pushgate':>8} {'osstest':>7} "
+        f"{'git':>5} | unbuildable parent: {'inconcl.':>8} {'runs':>5} {'max':>4}"
+    )
+    clean_over: list[float] = []
+    unb_over: list[int] = []
+    for n in ns:
+        bound = math.ceil(math.log2(n)) + 4
+        cul = {
+            m: [r.runs for r in hist[("clean20", m, n)] if not r.flake_case]
+            for m in ("pushgate-H1", "osstest", "gitbisect-1")
+        }
+        unb = hist[("unbuildable", "pushgate-H1", n)]
+        pg = mean(cul["pushgate-H1"])
+        clean_over.append(pg - bound)
+        unb_over.append(max(r.runs for r in unb) - bound)
+        print(
+            f"{n:>5} {bound:>5} | {'':>28} {pg:>8.2f} {mean(cul['osstest']):>7.2f} "
+            f"{mean(cul['gitbisect-1']):>5.2f} | {'':>19} {acc(unb):>8.3f} "
+            f"{mean([r.runs for r in unb]):>5.2f} {max(r.runs for r in unb):>4}"
+        )
+        fig[f"clean_history_runs_mean_pushgate_h1_n{n}"] = round(pg, 2)
+        fig[f"clean_history_runs_mean_osstest_n{n}"] = round(mean(cul["osstest"]), 2)
+        fig[f"clean_history_runs_mean_gitbisect_1_n{n}"] = round(mean(cul["gitbisect-1"]), 2)
+        fig[f"clean_history_runs_bound_n{n}"] = bound
+        fig[f"unbuildable_parent_runs_max_n{n}"] = max(r.runs for r in unb)
+        fig[f"unbuildable_parent_runs_mean_n{n}"] = round(mean([r.runs for r in unb]), 2)
+    clean_pg = [
+        r for (v, m, _), rs in hist.items() if v == "clean20" and m == "pushgate-H1" for r in rs
+    ]
+    nohist = [r for (v, _, _), rs in hist.items() if v == "nohist0.2" for r in rs]
+    unb_all = [r for (v, _, _), rs in hist.items() if v == "unbuildable" for r in rs]
+    fig["clean_history_accuracy_pushgate_h1"] = round(acc(clean_pg), 4)
+    fig["clean_history_runs_over_bound_mean"] = round(mean(clean_over), 2)
+    fig["no_history_f02_accuracy_pushgate_h1"] = round(acc(nohist), 4)
+    fig["no_history_f02_wrong_blame_pushgate_h1"] = round(wrong(nohist), 4)
+    fig["no_history_f02_runs_mean_pushgate_h1"] = round(mean([r.runs for r in nohist]), 2)
+    fig["unbuildable_parent_inconclusive_share"] = round(acc(unb_all), 4)
+    fig["unbuildable_parent_runs_over_bound_max"] = max(unb_over)
+    print(
+        f"no history, true f = 0.2 ({FLAKE_SHARE:.0%} flakes): accuracy "
+        f"{fig['no_history_f02_accuracy_pushgate_h1']:.4f}, wrong blame "
+        f"{fig['no_history_f02_wrong_blame_pushgate_h1']:.4f}, runs "
+        f"{fig['no_history_f02_runs_mean_pushgate_h1']}"
+    )
+    print(
+        f"flaky mix: pushgate-H1 runs {fig['runs_mean_flaky_mix_pushgate_h1']} = "
+        f"{fig['runs_ratio_flaky_mix_pushgate_h1_vs_bisect_8']} x bisect-8 ({b8}), "
+        f"{fig['runs_ratio_flaky_mix_pushgate_h1_vs_osstest']} x osstest "
+        f"({fig['runs_mean_flaky_mix_osstest']}); tau_culprit "
+        f"{a.tau_culprit if a.tau_culprit is not None else SearchParams().tau_culprit}"
+    )
+    fig["tau_culprit"] = a.tau_culprit if a.tau_culprit is not None else SearchParams().tau_culprit
     fig["trials_per_cell"] = per_n * len(ns)
     fig["elapsed_s"] = round(elapsed, 1)
 
@@ -296,6 +421,35 @@ def main() -> None:
         "f=0.4 runs within max_runs",
         fig[f"over_budget_share_f04_{h1}"] <= 0.05,
         f"share over budget {fig[f'over_budget_share_f04_{h1}']}",
+    )
+    check(
+        "flaky mix H1 accuracy >= 0.99, wrong blame <= 0.5% (issue 10)",
+        fig[f"accuracy_flaky_mix_{h1}"] >= 0.99 and fig[f"wrong_blame_flaky_mix_{h1}"] <= 0.005,
+        f"{fig[f'accuracy_flaky_mix_{h1}']:.4f}, {fig[f'wrong_blame_flaky_mix_{h1}']:.4f}",
+    )
+    check(
+        "flaky mix H1 mean runs <= 0.5 x bisect-8 (issue 10)",
+        fig["runs_ratio_flaky_mix_pushgate_h1_vs_bisect_8"] <= 0.5,
+        f"{fig['runs_ratio_flaky_mix_pushgate_h1_vs_bisect_8']}",
+    )
+    check(
+        "clean history: culprit mean runs <= ceil(log2 N) + 4 at every N (issue 10)",
+        max(clean_over) <= 0,
+        "over the bound by " + ", ".join(f"{x:+.2f}" for x in clean_over),
+    )
+    check(
+        "no history, f=0.2: wrong blame <= 0.5%",
+        fig["no_history_f02_wrong_blame_pushgate_h1"] <= 0.005,
+        f"{fig['no_history_f02_wrong_blame_pushgate_h1']:.4f}",
+    )
+    check(
+        "unbuildable parent: inconclusive, runs <= ceil(log2 N) + 4 (mean at every N)",
+        fig["unbuildable_parent_inconclusive_share"] == 1.0
+        and all(
+            fig[f"unbuildable_parent_runs_mean_n{n}"] <= math.ceil(math.log2(n)) + 4 for n in ns
+        ),
+        f"share {fig['unbuildable_parent_inconclusive_share']}, max over bound "
+        f"{fig['unbuildable_parent_runs_over_bound_max']:+d}",
     )
     if ns[-1] >= 128:
         check(

@@ -95,6 +95,7 @@ class Outcome:
     credible: tuple[Node, ...] = ()
     f_mean: float = 0.0  # posterior means, for the report's Evidence line
     eps_mean: float = 0.0
+    max_runs: int = 0  # the run budget at this step (it grows with the posterior's f)
 
     @property
     def exit_code(self) -> int:
@@ -111,6 +112,7 @@ class Probes:
     p_env: float = 0.0
     f_mean: float = 0.0
     eps_mean: float = 0.0
+    max_runs: int = 0  # the run budget at this step (it grows with the posterior's f)
 
 
 Decision = Outcome | Probes
@@ -121,6 +123,7 @@ class _Evidence(TypedDict):
     p_env: float
     f_mean: float
     eps_mean: float
+    max_runs: int
 
 
 def confirm_pairs(f_conf: float, c: float = 0.999, minimum: int = 3) -> int:
@@ -332,6 +335,7 @@ def step(
         "p_env": post.p_env,
         "f_mean": post.f_mean,
         "eps_mean": post.eps_mean,
+        "max_runs": max_runs,
     }
     if post.p_flake >= tau and at_latest >= 2:
         return Outcome("flake", None, post.p_flake, runs, **ev)

@@ -101,12 +101,15 @@ def pushgate_step(params: SearchParams) -> StepFn:
 
 def methods(
     eps_grid: tuple[float, ...] | None = None,
+    tau_culprit: float | None = None,
 ) -> dict[str, Callable[[tuple[int, int]], tuple[StepFn, int]]]:
     """Benchmark methods: name -> (history (passes, fails) -> (step function, hosts))."""
 
     def pg(hosts: int) -> Callable[[tuple[int, int]], tuple[StepFn, int]]:
         def make(hist: tuple[int, int]) -> tuple[StepFn, int]:
-            kw = {} if eps_grid is None else {"eps_grid": eps_grid}
+            kw: dict[str, object] = {} if eps_grid is None else {"eps_grid": eps_grid}
+            if tau_culprit is not None:
+                kw["tau_culprit"] = tau_culprit
             params = SearchParams(
                 fgrid=flake_grid(*hist),
                 strict_host=STRICT_HOST if hosts == 1 else None,
