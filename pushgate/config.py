@@ -104,6 +104,9 @@ class BranchConfig(_Model):
     push: bool = True
     schedule: str | None = None
     retest_max_fraction: float = 0.1
+    # Seconds to wait before testing the input tip again after its last flight did not push
+    # (osstest tests the same tuple again at once: "Testing same since N ... k attempts").
+    repeat_pause_s: float = Field(0.0, ge=0, allow_inf_nan=False)
     # Hand the regressions of a reported flight to the bisector (osstest §6.4).
     bisect: bool = True
     mail_to: list[str] = Field(default_factory=list)

@@ -260,19 +260,22 @@ def _show_gate(branch: str, st: Any) -> None:
         parts.append("next push forced")
     if st.force_revision:
         parts.append(f"push of {st.force_revision} forced")
+    if (st.blocked_why is not None or st.force or st.force_revision) and st.by:
+        parts.append(f"by {st.by}")
     click.echo(f"{branch}: {'; '.join(parts)}")
 
 
 @gate.command("block")
 @click.argument("branch")
 @click.option("--why", required=True, help="Why pushes are blocked (shown in reports).")
+@click.option("--by", metavar="WHO", help="Who blocks (default: the login name).")
 @pass_ctx
 @handle_errors
-def gate_block(ctx: Ctx, branch: str, why: str) -> None:
+def gate_block(ctx: Ctx, branch: str, why: str, by: str | None) -> None:
     """Stop BRANCH from pushing until `gate unblock` or `gate force`."""
     from pushgate.gate import push as gatemod
 
-    _show_gate(branch, gatemod.block(ctx.db, ctx.loaded, branch, why))
+    _show_gate(branch, gatemod.block(ctx.db, ctx.loaded, branch, why, by))
 
 
 @gate.command("unblock")
@@ -289,13 +292,14 @@ def gate_unblock(ctx: Ctx, branch: str) -> None:
 @gate.command("force")
 @click.argument("branch")
 @click.option("--rev", metavar="REV", help="Force only a push of this revision.")
+@click.option("--by", metavar="WHO", help="Who forces (default: the login name).")
 @pass_ctx
 @handle_errors
-def gate_force(ctx: Ctx, branch: str, rev: str | None) -> None:
+def gate_force(ctx: Ctx, branch: str, rev: str | None, by: str | None) -> None:
     """Push BRANCH's next tested revision whatever its verdict (clears a block)."""
     from pushgate.gate import push as gatemod
 
-    _show_gate(branch, gatemod.force(ctx.db, ctx.loaded, branch, rev))
+    _show_gate(branch, gatemod.force(ctx.db, ctx.loaded, branch, rev, by))
 
 
 @gate.command("show")

@@ -35,6 +35,8 @@ class CycleRow:
     retest_note: str | None
     stage: str
     created: float
+    updated: float = 0.0
+    """When the cycle last moved on (its end, once `done`)."""
 
 
 def _cycle(row: Any) -> CycleRow:
@@ -51,6 +53,7 @@ def _cycle(row: Any) -> CycleRow:
         row.retest_note,
         row.stage,
         row.created,
+        row.updated,
     )
 
 

@@ -126,6 +126,19 @@ def plan_cycle(
     forced = state.force or state.force_revision == target
     if forced and target != tested and held_back and state.blocked_why is None:
         return plan("normal", target, tested, "push forced")
+    # osstest tests the input tip again when its last flight did not push and nothing
+    # moved (`Testing same since N ... k attempts`): a heisenbug that also failed its
+    # retest is pushed a flight later; a real regression is tested until it is fixed.
+    if (
+        last is not None
+        and target != tested
+        and last.target == target
+        and last.mode == "normal"
+        and held_back
+        and state.blocked_why is None
+        and now >= last.updated + br.repeat_pause_s
+    ):
+        return plan("normal", target, tested, f"flight {last.flight} did not push: testing again")
     if _schedule_due(br.schedule, last.created if last else None, now):
         mode = "normal" if target != tested else "up-to-date"
         return plan(mode, target, tested, f"schedule {br.schedule!r}")
@@ -175,6 +188,8 @@ def retest_plan(loaded: Loaded, cyc: dbc.CycleRow, c: Classification) -> tuple[l
     br = loaded.branch(cyc.branch)
     if c.tolerable:
         return [], "no retest: tolerable"
+    if br.retest_max_fraction <= 0:
+        return [], "no retest: retest_max_fraction = 0"
     if not br.push or cyc.mode != "normal" or not br.blessing.startswith("real"):
         return [], "no retest: no push wanted"
     builds = build_jobs(loaded, cyc.branch)

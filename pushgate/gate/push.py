@@ -20,6 +20,8 @@ otherwise push every later regression.
 
 from __future__ import annotations
 
+import getpass
+import os
 from dataclasses import dataclass
 
 from pushgate.config import Loaded
@@ -157,6 +159,8 @@ def push_flight(
                     expected_old=cyc.expected_old,
                     status=d.kind,
                     output="" if d.push else f"{d.why}\n",
+                    why=d.why,
+                    decided_by=state.by if d.why.startswith(("blocked", "forced")) else None,
                 )
                 row = dbp.get_push(conn, flight)
             assert row is not None
@@ -185,11 +189,21 @@ def _finish(db: Database, row: dbp.PushRow, status: str, output: str) -> None:
 # --- operator commands -------------------------------------------------------------------------
 
 
-def block(db: Database, loaded: Loaded, branch: str, why: str) -> dbp.GateState:
+def operator() -> str:
+    """Who runs this command, for the record of a block or force."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def block(
+    db: Database, loaded: Loaded, branch: str, why: str, by: str | None = None
+) -> dbp.GateState:
     loaded.branch(branch)
     why = " ".join(why.split()) or "blocked"
     with db.write() as conn:
-        st = dbp.GateState(branch, why, False, None)
+        st = dbp.GateState(branch, why, False, None, by or operator())
         dbp.put_gate(conn, st)
     return st
 
@@ -198,12 +212,15 @@ def unblock(db: Database, loaded: Loaded, branch: str) -> dbp.GateState:
     loaded.branch(branch)
     with db.write() as conn:
         st = dbp.get_gate(conn, branch)
-        st = dbp.GateState(branch, None, st.force, st.force_revision)
+        by = st.by if st.force or st.force_revision else None  # the forcer's, if any
+        st = dbp.GateState(branch, None, st.force, st.force_revision, by)
         dbp.put_gate(conn, st)
     return st
 
 
-def force(db: Database, loaded: Loaded, branch: str, rev: str | None = None) -> dbp.GateState:
+def force(
+    db: Database, loaded: Loaded, branch: str, rev: str | None = None, by: str | None = None
+) -> dbp.GateState:
     """Force the next push decision of the branch (to `rev` only, when given)."""
     br = loaded.branch(branch)
     full = None
@@ -212,7 +229,7 @@ def force(db: Database, loaded: Loaded, branch: str, rev: str | None = None) -> 
         m.fetch()
         full = m.resolve(check_ref(rev))
     with db.write() as conn:
-        st = dbp.GateState(branch, None, rev is None, full)
+        st = dbp.GateState(branch, None, rev is None, full, by or operator())
         dbp.put_gate(conn, st)
     return st
 

@@ -108,14 +108,16 @@ def test_baseline_untested_then_normal(tmp_path: Path) -> None:
 
 
 def test_block_and_force(tmp_path: Path) -> None:
-    p = make_gate_project(tmp_path)
+    p = make_gate_project(tmp_path, branch_extra="repeat_pause_s = 3600")
     db, loaded = _open(p)
     c1 = p.commit("one")
-    block(db, loaded, "app", "release freeze")
+    block(db, loaded, "app", "release freeze", by="Release Manager")
     r1 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
     assert r1.push is not None and r1.push.status == "not-pushed"
     assert "blocked: release freeze" in r1.push.output
-    assert r1.report is not None and "Not pushing." in r1.report.body
+    assert r1.push.why == "blocked: release freeze" and r1.push.decided_by == "Release Manager"
+    assert r1.report is not None
+    assert "Not pushing: blocked by Release Manager: release freeze" in r1.report.body
     assert p.tested() is None
     # A force clears the block; it makes a new flight whose push goes through.
     force(db, loaded, "app")
@@ -184,7 +186,7 @@ def test_separate_push_repository(tmp_path: Path) -> None:
 
 
 def test_regressions_are_handed_to_the_bisector(tmp_path: Path) -> None:
-    p = make_gate_project(tmp_path, bisect=True)
+    p = make_gate_project(tmp_path, bisect=True, branch_extra="repeat_pause_s = 3600")
     db, loaded = _open(p)
     p.commit("one")
     run_cycle(db, loaded, "app", mailer=MemoryMailer())
