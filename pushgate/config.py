@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pushgate.errors import PushgateError
+from pushgate.redact import redact_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 DEFAULT_CONFIG = "pushgate.toml"
@@ -169,7 +170,23 @@ class Loaded:
 
     def __init__(self, path: Path, cfg: Config, jobs: dict[str, JobConfig]):
         self.path = path
-        self.cfg = cfg
+        # Tree URLs may carry credentials (https://user:TOKEN@host/...): git gets them from
+        # here alone (git_url, git_push_url); the config everything else reads, stores in
+        # the database, puts in runvars and shows has them redacted.
+        self._git_urls = {n: (t.url, t.push_url or t.url) for n, t in cfg.trees.items()}
+        self.cfg = cfg.model_copy(
+            update={
+                "trees": {
+                    n: t.model_copy(
+                        update={
+                            "url": redact_url(t.url),
+                            "push_url": None if t.push_url is None else redact_url(t.push_url),
+                        }
+                    )
+                    for n, t in cfg.trees.items()
+                }
+            }
+        )
         self.jobs = jobs
         base = path.parent
         st = cfg.state
@@ -187,7 +204,17 @@ class Loaded:
 
     @property
     def trees(self) -> dict[str, TreeConfig]:
+        """The trees, their URLs with credentials redacted."""
         return self.cfg.trees
+
+    def git_url(self, tree: str) -> str:
+        """The tree's URL as configured, credentials included: for git's command line
+        only, never to be stored, logged or shown."""
+        return self._git_urls[tree][0]
+
+    def git_push_url(self, tree: str) -> str:
+        """Where the tested ref is pushed (push_url, else url), credentials included."""
+        return self._git_urls[tree][1]
 
     @property
     def branches(self) -> dict[str, BranchConfig]:

@@ -21,8 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import unquote
 
 from pushgate.errors import PushgateError
+from pushgate.redact import redact_url
 
 NETWORK_TIMEOUT = 600.0  # seconds for clone/fetch/push/ls-remote
 LOCAL_TIMEOUT = 300.0  # seconds for purely local commands
@@ -30,7 +32,6 @@ _HEX = re.compile(r"^[0-9a-fA-F]{4,40}$")
 _FULL_HEX = re.compile(r"^[0-9a-f]{40}$")
 # Conservative on purpose: git accepts ';', '$', quotes... in ref names; we never need them.
 _REF_CHARS = re.compile(r"^[A-Za-z0-9._/+@-]+$")
-_URL_SECRET = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
 # Environment variables of the caller that git may keep (ssh setup, TLS trust, proxies).
 _KEEP_GIT_ENV = (
     "GIT_SSH",
@@ -62,11 +63,6 @@ _PEOPLE_RE = re.compile(
 
 class GitError(PushgateError):
     """A git operation failed; the message is one line naming the repository or ref."""
-
-
-def redact_url(text: str) -> str:
-    """Hide the password part of user:password@host URLs (push tokens) in messages."""
-    return _URL_SECRET.sub(r"\1:***@", text)
 
 
 def _first_line(text: str) -> str:
@@ -135,11 +131,12 @@ def run_git(
     timeout: float = LOCAL_TIMEOUT,
     config: Sequence[str] = (),
     what: str = "git",
+    env: Mapping[str, str] | None = None,
 ) -> GitResult:
     """Run git with args (never through a shell); return its exit status and output.
 
     Runs in its own process group so a timeout also kills ssh/remote helpers git started.
-    `what` names the repository in timeout errors.
+    `what` names the repository in timeout errors; `env` is added to git_env().
     """
     cmd = ["git"]
     for opt in (*_CONFIG, *config):
@@ -149,7 +146,7 @@ def run_git(
     cmd += list(args)
     proc = subprocess.Popen(
         cmd,
-        env=git_env(),
+        env=git_env(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -164,6 +161,41 @@ def run_git(
     return GitResult(
         proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     )
+
+
+# Environment variables that carry a URL's credentials to the helper below (git's own
+# children see them; nothing else does: not the command line, not a config file).
+_CRED_USER = "_PUSHGATE_GIT_USERNAME"
+_CRED_PASS = "_PUSHGATE_GIT_PASSWORD"
+_CRED_HELPER = (
+    '!f() { test "$1" = get || return 0; '
+    f'printf "username=%s\\npassword=%s\\n" "${_CRED_USER}" "${_CRED_PASS}"; }}; f'
+)
+# The authority's user info runs to its last '@' ([^/]* cannot pass the path's first '/').
+_HTTP_USERINFO = re.compile(r"(?i)^(?P<scheme>https?://)(?P<info>[^/]*)@(?P<rest>.*)$")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A repository URL as git is given it: credentials of an http(s) URL leave the URL
+    (which may show up in `ps` and git's messages) for a credential helper fed from the
+    environment of this git process only."""
+
+    url: str
+    config: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
+
+    @classmethod
+    def of(cls, url: str) -> Remote:
+        m = _HTTP_USERINFO.match(url)
+        if m is None:
+            return cls(url)
+        user, _, password = m["info"].partition(":")
+        return cls(
+            m["scheme"] + m["rest"],
+            ("credential.helper=", f"credential.helper={_CRED_HELPER}"),
+            {_CRED_USER: unquote(user), _CRED_PASS: unquote(password)},
+        )
 
 
 @dataclass(frozen=True)
@@ -228,13 +260,16 @@ class Mirror:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _git(self, *args: str, network: bool = False, check: bool = True) -> GitResult:
+    def _git(
+        self, *args: str, network: bool = False, check: bool = True, remote: Remote | None = None
+    ) -> GitResult:
         res = run_git(
             args,
             git_dir=self.path,
-            config=self.config,
+            config=(*self.config, *(remote.config if remote else ())),
             timeout=self.network_timeout if network else LOCAL_TIMEOUT,
             what=f"tree {self.name} ({redact_url(self.url)})",
+            env=remote.env if remote else None,
         )
         if check and res.returncode != 0:
             raise GitError(f"tree {self.name}: git {args[0]} failed: {_first_line(res.stderr)}")
@@ -263,18 +298,23 @@ class Mirror:
             if self.exists():
                 return
             tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+            remote = Remote.of(self.url)
             try:
                 res = run_git(
-                    ["clone", "--mirror", "--quiet", "--", self.url, str(tmp / "m")],
-                    config=self.config,
+                    ["clone", "--mirror", "--quiet", "--", remote.url, str(tmp / "m")],
+                    config=(*self.config, *remote.config),
                     timeout=self.network_timeout,
                     what=f"tree {self.name} ({redact_url(self.url)})",
+                    env=remote.env,
                 )
                 if res.returncode != 0:
                     raise GitError(
                         f"cannot fetch tree {self.name} from {redact_url(self.url)}: "
                         f"{_first_line(res.stderr)}"
                     )
+                # The clone's remote config is never used (fetch names the URL); keep
+                # no credential in a file a checkout's `git remote -v` would show.
+                run_git(["config", "remote.origin.url", redact_url(self.url)], git_dir=tmp / "m")
                 os.rename(tmp / "m", self.path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -283,6 +323,7 @@ class Mirror:
         """Fetch every ref from url (the configured url, even if the mirror's own remote
         config says otherwise), pruning refs deleted upstream."""
         self.ensure()
+        remote = Remote.of(self.url)
         with self.lock():
             res = self._git(
                 "fetch",
@@ -291,10 +332,11 @@ class Mirror:
                 "--quiet",
                 "--no-write-fetch-head",
                 "--",
-                self.url,
+                remote.url,
                 "+refs/*:refs/*",
                 network=True,
                 check=False,
+                remote=remote,
             )
         if res.returncode != 0:
             raise GitError(
@@ -490,7 +532,10 @@ class Mirror:
         """Hash of branch ref at push_url (ls-remote), or None if it does not exist."""
         full = _branch_ref(ref)
         _check_url(push_url)
-        res = self._git("ls-remote", "--", push_url, full, network=True, check=False)
+        remote = Remote.of(push_url)
+        res = self._git(
+            "ls-remote", "--", remote.url, full, network=True, check=False, remote=remote
+        )
         if res.returncode != 0:
             raise GitError(
                 f"tree {self.name}: cannot list {full} at {redact_url(push_url)}: "
@@ -513,6 +558,7 @@ class Mirror:
         """
         full = _branch_ref(ref)
         _check_url(push_url)
+        remote = Remote.of(push_url)
         new_sha = self._rev(new)
         old_sha = None if expected_old is None else self._rev_or_hex(expected_old)
         if old_sha is not None:
@@ -525,10 +571,11 @@ class Mirror:
                     "--no-tags",
                     "--no-write-fetch-head",
                     "--",
-                    push_url,
+                    remote.url,
                     full,
                     network=True,
                     check=False,
+                    remote=remote,
                 )
                 if res.returncode != 0 and "couldn't find remote ref" not in res.stderr:
                     raise GitError(
@@ -554,7 +601,14 @@ class Mirror:
                 )
         lease = f"--force-with-lease={full}:{old_sha or ''}"
         res = self._git(
-            "push", lease, "--", push_url, f"{new_sha}:{full}", network=True, check=False
+            "push",
+            lease,
+            "--",
+            remote.url,
+            f"{new_sha}:{full}",
+            network=True,
+            check=False,
+            remote=remote,
         )
         output = redact_url(res.stdout + res.stderr)
         if res.returncode == 0:

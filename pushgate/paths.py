@@ -34,7 +34,7 @@ def _safe_testid(testid: str) -> str:
 
 def mirror(loaded: Loaded, tree: str) -> Mirror:
     """The bare mirror of a configured tree."""
-    return Mirror(loaded.git_dir / f"{tree}.git", loaded.trees[tree].url)
+    return Mirror(loaded.git_dir / f"{tree}.git", loaded.git_url(tree))
 
 
 def job_workdir(loaded: Loaded, flight: int, job: str) -> Path:

@@ -82,8 +82,7 @@ def decide(
 
 
 def push_url(loaded: Loaded, tree: str) -> str:
-    tc = loaded.trees[tree]
-    return tc.push_url or tc.url
+    return loaded.git_push_url(tree)
 
 
 def _git_push(db: Database, loaded: Loaded, row: dbp.PushRow) -> tuple[str, str]:
