@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pushgate import paths
 from pushgate.bisect.graph import GraphError, Node, RevGraph
 from pushgate.bisect.posterior import Observation
+from pushgate.bisect.result import BisectResult, TraceRow
 from pushgate.bisect.search import Outcome
 from pushgate.bisect.svg import NodeResult, render_svg
 from pushgate.config import Loaded
@@ -22,9 +22,14 @@ from pushgate.db import flights as dbf
 from pushgate.db.engine import Database
 from pushgate.git import GitError
 from pushgate.paths import mirror
-
-if TYPE_CHECKING:
-    from pushgate.bisect.runner import BisectResult, TraceRow
+from pushgate.publish.mail.message import (
+    build_message,
+    envelope_recipients,
+    make_message_id,
+    serialize,
+    thread_to_report,
+)
+from pushgate.publish.mail.outbox import enqueue
 
 DASHES = "-" * 40
 
@@ -233,14 +238,6 @@ def render(
 
 def enqueue_mail(db: Database, loaded: Loaded, row: dbb.BisectionRow, res: BisectResult) -> bool:
     """Queue the outcome mail once per bisection, threaded to the failing flight's report."""
-    from pushgate.publish.mail.message import (
-        build_message,
-        envelope_recipients,
-        make_message_id,
-        serialize,
-        thread_to_report,
-    )
-    from pushgate.publish.mail.outbox import enqueue
 
     br = loaded.branches.get(row.branch)
     if br is None:

@@ -13,11 +13,11 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
+from pushgate.bisect import report as rep
 from pushgate.bisect.graph import GraphError, Node, RevGraph, TreeHistory, build_tuple_graph
 from pushgate.bisect.posterior import (
     FlakeGrid,
@@ -26,6 +26,7 @@ from pushgate.bisect.posterior import (
     compute_posterior,
     flake_grid,
 )
+from pushgate.bisect.result import BisectResult, TraceRow
 from pushgate.bisect.search import EXIT_CODES, Outcome, Probes, SearchParams, step, swapped
 from pushgate.config import Loaded
 from pushgate.db import bisections as dbb
@@ -52,40 +53,6 @@ class Endpoints:
     basis_flight: int | None
     latest_flight: int | None
     host: str
-
-
-@dataclass(frozen=True)
-class TraceRow:
-    """One flight's result at a node of the graph (osstest's `Searching for test results`)."""
-
-    flight: int
-    result: str  # pass | fail | broken
-    node: Node
-    host: str
-    kind: str  # trigger | history | probe
-
-
-@dataclass
-class BisectResult:
-    id: int
-    branch: str
-    job: str
-    testid: str
-    outcome: str
-    exit_code: int
-    culprit: dict[str, str] | None
-    culprit_tree: str | None
-    culprit_commit: str | None
-    not_present: list[str]
-    confidence: float
-    runs: int
-    probe_flights: list[int]
-    rounds: int
-    subject: str = ""
-    body: str = ""
-    svg_path: Path | None = None
-    reason: str = ""
-    trace: list[TraceRow] = field(default_factory=list)
 
 
 def _say_nothing(_: str) -> None:
@@ -516,7 +483,6 @@ def _finish(
     mail: bool,
     mass: dict[Node, float] | None = None,
 ) -> BisectResult:
-    from pushgate.bisect import report as rep
 
     tree = commit = None
     not_present: list[str] = []

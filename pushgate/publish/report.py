@@ -15,6 +15,7 @@ from typing import Any
 
 from pushgate import paths
 from pushgate.config import Loaded
+from pushgate.db import bisections as dbb
 from pushgate.db import flights as dbf
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
@@ -24,6 +25,14 @@ from pushgate.judge.verdict import Classification, Verdict
 from pushgate.judge.verdicts import NoSuchFlight, for_report
 from pushgate.judge.verdicts import judge as judge_now
 from pushgate.paths import job_artifacts
+from pushgate.publish.html import (
+    ArtifactData,
+    FlightData,
+    JobData,
+    RunvarData,
+    StepData,
+    write_html,
+)
 from pushgate.publish.jsonout import render_json
 from pushgate.publish.text import (
     ReportContext,
@@ -191,15 +200,6 @@ def write_flight_html(
     db: Database, loaded: Loaded, flight: int, out_dir: Path, rep: BuiltReport | None = None
 ) -> list[Path]:
     """The flight's HTML pages (report.html's renderer) in out_dir, linking to its logs."""
-    from pushgate.db import bisections as dbb
-    from pushgate.publish.html import (
-        ArtifactData,
-        FlightData,
-        JobData,
-        RunvarData,
-        StepData,
-        write_html,
-    )
 
     with db.read() as conn:
         info = dbf.get_flight(conn, flight)
