@@ -43,15 +43,11 @@ from pushgate.publish.text import (
     render_subject,
 )
 from tests.historybuilder import History
+from tests.shared import osstest_reports
 
 
 def _shared_dir() -> Path:
-    # CI clones the repo next to a copy of shared/: shared is a sibling of the repo root.
-    repo = Path(__file__).resolve().parents[2]
-    shared = repo.parent / "shared" / "osstest-reports"
-    if not shared.is_dir():
-        pytest.fail(f"real osstest reports not found at {shared} (shared/ beside the repo)")
-    return shared
+    return osstest_reports()
 
 
 # The ten flight reports (the other two are bisection mails). Allow-list lines are the ones

@@ -12,10 +12,9 @@ from pushgate.bisect.runner import BisectResult, TraceRow
 from pushgate.bisect.search import Outcome
 from pushgate.db.bisections import BisectionRow
 from pushgate.paths import launder
+from tests.shared import osstest_reports
 
-REAL = Path(
-    "/work/shared/osstest-reports/xen-unstable-smoke-bisection-build-amd64-libvirt-171909.txt"
-)
+REAL = "xen-unstable-smoke-bisection-build-amd64-libvirt-171909.txt"
 
 # Line shapes of the mail, in the order osstest prints them (first occurrence of each).
 SHAPES = [
@@ -124,7 +123,7 @@ def _fixture(tmp_path: Path) -> tuple[str, str, list[str]]:
 
 def test_complete_mail_follows_osstest_structure(tmp_path: Path) -> None:
     subject, body, shas = _fixture(tmp_path)
-    real = REAL.read_text(encoding="utf-8")
+    real = (osstest_reports() / REAL).read_text(encoding="utf-8")
     real_body = real[real.index("\nbranch ") + 1 :]
     assert subject == "[xen-unstable-smoke bisection] complete build-amd64-libvirt"
     assert f"Subject: {subject}\n" in real

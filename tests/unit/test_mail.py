@@ -37,9 +37,9 @@ from pushgate.publish.mail.transport import (
     deliver,
     next_attempt_delay,
 )
+from tests.shared import osstest_reports
 from tests.smtpserver import Cert, SmtpServer, free_port, make_cert
 
-REPORTS = Path("/work/shared/osstest-reports")
 LONG = "L" * 120
 BODY = (
     "flight 123 xen-unstable real [real]\n"
@@ -172,7 +172,7 @@ def test_serialize_parse_round_trip_is_exact() -> None:
 
 @pytest.mark.parametrize("name", ["xen-4.14-testing-152124.txt", "ovmf-167324.txt"])
 def test_header_items_reads_both_osstest_foldings(name: str) -> None:
-    text = (REPORTS / name).read_text()
+    text = (osstest_reports() / name).read_text()
     mail = text.split("-" * 72 + "\n", 1)[1]
     m = parse(mail.encode())
     items = header_items(m, "X-Osstest-Failures")
