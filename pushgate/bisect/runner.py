@@ -10,6 +10,8 @@ resumes from the same row: unfinished probe flights are run first, finished ones
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,10 @@ Say = Callable[[str], None]
 
 class BisectError(PushgateError):
     """A bisection cannot start (no failure/pass pair, unknown tree or revision...)."""
+
+
+class BisectStopped(PushgateError):
+    """The search was asked to stop (a signal): its probe flights resume next time."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +237,21 @@ def needed_jobs(loaded: Loaded, job: str) -> list[str]:
     return order
 
 
+def range_lock(row: dbb.BisectionRow) -> str:
+    """The lock a bisection is searched under. Bisections of one branch over the same
+    revision range share it (and their probe flights): they are searched one after the
+    other, the later ones from the earlier ones' results."""
+    rng = json.dumps([row.basis, row.latest], sort_keys=True).encode()
+    return f"bisect-{row.branch}-{hashlib.sha256(rng).hexdigest()[:16]}"
+
+
+def companions(db: Database, row: dbb.BisectionRow) -> list[dbb.BisectionRow]:
+    """The other bisections of the branch over the same revision range (any status)."""
+    with db.read() as conn:
+        rows = dbb.over_range(conn, row.branch, row.basis, row.latest)
+    return [r for r in rows if r.id != row.id]
+
+
 def make_probe_flight(
     db: Database,
     loaded: Loaded,
@@ -239,7 +260,11 @@ def make_probe_flight(
     say: Say = _say_nothing,
 ) -> int:
     """A `real-bisect` flight of the job at `revs`, reusing passing builds with identical
-    input runvars from any earlier flight, the job pinned to the bisection's host."""
+    input runvars from any earlier flight, the job pinned to the bisection's host.
+
+    The flight also runs the jobs of the other running bisections over the same range
+    (each pinned to its own host): a regression of one flight is searched once, and the
+    later bisections find their evidence in these flights."""
     branch = row.branch
     trees = loaded.branch_trees(branch)
     full = {t: revs.get(t) or row.latest.get(t) or row.basis.get(t) or "" for t in trees}
@@ -247,12 +272,17 @@ def make_probe_flight(
     if missing:
         raise BisectError(f"no revision for tree {missing[0]}")
     tup = Tuple(full, {})
-    names = needed_jobs(loaded, row.job)
+    rows = [row] + [c for c in companions(db, row) if c.status == "running"]
+    pins: dict[str, str] = {}  # bisected job -> its host (this bisection's first)
+    for r in rows:
+        if r.job in loaded.jobs:
+            pins.setdefault(r.job, r.host)
+    names = list(dict.fromkeys(n for j in pins for n in needed_jobs(loaded, j)))
     reuse: dict[str, tuple[int, str]] = {}
     with db.read() as conn:
         for j in names:
-            # Only leaf builds are reused: the bisected job always runs (osstest §7.10).
-            if j == row.job or loaded.jobs[j].all_buildjobs():
+            # Only leaf builds are reused: the bisected jobs always run (osstest §7.10).
+            if j in pins or loaded.jobs[j].all_buildjobs():
                 continue
             f = dbb.reusable_build(conn, j, job_runvars(loaded, branch, j, tup))
             if f is not None and _artifacts_kept(loaded, f, j):
@@ -261,8 +291,8 @@ def make_probe_flight(
     new_jobs = plan_jobs(loaded, branch, names, tup, reuse=reuse)
     pinned = []
     for nj in new_jobs:
-        if nj.job == row.job:
-            nj = dbf.NewJob(nj.job, {**nj.runvars, "bisect_host": row.host}, nj.deps)
+        if nj.job in pins:
+            nj = dbf.NewJob(nj.job, {**nj.runvars, "bisect_host": pins[nj.job]}, nj.deps)
         pinned.append(nj)
     revisions: dict[str, tuple[str, str, str | None]] = {
         t: (full[t], loaded.trees[t].url, None) for t in trees
@@ -354,8 +384,12 @@ def bisect(
     say: Say | None = None,
     max_rounds: int = 500,
     mail: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> BisectResult:
-    """Bisect (branch, job, testid) to its end, running `real-bisect` flights."""
+    """Bisect (branch, job, testid) to its end, running `real-bisect` flights.
+
+    Raises BisectStopped when `stop()` says so or a probe flight was stopped by a signal
+    (run_flight returned with it unfinished); the next call resumes."""
     say = say or _say_nothing
     row, created = open_bisection(db, loaded, branch, job, testid, good, bad)
     say(
@@ -380,6 +414,7 @@ def bisect(
         for f in pending:
             say(f"flight {f}: resuming")
             run_flight(db, loaded, f)
+        _check_stop(db, row, pending, stop)
         obs, trace = collect(db, row, graph)
         if basis is None or latest is None:
             decision: Outcome | Probes = Outcome(
@@ -421,6 +456,19 @@ def bisect(
             say(f"flight {f}: {job} {statuses.get(job, '?')}")
         with db.write() as conn:
             dbb.set_runs(conn, row.id, sum(o.kind == "probe" for o in obs) + len(made))
+        _check_stop(db, row, made, stop)
+
+
+def _check_stop(
+    db: Database, row: dbb.BisectionRow, flights: list[int], stop: Callable[[], bool] | None
+) -> None:
+    with db.read() as conn:
+        stopped = [f for f in flights if (fi := dbf.get_flight(conn, f)) and not fi.finished]
+    if stopped or (stop is not None and stop()):
+        raise BisectStopped(
+            f"bisection {row.id}: stopped"
+            + (f" in flight {', '.join(map(str, stopped))}" if stopped else "")
+        )
 
 
 def _run_all(db: Database, loaded: Loaded, flights: list[int]) -> list[dict[str, str]]:

@@ -418,6 +418,7 @@ def _tree_revs(values: tuple[str, ...], what: str) -> dict[str, str] | None:
 @click.option("--bad", multiple=True, metavar="TREE=REV", help="Failing revision(s).")
 @click.option("--hosts", type=int, default=1, show_default=True, help="Probes per round.")
 @click.option("--osstest-exit-codes", is_flag=True, help="Exit 16 for a flake, as osstest.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the outcome.")
 @pass_ctx
 @handle_errors
 def bisect_cmd(
@@ -429,31 +430,49 @@ def bisect_cmd(
     bad: tuple[str, ...],
     hosts: int,
     osstest_exit_codes: bool,
+    quiet: bool,
 ) -> None:
-    """Bisect BRANCH JOB TESTID to its culprit; `pushgate bisect status` lists bisections.
+    """Bisect BRANCH JOB TESTID to its culprit; `pushgate bisect status` lists bisections;
+    `pushgate bisect run [ID]` searches the open bisections (or bisection ID) that gate
+    cycles opened, as the daemon does.
 
     Exits with the outcome's code: 4 complete, 8 inconclusive, 12 inconsistent,
-    16 unreproducible, 20 flake, 32 doubtful."""
-    from pushgate.bisect.runner import bisect
+    16 unreproducible, 20 flake, 32 doubtful (`bisect run`: 0 when searched, 3 when
+    stopped by a signal)."""
+    from pushgate.bisect.loop import BisectStopped, bisect_one
+    from pushgate.gate.cycle import EXIT_STOPPED, Stopper
 
+    say = (lambda _: None) if quiet else click.echo
     if branch == "status" and job is None:
         _bisect_status(ctx)
         return
+    stopper = Stopper()
+    stopper.install()
+    if branch == "run" and testid is None:
+        sys.exit(_bisect_run(ctx, job, say, lambda: stopper.stop))
     if job is None or testid is None:
-        fail("usage: pushgate bisect BRANCH JOB TESTID (or: pushgate bisect status)")
+        fail(
+            "usage: pushgate bisect BRANCH JOB TESTID"
+            " (or: pushgate bisect status, pushgate bisect run [ID])"
+        )
     if hosts < 1:
         fail("--hosts must be at least 1")
-    res = bisect(
-        ctx.db,
-        ctx.loaded,
-        branch,
-        job,
-        testid,
-        _tree_revs(good, "--good"),
-        _tree_revs(bad, "--bad"),
-        hosts=hosts,
-        say=click.echo,
-    )
+    try:
+        res = bisect_one(
+            ctx.db,
+            ctx.loaded,
+            branch,
+            job,
+            testid,
+            _tree_revs(good, "--good"),
+            _tree_revs(bad, "--bad"),
+            hosts=hosts,
+            say=say,
+            stop=lambda: stopper.stop,
+        )
+    except BisectStopped as e:
+        click.echo(str(e))
+        sys.exit(EXIT_STOPPED)
     click.echo(
         f"outcome: {res.outcome} ({len(res.probe_flights)} flights, {res.runs} runs,"
         f" confidence {res.confidence:.5f})"
@@ -468,6 +487,36 @@ def bisect_cmd(
     if osstest_exit_codes and res.outcome == "flake":
         code = 16
     sys.exit(code)
+
+
+def _bisect_run(ctx: Ctx, bid: str | None, say: Any, stop: Any) -> int:
+    """`pushgate bisect run [ID]`: search bisection ID, or every open one, to its end."""
+    from pushgate.bisect import loop
+    from pushgate.bisect.loop import BisectStopped
+    from pushgate.gate.cycle import EXIT_STOPPED
+
+    if bid is not None and not bid.isdigit():
+        fail(f"bisect run wants a bisection id, not {bid!r}")
+    try:
+        if bid is None:
+            results = loop.run_open(ctx.db, ctx.loaded, say=say, stop=stop)
+        else:
+            row, res = loop.run_one(ctx.db, ctx.loaded, int(bid), say=say, stop=stop)
+            results = [res] if res is not None else []
+            if res is None:
+                click.echo(f"bisection {row.id}: {row.status} (not running: nothing to do)")
+    except BisectStopped as e:
+        click.echo(str(e))
+        return EXIT_STOPPED
+    for r in results:
+        click.echo(
+            f"bisection {r.id} {r.job} {r.testid}: {r.outcome}"
+            + (f" {r.culprit_tree} {r.culprit_commit}" if r.culprit_commit else "")
+            + f" ({len(r.probe_flights)} probe flights, {r.runs} runs)"
+        )
+    if bid is None and not results:
+        click.echo("no open bisection to search")
+    return 0
 
 
 def _bisect_status(ctx: Ctx) -> None:

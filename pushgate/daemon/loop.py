@@ -1,4 +1,5 @@
-"""`pushgate daemon`: keep every branch's gate cycling.
+"""`pushgate daemon`: keep every branch's gate cycling, and search the bisections the
+cycles open.
 
 The daemon is a supervisor. Each branch's cycle runs in its own process
 (`pushgate branch run BRANCH`), so a branch's flight, its signal handling and its
@@ -14,6 +15,12 @@ process, and starts a child only when a cycle has work (an unfinished cycle, a m
 input, an untested baseline, a force, or the schedule). Due mail is delivered from the
 queue in process. SIGTERM/SIGINT: stop starting cycles, pass SIGTERM to the children
 (each stops after its current step, leaving its flight resumable), wait for them, exit.
+
+Bisections run beside the cycles, in their own children (`pushgate bisect run ID`), one
+at a time per revision range (the bisections of one flight's regressions share their
+probe flights, bisect.loop) and ranges in parallel, with the branch cycles. The daemon
+logs a line when it starts one and when it ends; a bisection whose child failed is
+tried again a poll later.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
 
+from pushgate.bisect.runner import range_lock
 from pushgate.config import Loaded
+from pushgate.db import bisections as dbb
 from pushgate.db import cycles as dbc
 from pushgate.db import mailqueue as dbm
 from pushgate.db.engine import Database
@@ -54,6 +63,13 @@ class BranchState:
 
 
 @dataclass
+class BisectChild:
+    id: int
+    what: str
+    proc: subprocess.Popen[bytes]
+
+
+@dataclass
 class Daemon:
     db: Database
     loaded: Loaded
@@ -64,6 +80,11 @@ class Daemon:
     branches: dict[str, BranchState] = field(default_factory=dict)
     wake: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
+    bisecting: dict[str, BisectChild] = field(default_factory=dict)
+    """The running bisection child of each revision range (by its lock name)."""
+    bisect_after: dict[int, float] = field(default_factory=dict)
+    """Bisection id -> when it may be started again (after a failed child; once: never)."""
+    failed_bisections: int = 0
 
     def __post_init__(self) -> None:
         self.branches = {b: BranchState(b) for b in self.loaded.branches}
@@ -83,18 +104,53 @@ class Daemon:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def cli_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "pushgate.cli", "-c", str(self.loaded.path.resolve()), *args]
+
     def child_argv(self, branch: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "pushgate.cli",
-            "-c",
-            str(self.loaded.path.resolve()),
-            "branch",
-            "run",
-            "--quiet",
-            branch,
-        ]
+        return self.cli_argv("branch", "run", "--quiet", branch)
+
+    def bisect_argv(self, bid: int) -> list[str]:
+        return self.cli_argv("bisect", "run", "--quiet", str(bid))
+
+    def start_bisections(self) -> None:
+        """Start a child for each open bisection whose range has none running."""
+        with self.db.read() as conn:
+            rows = dbb.running(conn)
+        now = time.time()
+        for row in rows:
+            key = range_lock(row)
+            if row.branch not in self.branches or key in self.bisecting:
+                continue
+            if self.bisect_after.get(row.id, 0.0) > now:
+                continue
+            what = f"{row.branch} {row.job} {row.testid}"
+            log.info("bisection %d started: %s", row.id, what)
+            proc = subprocess.Popen(self.bisect_argv(row.id), stdin=subprocess.DEVNULL)
+            self.bisecting[key] = BisectChild(row.id, what, proc)
+            if self.once:
+                self.bisect_after[row.id] = float("inf")
+
+    def reap_bisections(self) -> None:
+        for key, ch in list(self.bisecting.items()):
+            rc = ch.proc.poll()
+            if rc is None:
+                continue
+            del self.bisecting[key]
+            with self.db.read() as conn:
+                row = dbb.get_bisection(conn, ch.id)
+            status = row.status if row is not None else "gone"
+            culprit = (
+                f" {row.culprit_tree} {row.culprit_commit}" if row and row.culprit_commit else ""
+            )
+            log.info("bisection %d ended: %s%s (exit %s)", ch.id, status, culprit, rc)
+            stopped = self.stopping and rc in (EXIT_STOPPED, -signal.SIGTERM)
+            if status == "running" and not stopped:
+                self.failed_bisections += 1
+                log.warning("bisection %d: child exited with status %s", ch.id, rc)
+                self.bisect_after[ch.id] = max(
+                    self.bisect_after.get(ch.id, 0.0), time.time() + self.poll_s
+                )
 
     def has_work(self, branch: str) -> bool:
         """Does the branch need a cycle now? (fetches its trees)"""
@@ -134,8 +190,11 @@ class Daemon:
                 st.next_check = 0.0 if st.last_rc == 0 else time.time() + self.poll_s
 
     def step(self) -> None:
-        """One pass: reap children, start due cycles, deliver due mail."""
+        """One pass: reap children, start due cycles and bisections, deliver due mail."""
         self.reap()
+        self.reap_bisections()
+        if not self.stopping:
+            self.start_bisections()
         now = time.time()
         for st in self.branches.values():
             if self.stopping:
@@ -154,7 +213,7 @@ class Daemon:
         deliver_due(self.db, self.mailer)
 
     def sleep_time(self) -> float:
-        if any(st.child is not None for st in self.branches.values()):
+        if self.bisecting or any(st.child is not None for st in self.branches.values()):
             return CHILD_POLL_S
         now = time.time()
         t = min((st.next_check for st in self.branches.values()), default=now + self.poll_s)
@@ -168,22 +227,41 @@ class Daemon:
         self.install_signals()
         while not self.stopping:
             self.step()
-            if self.once and all(st.cycles and st.child is None for st in self.branches.values()):
+            if self.once and self.once_done():
                 break
             self.wake.clear()
             self.wake.wait(self.sleep_time())
         self.shutdown()
         failed = [st.name for st in self.branches.values() if st.last_rc]
-        return 1 if failed else 0
+        return 1 if failed or self.failed_bisections else 0
+
+    def once_done(self) -> bool:
+        """--once: every branch had its cycle, and the bisections open were searched."""
+        if self.bisecting or not all(
+            st.cycles and st.child is None for st in self.branches.values()
+        ):
+            return False
+        self.start_bisections()  # those the last cycles opened
+        return not self.bisecting
 
     def shutdown(self) -> None:
-        """Ask running cycles to stop after their current step and wait for them."""
+        """Ask running cycles and bisections to stop after their current step and wait."""
         running = [st for st in self.branches.values() if st.child is not None]
         for st in running:
             assert st.child is not None
             if st.child.poll() is None:
                 st.child.send_signal(signal.SIGTERM)
+        for ch in self.bisecting.values():
+            if ch.proc.poll() is None:
+                ch.proc.send_signal(signal.SIGTERM)
         deadline = time.time() + self.stop_timeout_s
+        for ch in self.bisecting.values():
+            try:
+                ch.proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                log.warning("bisection %d did not stop; killing it", ch.id)
+                ch.proc.kill()
+                ch.proc.wait()
         for st in running:
             assert st.child is not None
             try:
@@ -193,6 +271,7 @@ class Daemon:
                 st.child.kill()
                 st.child.wait()
         self.reap()
+        self.reap_bisections()
 
 
 def run_daemon(

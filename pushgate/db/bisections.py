@@ -87,6 +87,29 @@ def of_flight(conn: Connection, flight: int) -> list[BisectionRow]:
     return [_row(r) for r in conn.execute(q)]
 
 
+def running(conn: Connection) -> list[BisectionRow]:
+    """Every running bisection, oldest first."""
+    q = select(bisections).where(bisections.c.status == "running").order_by(bisections.c.id)
+    return [_row(r) for r in conn.execute(q)]
+
+
+def over_range(
+    conn: Connection, branch: str, basis: dict[str, str], latest: dict[str, str]
+) -> list[BisectionRow]:
+    """Bisections of the branch (any status) over exactly this revision range, oldest first
+    (the columns hold the tuples as sorted JSON, so equal tuples are equal text)."""
+    q = (
+        select(bisections)
+        .where(
+            bisections.c.branch == branch,
+            bisections.c.basis == json.dumps(basis, sort_keys=True),
+            bisections.c.latest == json.dumps(latest, sort_keys=True),
+        )
+        .order_by(bisections.c.id)
+    )
+    return [_row(r) for r in conn.execute(q)]
+
+
 def latest_for(conn: Connection, branch: str, job: str, testid: str) -> BisectionRow | None:
     q = (
         select(bisections)
