@@ -40,6 +40,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Runvars pushgate sets itself: the tuple under test and where it came from, what a job
+# built, its prerequisite builds, its host and artifacts. Set in the config, one would make
+# jobs test something else than the revision the gate then pushes.
+_OWNED_RUNVAR = re.compile(r"^(tree_.*|revision_.*|built_revision_.*|.*buildjob|host|artifacts)$")
+_OWNED_MSG = (
+    "runvar {var!r} is set by pushgate (tree_*, revision_*, built_revision_*, *buildjob, "
+    "host, artifacts) and cannot be set in the config"
+)
+
+
+def owned_runvar(name: str) -> bool:
+    """True for the runvars pushgate owns, which the config may not set."""
+    return _OWNED_RUNVAR.match(name) is not None
+
+
 def _check_name(v: str) -> str:
     if not NAME_RE.match(v):
         raise ValueError(f"invalid name {v!r} (letters, digits, '.', '_', '+', '-')")
@@ -304,6 +319,14 @@ def _expand_matrix(name: str, raw: dict[str, Any], path: Path, text: str) -> dic
             f"matrix keys {sorted(matrix)} must match the name's placeholders {sorted(fields)}",
             find_line(text, ("jobs", name)),
         )
+    for k in matrix:
+        if owned_runvar(k):
+            raise ConfigError(
+                path,
+                f"jobs.{name}.matrix.{k}",
+                _OWNED_MSG.format(var=k),
+                find_line(text, ("jobs", name, "matrix", k)),
+            )
     keys = sorted(matrix)
     out: dict[str, Any] = {}
     for values in itertools.product(*(matrix[k] for k in keys)):
@@ -410,6 +433,9 @@ def _cross_check(cfg: Config, path: Path, text: str, origins: dict[str, str]) ->
         if not tree.url.strip():
             raise err(("trees", tname, "url"), "empty url")
     for jname, job in cfg.jobs.items():
+        for var in job.runvars:
+            if owned_runvar(var):
+                raise err(("jobs", jname, "runvars", var), _OWNED_MSG.format(var=var))
         for var, dep in job.all_buildjobs().items():
             if not re.fullmatch(r"(\w+_)?\w*buildjob", var):
                 raise err(("jobs", jname, "buildjobs", var), "runvar name must end in 'buildjob'")

@@ -24,8 +24,11 @@ import getpass
 import os
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
+
 from pushgate.config import Loaded
 from pushgate.db import cycles as dbc
+from pushgate.db import flights as dbf
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.gate.locks import db_lock, pause_point
@@ -121,6 +124,46 @@ def _settle_pending(db: Database, loaded: Loaded, row: dbp.PushRow) -> tuple[str
     )
 
 
+def untested_build(conn: Connection, flights: list[int], tree: str, target: str) -> str | None:
+    """Why a job of `flights` was not built from `target` of `tree`, or None if none is.
+
+    Each job is followed through its buildjobs (in any flight, as a retest reuses its
+    parent's builds): a `revision_<tree>` or `built_revision_<tree>` runvar of the job or
+    of a build it used that differs from target means the jobs tested something else.
+    """
+    names = (f"revision_{tree}", f"built_revision_{tree}")
+    runvars: dict[int, dict[str, dict[str, str]]] = {}
+    deps: dict[int, dict[str, list[tuple[str, int, str]]]] = {}
+
+    def load(f: int) -> None:
+        if f not in runvars:
+            runvars[f] = {j.job: j.runvars for j in dbf.get_jobs(conn, f)}
+            deps[f] = dbf.job_deps_of(conn, f)
+
+    for f in flights:
+        info = dbf.get_flight(conn, f)
+        if info is not None and info.revisions.get(tree, target) != target:
+            return f"flight {f} tested {tree} {info.revisions[tree]}, not {target}"
+    for f in flights:
+        load(f)
+        for job in runvars[f]:
+            todo, seen = [(f, job)], set()
+            while todo:
+                key = todo.pop()
+                if key in seen:
+                    continue
+                seen.add(key)
+                kf, kj = key
+                load(kf)
+                for name in names:
+                    value = runvars[kf].get(kj, {}).get(name)
+                    if value is not None and value != target:
+                        via = "" if key == (f, job) else f" (its build {kf}.{kj})"
+                        return f"job {f}.{job}{via} has {name}={value}, not {target}"
+                todo += [(df, dj) for _, df, dj in deps[kf].get(kj, [])]
+    return None
+
+
 def push_flight(
     db: Database, loaded: Loaded, flight: int, *, tolerable: bool, blessing: str = "real"
 ) -> dbp.PushRow:
@@ -148,6 +191,13 @@ def push_flight(
                 tolerable=tolerable,
                 state=state,
             )
+            if d.push:
+                # Invariant 1: only the tested tuple is pushed, whatever the verdict or a force.
+                flights = [flight] + ([cyc.retest_flight] if cyc.retest_flight else [])
+                with db.read() as conn:
+                    untested = untested_build(conn, flights, cyc.tree, cyc.target)
+                if untested is not None:
+                    d = Decision(True, False, "refused", f"untested build, not pushing: {untested}")
             with db.write() as conn:
                 dbp.insert_push(
                     conn,
