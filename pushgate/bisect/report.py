@@ -119,10 +119,7 @@ def summary_lines(
     ]
     lines.append("")
     kind = out.kind
-    evidence = (
-        f"f={out.f_mean:.2f} eps~{out.eps_mean:.2f}; runs {out.runs}"
-        f" in {res.rounds} rounds on {row.host}"
-    )
+    evidence = f"f={out.f_mean:.2f} eps~{out.eps_mean:.2f}; {evidence_counts(res)}; on {row.host}"
     post = f"P(flake)={out.p_flake:.5f} P(env)={out.p_env:.5f}"
     if kind in ("complete", "inconsistent") and out.culprit is not None:
         lines += [HEADLINE[kind], ""]
@@ -189,6 +186,20 @@ def summary_lines(
     return lines
 
 
+def evidence_counts(res: BisectResult) -> str:
+    """The counts of the Evidence line, from the trace the mail prints: the probe runs, the
+    probe flights they ran in (and the bisections those flights were shared with), and the
+    earlier results (the trigger and branch history)."""
+    probes = [t for t in res.trace if t.kind == "probe"]
+    flights = sorted({t.flight for t in probes})
+    text = f"runs {len(probes)} in {len(flights)} probe flights"
+    if flights:
+        text += f" ({flights[0]}..{flights[-1]})" if len(flights) > 1 else f" ({flights[0]})"
+    if res.shared_with:
+        text += f" shared with bisection {', '.join(map(str, res.shared_with))}"
+    return text + f", {len(res.trace) - len(probes)} earlier results"
+
+
 def render(
     loaded: Loaded,
     row: dbb.BisectionRow,
@@ -198,7 +209,12 @@ def render(
     obs: Sequence[Observation],
 ) -> tuple[str, str]:
     """(subject, body) of the outcome mail."""
-    head = [f"branch {row.branch}", f"job {row.job}", f"testid {row.testid}", ""]
+    head = [f"branch {row.branch}", f"job {row.job}", f"testid {row.testid}"]
+    if row.latest_flight is not None:  # the flight whose regression this bisects
+        head.append(
+            f"flight {row.latest_flight} {paths.flight_logs_url(loaded, row.latest_flight)}"
+        )
+    head.append("")
     summary = summary_lines(loaded, row, graph, out, res, obs)
     body = head + summary + [""]
     if out.kind != "doubtful" and res.svg_path is not None:

@@ -40,3 +40,5 @@ class BisectResult:
     svg_path: Path | None = None
     reason: str = ""
     trace: list[TraceRow] = field(default_factory=list)
+    shared_with: list[int] = field(default_factory=list)
+    """Other bisections whose jobs also ran in this one's probe flights (same range)."""

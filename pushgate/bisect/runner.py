@@ -459,6 +459,17 @@ def bisect(
         _check_stop(db, row, made, stop)
 
 
+def _shared_with(db: Database, row: dbb.BisectionRow, probes: list[int]) -> list[int]:
+    """The other bisections over this range whose job ran in one of these probe flights."""
+    out = []
+    for c in companions(db, row):
+        with db.read() as conn:
+            ran = {r.flight for r in dbb.step_runs(conn, c.branch, c.job, c.testid)}
+        if ran.intersection(probes):
+            out.append(c.id)
+    return out
+
+
 def _check_stop(
     db: Database, row: dbb.BisectionRow, flights: list[int], stop: Callable[[], bool] | None
 ) -> None:
@@ -556,6 +567,7 @@ def _finish(
         rounds=rounds,
         reason=out.reason,
         trace=trace,
+        shared_with=_shared_with(db, row, probes),
     )
     if row.status == "running":
         with db.write() as conn:

@@ -156,3 +156,38 @@ def test_launder_keeps_paths_inside() -> None:
     assert launder("guest-migrate/src_host/dst_host") == "guest-migrate--src_host--dst_host"
     assert launder("../../etc") == "_..--..--etc"
     assert "/" not in launder("a/../b") and not launder(".x").startswith(".")
+
+
+def test_mail_links_the_bisected_flight_and_counts_what_its_trace_shows(tmp_path: Path) -> None:
+    _, body, _ = _fixture(tmp_path)
+    lines = body.splitlines()
+    assert lines[:4] == [
+        "branch xen-unstable-smoke",
+        "job build-amd64-libvirt",
+        "testid libvirt-build",
+        "flight 171899 http://logs.example.org/osstest/logs/171899/",
+    ]
+    # The fixture's Outcome says runs=4 and BisectResult rounds=4; the counts printed are
+    # those of the trace printed below them (4 probe runs, 2 earlier results).
+    printed = re.findall(r"^ (\d+) (pass|fail|broken) [0-9a-f ]+$", body, re.M)
+    assert len(printed) == 6
+    ev = next(x for x in lines if x.startswith("  Evidence:"))
+    assert "runs 4 in 4 probe flights (171902..171909), 2 earlier results; on himrod1" in ev
+    assert "rounds" not in ev
+
+
+def test_evidence_counts_follow_the_trace_not_the_search_totals(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pushgate.bisect.report import evidence_counts
+    from pushgate.bisect.result import TraceRow as T
+
+    res = BisectResult(
+        id=2, branch="b", job="j", testid="t", outcome="complete", exit_code=4, culprit=None,
+        culprit_tree=None, culprit_commit=None, not_present=[], confidence=0.9, runs=99,
+        probe_flights=[], rounds=0,
+        trace=[T(5, "fail", ("a",), "h", "trigger"), T(7, "pass", ("b",), "h", "probe")],
+    )  # fmt: skip
+    assert evidence_counts(res) == "runs 1 in 1 probe flights (7), 1 earlier results"
+    shared = replace(res, shared_with=[1])
+    assert evidence_counts(shared).endswith("(7) shared with bisection 1, 1 earlier results")
