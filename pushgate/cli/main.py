@@ -16,6 +16,7 @@ from pushgate import config as cfgmod
 from pushgate.config import Loaded
 from pushgate.db.engine import Database
 from pushgate.errors import PushgateError
+from pushgate.redact import inert
 
 F = TypeVar("F", bound=Callable[..., Any])
 # No markup: printed text (commit subjects, test output) may hold [brackets] of its own.
@@ -23,10 +24,16 @@ console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
 
 
+def echo(text: object, **kw: Any) -> None:
+    """click.echo for text that may hold untrusted parts (commit authors and subjects, job
+    names, testids, log lines): terminal control characters are shown escaped."""
+    click.echo(inert(str(text)), **kw)
+
+
 def fail(msg: str, code: int = 2) -> NoReturn:
     # The message may quote user text with brackets (TOML tables): never parse it as markup.
     line = Text("error: ", style="bold red")
-    line.append(msg)
+    line.append(inert(msg, multiline=False))
     err_console.print(line, highlight=False, soft_wrap=True)
     sys.exit(code)
 
@@ -97,9 +104,9 @@ def check(ctx: Ctx, dump_flights: bool) -> None:
     from pushgate.run.plan import dump_flights as dump
 
     if dump_flights:
-        click.echo("\n".join(dump(ctx.loaded)))
+        echo("\n".join(dump(ctx.loaded)))
         return
-    console.print(config_summary(ctx.loaded), highlight=False, soft_wrap=True)
+    console.print(inert(config_summary(ctx.loaded)), highlight=False, soft_wrap=True)
 
 
 @main.group()
@@ -148,7 +155,7 @@ def flight_new(
 
     # Plan first (fetch, resolve, select jobs) so bad input writes no database row.
     plan = plan_flight(ctx.loaded, branch, blessing=blessing, revs=_parse_revs(revs), jobs=jobs)
-    click.echo(create_planned(ctx.db, plan))
+    echo(create_planned(ctx.db, plan))
 
 
 @flight.command("run")
@@ -163,9 +170,9 @@ def flight_run(ctx: Ctx, flight_no: int, quiet: bool) -> None:
 
     statuses, notes = run_with_progress(ctx.db, ctx.loaded, flight_no, console, quiet=quiet)
     for note in notes:
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(inert(f"note: {note}"), highlight=False)
     render_grid(console, ctx.db, flight_no)
-    console.print(f"logs: {ctx.loaded.logs_dir / str(flight_no)}", highlight=False)
+    console.print(inert(f"logs: {ctx.loaded.logs_dir / str(flight_no)}"), highlight=False)
 
 
 @flight.command("show")
@@ -181,7 +188,7 @@ def flight_show(ctx: Ctx, flight_no: int, as_json: bool) -> None:
         data = flight_data(ctx.db, flight_no)
         if data is None:
             fail(f"flight {flight_no} does not exist")
-        click.echo(json.dumps(data, indent=2))
+        echo(json.dumps(data, indent=2))
         return
     render_grid(console, ctx.db, flight_no)
 
@@ -240,13 +247,13 @@ def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None, now: 
         from pushgate.publish.report import write_flight_html
 
         for p in write_flight_html(ctx.db, ctx.loaded, flight_no, html_dir, rep):
-            err_console.print(f"wrote {p}", highlight=False)
+            err_console.print(inert(f"wrote {p}"), highlight=False)
     if as_json:
-        click.echo(json.dumps(rep.data, indent=2))
+        echo(json.dumps(rep.data, indent=2))
     else:
         if rep.note:
-            click.echo(rep.note)
-        click.echo(rep.mail_text(), nl=False)
+            echo(rep.note)
+        echo(rep.mail_text(), nl=False)
 
 
 @main.group()
@@ -262,7 +269,7 @@ def _show_gate(branch: str, st: Any) -> None:
         parts.append(f"push of {st.force_revision} forced")
     if (st.blocked_why is not None or st.force or st.force_revision) and st.by:
         parts.append(f"by {st.by}")
-    click.echo(f"{branch}: {'; '.join(parts)}")
+    echo(f"{branch}: {'; '.join(parts)}")
 
 
 @gate.command("block")
@@ -339,15 +346,15 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
 
     res = run_cycle(ctx.db, ctx.loaded, name, run=run, stopper=stopper)
     if res.action == "idle":
-        click.echo(f"{name}: nothing to do")
+        echo(f"{name}: nothing to do")
         return
-    click.echo(f"{name}: flight {res.flight} ({res.reason}): {res.action}")
+    echo(f"{name}: flight {res.flight} ({res.reason}): {res.action}")
     for note in res.notes:
-        click.echo(f"  {note}")
+        echo(f"  {note}")
     if res.report is not None:
-        click.echo(f"  {res.report.subject}")
+        echo(f"  {res.report.subject}")
     if res.push is not None:
-        click.echo(f"  push: {res.push.status}")
+        echo(f"  push: {res.push.status}")
     if res.action == "stopped":
         sys.exit(EXIT_STOPPED)
 
@@ -391,7 +398,7 @@ def mail_flush(ctx: Ctx) -> None:
     res = flush(ctx.db, ctx.loaded)
     with ctx.db.read() as conn:
         counts = dbm.mail_counts(conn)
-    click.echo(
+    echo(
         f"sent {res.sent}, to retry {res.retry}, failed {res.failed}; queue: "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     )
@@ -442,7 +449,7 @@ def bisect_cmd(
     from pushgate.bisect.loop import BisectStopped, bisect_one
     from pushgate.gate.cycle import EXIT_STOPPED, Stopper
 
-    say = (lambda _: None) if quiet else click.echo
+    say = (lambda _: None) if quiet else echo
     if branch == "status" and job is None:
         _bisect_status(ctx)
         return
@@ -471,18 +478,18 @@ def bisect_cmd(
             stop=lambda: stopper.stop,
         )
     except BisectStopped as e:
-        click.echo(str(e))
+        echo(str(e))
         sys.exit(EXIT_STOPPED)
-    click.echo(
+    echo(
         f"outcome: {res.outcome} ({len(res.probe_flights)} flights, {res.runs} runs,"
         f" confidence {res.confidence:.5f})"
     )
     if res.culprit_commit:
-        click.echo(f"culprit: {res.culprit_tree} {res.culprit_commit}")
+        echo(f"culprit: {res.culprit_tree} {res.culprit_commit}")
         for p in res.not_present:
-            click.echo(f"not present: {p}")
+            echo(f"not present: {p}")
     if res.svg_path is not None:
-        click.echo(f"graph: {res.svg_path}")
+        echo(f"graph: {res.svg_path}")
     code = res.exit_code
     if osstest_exit_codes and res.outcome == "flake":
         code = 16
@@ -504,18 +511,18 @@ def _bisect_run(ctx: Ctx, bid: str | None, say: Any, stop: Any) -> int:
             row, res = loop.run_one(ctx.db, ctx.loaded, int(bid), say=say, stop=stop)
             results = [res] if res is not None else []
             if res is None:
-                click.echo(f"bisection {row.id}: {row.status} (not running: nothing to do)")
+                echo(f"bisection {row.id}: {row.status} (not running: nothing to do)")
     except BisectStopped as e:
-        click.echo(str(e))
+        echo(str(e))
         return EXIT_STOPPED
     for r in results:
-        click.echo(
+        echo(
             f"bisection {r.id} {r.job} {r.testid}: {r.outcome}"
             + (f" {r.culprit_tree} {r.culprit_commit}" if r.culprit_commit else "")
             + f" ({len(r.probe_flights)} probe flights, {r.runs} runs)"
         )
     if bid is None and not results:
-        click.echo("no open bisection to search")
+        echo("no open bisection to search")
     return 0
 
 
@@ -545,7 +552,7 @@ def _bisect_status(ctx: Ctx) -> None:
             str(r.runs),
             f"{r.basis_flight or '-'}..{r.latest_flight or '-'}",
         ]
-        table.add_row(*(Text(c) for c in cells))
+        table.add_row(*(Text(inert(c, multiline=False)) for c in cells))
     console.print(table)
 
 

@@ -12,6 +12,7 @@ from rich.text import Text
 from pushgate.db import flights as dbf
 from pushgate.db.engine import Database
 from pushgate.model import flight_outcome
+from pushgate.redact import inert, redact_url
 
 STYLE = {
     "pass": "green",
@@ -66,7 +67,8 @@ def flight_data(db: Database, flight: int) -> dict[str, Any] | None:
                 "host": j.host,
                 "started": j.started,
                 "finished": j.finished,
-                "runvars": j.runvars,
+                # Flights made before tree URLs were redacted at construction kept them.
+                "runvars": {k: redact_url(v) for k, v in j.runvars.items()},
                 "steps": by_job.get(j.job, []),
             }
             for j in jobs
@@ -77,7 +79,13 @@ def flight_data(db: Database, flight: int) -> dict[str, Any] | None:
 def _cell(status: str | None) -> Text:
     if status is None:
         return Text("")
-    return Text(status, style=STYLE.get(status, ""))
+    return Text(_t(status), style=STYLE.get(status, ""))
+
+
+def _t(text: str) -> str:
+    """A grid field as printed: job names, testids (JUnit substeps come from test output)
+    and statuses have their terminal control characters shown escaped."""
+    return inert(text, multiline=False)
 
 
 def render_grid(console: Console, db: Database, flight: int) -> None:
@@ -87,7 +95,9 @@ def render_grid(console: Console, db: Database, flight: int) -> None:
         return
     revs = " ".join(f"{t}={r[:12]}" for t, r in data["revisions"].items())
     console.print(
-        Text(f"flight {flight} {data['branch']} {data['blessing']} [{data['intended']}]  {revs}")
+        Text(
+            _t(f"flight {flight} {data['branch']} {data['blessing']} [{data['intended']}]  {revs}")
+        )
     )
     jobs = data["jobs"]
     # testid order: first appearance by step number across jobs.
@@ -103,14 +113,14 @@ def render_grid(console: Console, db: Database, flight: int) -> None:
         t = Table(title=None, show_lines=False)
         t.add_column("testid")
         for j in jobs:
-            t.add_column(j["job"], overflow="fold")
+            t.add_column(_t(j["job"]), overflow="fold")
         t.add_row(Text("(job)", style="bold"), *[_cell(j["status"]) for j in jobs])
         for tid in testids:
             cells = []
             for j in jobs:
                 st = next((s for s in j["steps"] if s["testid"] == tid), None)
                 cells.append(_cell(st["status"]) if st else Text(""))
-            t.add_row(tid, *cells)
+            t.add_row(Text(_t(tid)), *cells)
     else:
         # Too wide: one row per job, its steps listed in order.
         t = Table(show_lines=False)
@@ -120,10 +130,10 @@ def render_grid(console: Console, db: Database, flight: int) -> None:
         for j in jobs:
             steps = Text()
             for s in j["steps"]:
-                steps.append(f"{s['stepno']} {s['testid']} ")
-                steps.append(s["status"], style=STYLE.get(s["status"], ""))
+                steps.append(_t(f"{s['stepno']} {s['testid']} "))
+                steps.append(_t(s["status"]), style=STYLE.get(s["status"], ""))
                 steps.append("  ")
-            t.add_row(j["job"], _cell(j["status"]), steps)
+            t.add_row(Text(_t(j["job"])), _cell(j["status"]), steps)
     console.print(t)
     if data["outcome"]:
         console.print(Text(f"outcome: {data['outcome']}"))
@@ -140,8 +150,8 @@ def render_flight_list(console: Console, db: Database, branch: str | None, limit
         st = statuses[f.flight]
         t.add_row(
             str(f.flight),
-            f.branch,
-            f.blessing,
+            Text(_t(f.branch)),
+            Text(_t(f.blessing)),
             time.strftime("%Y-%m-%d %H:%M", time.gmtime(f.created)),
             flight_outcome(st) if st else "",
         )

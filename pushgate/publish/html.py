@@ -24,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from pushgate.judge.verdict import SECTION_HEADINGS, Classification, job_sort_key
 from pushgate.publish.text import render_failure, render_subject
+from pushgate.redact import redact_url
 
 TEMPLATES = Path(__file__).parent / "templates"
 CSS = """
@@ -236,7 +237,12 @@ def write_html(
                 "started": j.started,
                 "finished": j.finished,
                 "steps": steps,
-                "runvars": sorted(j.runvars, key=lambda r: (r.synth, r.name)),
+                # Redacted again: flights made before tree URLs were redacted at
+                # construction kept their credentials in tree_* runvars.
+                "runvars": [
+                    RunvarData(r.name, redact_url(r.value), r.synth)
+                    for r in sorted(j.runvars, key=lambda r: (r.synth, r.name))
+                ],
                 "artifacts": [
                     {"name": a.name, "href": link(logs_base, a.path), "size": a.size}
                     for a in j.artifacts
