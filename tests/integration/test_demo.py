@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pushgate import config as cfgmod
+from pushgate.db import bisections as dbb
+from pushgate.db import flights as dbf
+from pushgate.db import mailqueue as dbm
+from pushgate.db.engine import Database
 from tests.gitrepo import remote_head
 
 
@@ -33,6 +38,29 @@ def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
     assert f"mbox:   {mbox}" in text
     mailed = [str(m["Subject"]) for m in mailbox.mbox(str(mbox))]
     assert [s for s in mailed if s.startswith("[rpn test]")] == subjects
+    n = int(subjects[1].split()[2].rstrip(":"))
+    # The regression cycle only opened the bisections: its report was mailed before the
+    # first probe flight started, and is before the bisection mails in the mbox.
+    loaded = cfgmod.load(d / "pushgate.toml")
+    db = Database(loaded.database_url)
+    with db.read() as conn:
+        (report,) = [m for m in dbm.list_mail(conn, n) if m.kind == "report"]
+        bis = dbb.of_flight(conn, n)
+        probes = [f for f in dbf.list_flights(conn, limit=1000) if f.blessing == "real-bisect"]
+    db.dispose()
+    assert report.sent is not None and probes
+    assert report.sent < min(f.started or 0 for f in probes)
+    order = [s for s in mailed if s.startswith(("[rpn test] 2:", "[rpn bisection]"))]
+    assert order[0] == subjects[1] and len(order) == 3, mailed
+    assert "the report went out before the bisection started" in text
+    # The two regressions (one commit broke both jobs) cost one search: every probe flight
+    # ran both jobs, and the second bisection concluded from the first's flights.
+    assert sorted(b.job for b in bis) == ["test-debug-unit", "test-release-unit"]
+    assert all(b.status == "complete" for b in bis)
+    one = bis[0].runs  # the first search's probe runs: what one job alone costs
+    assert one >= 4 and len(probes) <= 1.3 * one, (len(probes), one)
+    m = re.search(r"2 regressions of flight \d+: (\d+) probe flights in all, against (\d+)", text)
+    assert m is not None and int(m.group(1)) == len(probes) and int(m.group(2)) == one, text
     fix = subprocess.run(
         ["git", "-C", str(d / "rpn"), "rev-parse", "staging"],
         capture_output=True,
@@ -61,7 +89,6 @@ def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
 
     # The report of the regression flight, as HTML and JSON, from the command line.
     cfg = str(d / "pushgate.toml")
-    n = re.search(r"\[rpn test\] (\d+): regressions", text).group(1)  # type: ignore[union-attr]
     html = subprocess.run(
         [
             sys.executable,
@@ -70,7 +97,7 @@ def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
             "-c",
             cfg,
             "report",
-            n,
+            str(n),
             "--html",
             str(tmp_path / "html"),
         ],
@@ -84,7 +111,7 @@ def test_demo_runs_the_gate_over_three_revisions(tmp_path: Path) -> None:
     build_page = (tmp_path / "html" / "job-build-release.html").read_text()
     assert "rpn/rpn" in build_page  # the kept artifact is listed
     js = subprocess.run(
-        [sys.executable, "-m", "pushgate.cli", "-c", cfg, "report", n, "--json"],
+        [sys.executable, "-m", "pushgate.cli", "-c", cfg, "report", str(n), "--json"],
         capture_output=True,
         text=True,
     )
