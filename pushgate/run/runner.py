@@ -41,6 +41,8 @@ class Progress:
     """Callbacks the CLI uses for live progress; all optional."""
 
     job_started: Callable[[str, str], None] = lambda job, host: None
+    # Called when a step's command is about to run (its `running` row committed).
+    step_started: Callable[[str, int, str], None] = lambda job, no, testid: None
     step_done: Callable[[str, int, str, str], None] = lambda job, no, testid, status: None
     job_done: Callable[[str, str], None] = lambda job, status: None
 
@@ -383,6 +385,7 @@ class JobRun:
                 dbf.start_step(conn, ctx.flight, self.job, stepno, step.testid, step.fatal, rel)
 
             await ctx.write(begin)
+            ctx.progress.step_started(self.job, stepno, step.testid)
             # A plain string: a Path per step cost more than the rest of this loop.
             outcome = await self._run_step(step, stepno, f"{ctx.loaded.logs_dir}/{rel}")
             status, reason = self._status(outcome, step)
