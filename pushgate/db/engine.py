@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.sql import Executable
 
 from pushgate.errors import PushgateError
@@ -23,7 +24,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision (a test checks it against alembic's head):
 # a database already there needs no alembic at all, whose import and script
 # scan cost every command ~0.12 s.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 _IMMEDIATE = "pushgate_immediate"
 
 
@@ -32,7 +33,21 @@ class DatabaseError(PushgateError):
 
 
 def make_engine(url: str) -> Engine:
-    u = make_url(url)
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(
+            "not a database URL (sqlite:///PATH or postgresql://USER@HOST/DB)"
+        ) from None
+    if u.get_backend_name() not in ("sqlite", "postgresql") or u.drivername not in (
+        "sqlite",
+        "postgresql",
+        "postgresql+psycopg",
+    ):
+        raise DatabaseError(
+            f"database {u.drivername!r} is not supported"
+            " (sqlite:///PATH or postgresql://USER@HOST/DB)"
+        )
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)

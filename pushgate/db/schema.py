@@ -87,6 +87,9 @@ jobs = Table(
     Column("lease_until", Float),
     # Attempts after a crash, so a job that kills its runner is not retried forever.
     Column("attempts", Integer, nullable=False, default=0),
+    # The fencing token (invariant 8): bumped whenever the job changes hands (claim,
+    # take-over, requeue, break); every write a runner makes for the job names it.
+    Column("attempt", Integer, nullable=False, default=0, server_default="0"),
     ForeignKeyConstraint(["flight"], ["flights.flight"], ondelete="CASCADE"),
     Index("ix_jobs_job_flight", "job", "flight"),
     Index("ix_jobs_status", "status"),
@@ -161,6 +164,8 @@ host_slots = Table(
     Column("job", String(200)),
     Column("runner", String(200)),
     Column("lease_until", Float),
+    # The holding job's attempt: only that attempt may renew or release the slot.
+    Column("attempt", Integer),
     ForeignKeyConstraint(["host"], ["hosts.host"], ondelete="CASCADE"),
     Index("ix_host_slots_flight_job", "flight", "job"),
 )
@@ -175,6 +180,7 @@ host_allocations = Table(
     Column("job", String(200), nullable=False),
     Column("allocated", Float, nullable=False),
     Column("released", Float),
+    Column("attempt", Integer),
     Index("ix_host_allocations_flight_job", "flight", "job"),
 )
 
@@ -188,7 +194,8 @@ pushes = Table(
     Column("flight", Integer, nullable=False, unique=True),
     Column("revision", String(64), nullable=False),
     Column("expected_old", String(64)),
-    # pending -> pushed | refused | failed | uptodate
+    # pending -> pushed | refused | failed | uptodate; a decision that did not move the ref
+    # (failed, or not-pushed by a block since lifted) may become pending again (gate.push).
     Column("status", String(20), nullable=False),
     Column("output", Text, nullable=False, default=""),
     Column("created", Float, nullable=False),
