@@ -360,7 +360,9 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--once", is_flag=True, help="One cycle of every branch, then exit.")
+@click.option(
+    "--once", is_flag=True, help="One cycle of every branch and the bisections open, then exit."
+)
 @click.option(
     "--poll",
     "poll_s",
