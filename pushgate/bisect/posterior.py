@@ -126,7 +126,8 @@ def flake_grid(
 ) -> FlakeGrid:
     """Prior over f from known-good runs (§4.2): the Beta(s·m + fails, s·(1 - m) + passes)
     estimate spread over the F_LEVELS grid by bin mass, plus `robust` spread evenly so that
-    the bisection's contradictions can pull f up whatever history said.
+    the bisection's contradictions can pull f up whatever history said (for a proven step,
+    `robust` is the no-history grid instead: history that no longer applies).
 
     The floor f_min holds until the step has `history_min` known-good runs: the fleet prior
     alone is no evidence that this test is deterministic, but 20 clean runs are, and then the
@@ -143,7 +144,31 @@ def flake_grid(
     cdf = [beta_cdf(e, a, b) for e in edges]
     mass = [max(0.0, hi - lo) for lo, hi in zip(cdf, cdf[1:], strict=False)]
     tot = sum(mass) or 1.0
-    w = [(1.0 - robust) * m / tot + robust / len(pts) for m in mass]
+    if proven and robust > 0:
+        # The hedge against history that no longer applies (the rate drifted, the history was
+        # mislabelled): with probability `robust` the step is one with no history, i.e. the
+        # no-history grid (floor f_min, its own even spread). Spreading it evenly over the whole
+        # grid instead put 2.5% of the prior on f >= 0.3 after 20 clean runs, whose likelihood
+        # is below 1e-3: every flaky-fail hypothesis then kept enough mass to cost a clean
+        # bisection one to two runs more than ceil(log2 N) + 4 (bench/bisect_sim.py).
+        fresh = flake_grid(
+            0,
+            0,
+            parent_rate=parent_rate,
+            strength=strength,
+            f_min=f_min,
+            f_max=f_max,
+            history_min=history_min,
+            robust=robust,
+            levels=levels,
+        )
+        fw = dict(zip(fresh.points, fresh.weights, strict=True))
+        w = [
+            (1.0 - robust) * m / tot + robust * fw.get(x, 0.0)
+            for m, x in zip(mass, pts, strict=True)
+        ]
+    else:
+        w = [(1.0 - robust) * m / tot + robust / len(pts) for m in mass]
     p10, p90 = beta_ppf(0.1, a, b), beta_ppf(0.9, a, b)
     conf = max(floor, min(p90, f_max))
     return FlakeGrid(
