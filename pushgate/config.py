@@ -6,6 +6,7 @@ key can be found in the file) and the dotted key, on one line.
 
 from __future__ import annotations
 
+import email.policy
 import fnmatch
 import itertools
 import os
@@ -17,11 +18,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pushgate.allow import AllowPatternError, parse_allow
 from pushgate.errors import PushgateError
 from pushgate.redact import redact_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 DEFAULT_CONFIG = "pushgate.toml"
+# Longest name pushgate stores (trees, branches, jobs, hosts, runvars, blessings, who gave a
+# block), and testid: the database columns hold 200 and 400; the README says so.
+NAME_MAX = 100
+TESTID_MAX = 200
+# A mail domain (Message-IDs, addresses): dot-separated labels of letters, digits and '-'.
+DOMAIN_RE = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+)
 
 
 class ConfigError(PushgateError):
@@ -55,10 +65,58 @@ def owned_runvar(name: str) -> bool:
     return _OWNED_RUNVAR.match(name) is not None
 
 
-def _check_name(v: str) -> str:
+def check_name(v: str) -> str:
     if not NAME_RE.match(v):
         raise ValueError(f"invalid name {v!r} (letters, digits, '.', '_', '+', '-')")
+    if len(v) > NAME_MAX:
+        raise ValueError(f"name of {len(v)} characters (at most {NAME_MAX})")
     return v
+
+
+def check_address(v: str) -> str:
+    """One mail address (`a@example.org` or `Name <a@example.org>`), or ValueError."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"invalid mail address {v!r}: control characters")
+    try:
+        header = email.policy.default.header_factory("To", v)
+        addrs = header.addresses
+    except Exception:  # noqa: BLE001 - the stdlib parser raises IndexError and others
+        raise ValueError(f"invalid mail address {v!r}") from None
+    if header.defects or len(addrs) != 1:
+        raise ValueError(f"invalid mail address {v!r} (one address, as a@example.org)")
+    if not addrs[0].username or not DOMAIN_RE.match(addrs[0].domain or ""):
+        raise ValueError(f"invalid mail address {v!r} (one address, as a@example.org)")
+    return v
+
+
+# Git ref names (git check-ref-format --allow-onelevel, in Python: config is ground floor).
+_REF_BAD = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^/|/$|\.$|^-|(^|/)\.|\.lock(/|$)")
+
+
+def check_ref_name(v: str) -> str:
+    if not v or v == "@" or _REF_BAD.search(v):
+        raise ValueError(f"invalid ref name {v!r} (see git check-ref-format)")
+    return v
+
+
+def _check_url(v: str, what: str) -> str:
+    """A git URL: a path, file://, http(s)://, git://, ssh:// or scp-like user@host:path;
+    never `transport::address` (git's ext:: runs commands) or option-like text."""
+    if not v.strip():
+        raise ValueError(f"empty {what}")
+    if v.startswith("-") or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"invalid {what} {redact_url(v)!r}")
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)(://|::)", v)
+    if m and (m.group(2) == "::" or m.group(1).lower() not in _URL_SCHEMES):
+        raise ValueError(
+            f"{what} scheme {m.group(1)!r} not supported (a path, "
+            + ", ".join(f"{s}://" for s in sorted(_URL_SCHEMES))
+            + ", or user@host:path)"
+        )
+    return v
+
+
+_URL_SCHEMES = frozenset({"file", "git", "http", "https", "ssh"})
 
 
 class TreeConfig(_Model):
@@ -68,12 +126,22 @@ class TreeConfig(_Model):
     # Where the tested ref is pushed; the input repository by default.
     push_url: str | None = None
 
+    @field_validator("url", "push_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, "url")
+
+    @field_validator("input_ref", "tested_ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        return check_ref_name(v)
+
 
 class StepConfig(_Model):
     testid: str
     # An argument list, or a string run by /bin/sh -c (the config author's own text).
-    command: list[str] | str
-    timeout: float = 3600.0
+    command: list[str] | str = Field(min_length=1)
+    timeout: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     # Runs even after a fatal failure (log capture), like osstest's `!` steps.
     always: bool = False
     # A non-fatal step (a probe) records its failure without failing the job.
@@ -88,6 +156,8 @@ class StepConfig(_Model):
     def _testid(cls, v: str) -> str:
         if not v or any(c.isspace() for c in v) or not v.isprintable():
             raise ValueError(f"invalid testid {v!r} (no spaces or control characters)")
+        if len(v) > TESTID_MAX:
+            raise ValueError(f"testid of {len(v)} characters (at most {TESTID_MAX})")
         return v
 
 
@@ -119,7 +189,7 @@ class BranchConfig(_Model):
     blessing: str = "real"
     push: bool = True
     schedule: str | None = None
-    retest_max_fraction: float = 0.1
+    retest_max_fraction: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
     # Seconds to wait before testing the input tip again after its last flight did not push
     # (osstest tests the same tuple again at once: "Testing same since N ... k attempts").
     repeat_pause_s: float = Field(0.0, ge=0, allow_inf_nan=False)
@@ -129,6 +199,18 @@ class BranchConfig(_Model):
     mail_cc: list[str] = Field(default_factory=list)
     mail_bcc: list[str] = Field(default_factory=list)
     bisect_mail_to: list[str] | None = None
+
+    @field_validator("mail_to", "mail_cc", "mail_bcc", "bisect_mail_to")
+    @classmethod
+    def _addresses(cls, v: list[str] | None) -> list[str] | None:
+        for a in v or []:
+            check_address(a)
+        return v
+
+    @field_validator("blessing")
+    @classmethod
+    def _blessing(cls, v: str) -> str:
+        return check_name(v)
 
 
 class HostConfig(_Model):
@@ -147,26 +229,46 @@ class StateConfig(_Model):
 
 
 class RunnerConfig(_Model):
-    broken_exit_code: int = 125
-    heartbeat_s: float = 5.0
-    lease_s: float = 30.0
+    broken_exit_code: int = Field(default=125, ge=1, le=255)
+    # At least 0.1 s (a smaller one spins a core); the lease at least two heartbeats.
+    heartbeat_s: float = Field(default=5.0, ge=0.1, allow_inf_nan=False)
+    lease_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
 
 
 class ReportConfig(_Model):
     logs_url: str = "file://{logs}"
 
+    @field_validator("logs_url")
+    @classmethod
+    def _logs_url(cls, v: str) -> str:
+        if not re.match(r"^(https?|file)://", v) or any(ord(c) < 32 for c in v):
+            raise ValueError(f"logs_url {v!r} must start with http://, https:// or file://")
+        return v
+
 
 class MailConfig(_Model):
     mode: Literal["mbox", "smtp"] = "mbox"
     mbox: str | None = None
-    host: str = "localhost"
-    port: int = 25
+    host: str = Field(default="localhost", min_length=1)
+    port: int = Field(default=25, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "none"
     user: str | None = None
     password_env: str | None = None
     password_file: str | None = None
     from_addr: str = "pushgate@localhost"
     domain: str = "pushgate.invalid"
+
+    @field_validator("from_addr")
+    @classmethod
+    def _from(cls, v: str) -> str:
+        return check_address(v)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        if not DOMAIN_RE.match(v):
+            raise ValueError(f"invalid mail domain {v!r}")
+        return v
 
 
 class Config(_Model):
@@ -366,12 +468,38 @@ def config_path(explicit: str | None) -> Path:
 def load(path: Path | str) -> Loaded:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, "", "config file not found") from None
     except OSError as e:
         raise ConfigError(path, "", f"cannot read config: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            path, "", f"not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})", line
+        ) from None
     return parse(text, path)
+
+
+def _find_nul(value: Any, loc: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The key path of the first NUL character in a key or string value, or None."""
+    if isinstance(value, str):
+        return loc if "\0" in value else None
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_nul(v, (*loc, str(i)))
+            if found:
+                return found
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if "\0" in k:
+                return (*loc, k)
+            found = _find_nul(v, (*loc, k))
+            if found:
+                return found
+    return None
 
 
 def parse(text: str, path: Path) -> Loaded:
@@ -380,6 +508,11 @@ def parse(text: str, path: Path) -> Loaded:
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError(path, "", f"invalid TOML: {e}", int(m.group(1)) if m else None) from None
+    nul = _find_nul(raw, ())
+    if nul is not None:
+        # A NUL cannot be passed to exec, the environment or most databases.
+        shown = ".".join(p.replace("\0", "\\0") for p in nul)
+        raise ConfigError(path, shown, "NUL character", find_line(text, nul))
     raw_jobs = raw.get("jobs")
     # Expanded matrix job -> the template it came from, to find its line.
     origins: dict[str, str] = {}
@@ -426,16 +559,34 @@ def _cross_check(cfg: Config, path: Path, text: str, origins: dict[str, str]) ->
 
     for name in [*cfg.trees, *cfg.jobs, *cfg.branches, *cfg.hosts]:
         try:
-            _check_name(name)
+            check_name(name)
         except ValueError as e:
             raise err((name,), str(e)) from None
     for tname, tree in cfg.trees.items():
         if not tree.url.strip():
             raise err(("trees", tname, "url"), "empty url")
+    if cfg.state.database is not None:
+        try:
+            check_database_url(cfg.state.database)
+        except ValueError as e:
+            raise err(("state", "database"), str(e)) from None
+    rc = cfg.runner
+    if rc.lease_s < 2 * rc.heartbeat_s:
+        raise err(
+            ("runner", "lease_s"),
+            f"must be at least twice heartbeat_s ({rc.lease_s:g} < 2 x {rc.heartbeat_s:g})",
+        )
+    if cfg.mail.password_env and cfg.mail.password_file:
+        raise err(("mail", "password_file"), "give only one of password_env and password_file")
     for jname, job in cfg.jobs.items():
         for var in job.runvars:
             if owned_runvar(var):
                 raise err(("jobs", jname, "runvars", var), _OWNED_MSG.format(var=var))
+            if not var or len(var) > NAME_MAX or not var.isprintable() or "=" in var:
+                raise err(
+                    ("jobs", jname, "runvars", var),
+                    f"invalid runvar name (printable, no '=', at most {NAME_MAX} characters)",
+                )
         for var, dep in job.all_buildjobs().items():
             if not re.fullmatch(r"(\w+_)?\w*buildjob", var):
                 raise err(("jobs", jname, "buildjobs", var), "runvar name must end in 'buildjob'")
@@ -469,6 +620,10 @@ def _cross_check(cfg: Config, path: Path, text: str, origins: dict[str, str]) ->
         for pat in br.jobs:
             if not select_jobs(cfg.jobs, [pat]):
                 raise err(("branches", bname, "jobs"), f"no job matches {pat!r}")
+        try:
+            parse_allow(br.allow)
+        except AllowPatternError as e:
+            raise err(("branches", bname, "allow"), str(e)) from None
         selected = set(select_jobs(cfg.jobs, br.jobs))
         for j in selected:
             for dep in cfg.jobs[j].all_buildjobs().values():
@@ -488,6 +643,21 @@ def _cross_check(cfg: Config, path: Path, text: str, origins: dict[str, str]) ->
                 ) from None
         if not 0 <= br.retest_max_fraction <= 1:
             raise err(("branches", bname, "retest_max_fraction"), "must be between 0 and 1")
+
+
+def check_database_url(url: str) -> str:
+    """A database URL pushgate can use: sqlite:///PATH or postgresql://... (psycopg)."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+._-]*)://", url)
+    scheme = m.group(1).lower() if m else None
+    if scheme is None:
+        raise ValueError("not a database URL (sqlite:///PATH or postgresql://USER@HOST/DB)")
+    if scheme not in ("sqlite", "postgresql", "postgresql+psycopg"):
+        raise ValueError(
+            f"database {scheme!r} is not supported (sqlite:///PATH or postgresql://USER@HOST/DB)"
+        )
+    if scheme == "sqlite" and not url.startswith("sqlite:///"):
+        raise ValueError("a SQLite URL is sqlite:///PATH (three slashes)")
+    return url
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

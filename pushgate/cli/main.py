@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -15,7 +18,13 @@ from rich.text import Text
 from pushgate import config as cfgmod
 from pushgate.config import Loaded
 from pushgate.db.engine import Database
-from pushgate.errors import PushgateError
+from pushgate.errors import (
+    EXIT_BROKEN,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_PASSED,
+    EXIT_OK,
+    PushgateError,
+)
 from pushgate.redact import inert
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -75,7 +84,53 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+class _Main(click.Group):
+    """The top group: a usage error is one line (exit 2), Ctrl-C exits 130, and an error
+    that is a bug in pushgate is one line naming where it happened (exit 3; the traceback
+    with PUSHGATE_DEBUG=1)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            fail("interrupted", EXIT_INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - the one place a bug is reported
+            if os.environ.get("PUSHGATE_DEBUG"):
+                traceback.print_exc()
+            tb = traceback.extract_tb(e.__traceback__)
+            where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+            fail(
+                f"internal error{where}: {type(e).__name__}: {e} (a bug in pushgate;"
+                " PUSHGATE_DEBUG=1 shows the traceback)",
+                EXIT_BROKEN,
+            )
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+def _positive(option: str, value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        fail(f"{option} must be a positive number of seconds, not {value}")
+    return value
+
+
+def _one_line(option: str, value: str, limit: int) -> str:
+    if not value.strip() or not value.isprintable() or len(value) > limit:
+        fail(f"{option}: one line of printable text, at most {limit} characters")
+    return value
+
+
+@click.group(cls=_Main)
 @click.option(
     "--config",
     "-c",
@@ -153,6 +208,10 @@ def flight_new(
     """Create a flight of BRANCH's jobs and print its number."""
     from pushgate.run.plan import create_planned, plan_flight
 
+    try:
+        cfgmod.check_name(blessing)
+    except ValueError as e:
+        fail(f"--blessing: {e}")
     # Plan first (fetch, resolve, select jobs) so bad input writes no database row.
     plan = plan_flight(ctx.loaded, branch, blessing=blessing, revs=_parse_revs(revs), jobs=jobs)
     echo(create_planned(ctx.db, plan))
@@ -173,6 +232,22 @@ def flight_run(ctx: Ctx, flight_no: int, quiet: bool) -> None:
         err_console.print(inert(f"note: {note}"), highlight=False)
     render_grid(console, ctx.db, flight_no)
     console.print(inert(f"logs: {ctx.loaded.logs_dir / str(flight_no)}"), highlight=False)
+    sys.exit(flight_exit(list(statuses.values())))
+
+
+def flight_exit(statuses: list[str]) -> int:
+    """`flight run`: 0 every job passed, 1 a job failed (the thing under test), 3 none
+    failed but one is broken, starved or blocked by one (the harness or the farm), 130 the
+    runner was interrupted before every job finished."""
+    from pushgate.model import FINAL_JOB_STATUSES, Status
+
+    if any(s not in FINAL_JOB_STATUSES for s in statuses):
+        return EXIT_INTERRUPTED
+    if any(s == Status.FAIL for s in statuses):
+        return EXIT_NOT_PASSED
+    if any(s != Status.PASS for s in statuses):
+        return EXIT_BROKEN
+    return EXIT_OK
 
 
 @flight.command("show")
@@ -190,12 +265,14 @@ def flight_show(ctx: Ctx, flight_no: int, as_json: bool) -> None:
             fail(f"flight {flight_no} does not exist")
         echo(json.dumps(data, indent=2))
         return
+    if flight_data(ctx.db, flight_no) is None:
+        fail(f"flight {flight_no} does not exist")
     render_grid(console, ctx.db, flight_no)
 
 
 @flight.command("list")
 @click.option("--branch")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @pass_ctx
 @handle_errors
 def flight_list(ctx: Ctx, branch: str | None, limit: int) -> None:
@@ -242,11 +319,17 @@ def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None, now: 
     """Print flight N's report as decided and mailed (subject, headers, body)."""
     from pushgate.publish.report import build_report
 
+    if html_dir is not None:
+        _writable_dir("--html", html_dir)
     rep = build_report(ctx.db, ctx.loaded, flight_no, now=now)
     if html_dir is not None:
         from pushgate.publish.report import write_flight_html
 
-        for p in write_flight_html(ctx.db, ctx.loaded, flight_no, html_dir, rep):
+        try:
+            written = write_flight_html(ctx.db, ctx.loaded, flight_no, html_dir, rep)
+        except OSError as e:
+            fail(f"--html {html_dir}: cannot write: {e.strerror or e}")
+        for p in written:
             err_console.print(inert(f"wrote {p}"), highlight=False)
     if as_json:
         echo(json.dumps(rep.data, indent=2))
@@ -254,6 +337,16 @@ def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None, now: 
         if rep.note:
             echo(rep.note)
         echo(rep.mail_text(), nl=False)
+
+
+def _writable_dir(option: str, path: Path) -> None:
+    """Make DIR (and its parents) or fail with one line, before anything is written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"{option} {path}: cannot create: {e.strerror or e}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"{option} {path}: not a writable directory")
 
 
 @main.group()
@@ -282,6 +375,9 @@ def gate_block(ctx: Ctx, branch: str, why: str, by: str | None) -> None:
     """Stop BRANCH from pushing until `gate unblock` or `gate force`."""
     from pushgate.gate import push as gatemod
 
+    _one_line("--why", why, 1000)
+    if by is not None:
+        _one_line("--by", by, cfgmod.NAME_MAX)
     _show_gate(branch, gatemod.block(ctx.db, ctx.loaded, branch, why, by))
 
 
@@ -306,6 +402,8 @@ def gate_force(ctx: Ctx, branch: str, rev: str | None, by: str | None) -> None:
     """Push BRANCH's next tested revision whatever its verdict (clears a block)."""
     from pushgate.gate import push as gatemod
 
+    if by is not None:
+        _one_line("--by", by, cfgmod.NAME_MAX)
     _show_gate(branch, gatemod.force(ctx.db, ctx.loaded, branch, rev, by))
 
 
@@ -347,7 +445,7 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
     res = run_cycle(ctx.db, ctx.loaded, name, run=run, stopper=stopper)
     if res.action == "idle":
         echo(f"{name}: nothing to do")
-        return
+        sys.exit(EXIT_OK)
     echo(f"{name}: flight {res.flight} ({res.reason}): {res.action}")
     for note in res.notes:
         echo(f"  {note}")
@@ -357,6 +455,34 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
         echo(f"  push: {res.push.status}")
     if res.action == "stopped":
         sys.exit(EXIT_STOPPED)
+    assert res.flight is not None
+    sys.exit(cycle_exit(ctx.db, res.flight))
+
+
+def cycle_exit(db: Database, flight: int) -> int:
+    """`branch run`, from the stored push decision and verdict: 0 pushed, or nothing to
+    push and the verdict tolerable; 1 not pushed (regressions, a block, a refused push);
+    3 only broken or unfinished jobs block, or the push failed (tried again later)."""
+    from pushgate.db import pushes as dbp
+    from pushgate.gate.push import PUSHED_STATUSES
+    from pushgate.judge import verdicts
+    from pushgate.judge.verdict import BLOCKER_REGRESSION
+
+    with db.read() as conn:
+        push = dbp.get_push(conn, flight)
+    if push is not None and push.status in PUSHED_STATUSES:
+        return EXIT_OK
+    if push is None or push.status in ("failed", "pending"):
+        return EXIT_BROKEN
+    vd = verdicts.stored(db, flight)
+    if vd is None:
+        return EXIT_BROKEN
+    c = vd.classification
+    if c.tolerable:
+        return EXIT_NOT_PASSED if push.status in ("not-pushed", "refused") else EXIT_OK
+    if any(f.blocker == BLOCKER_REGRESSION for f in c.all_failures):
+        return EXIT_NOT_PASSED
+    return EXIT_BROKEN
 
 
 @main.command()
@@ -379,9 +505,35 @@ def daemon(ctx: Ctx, once: bool, poll_s: float) -> None:
 
     from pushgate.daemon.loop import run_daemon
 
+    _positive("--poll", poll_s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     sys.exit(run_daemon(ctx.db, ctx.loaded, poll_s=poll_s, once=once))
+
+
+@main.command()
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would be deleted and how much; delete nothing."
+)
+@click.option("--verbose", "-v", is_flag=True, help="One line per dir, with why.")
+@pass_ctx
+@handle_errors
+def gc(ctx: Ctx, dry_run: bool, verbose: bool) -> None:
+    """Delete work dirs, logs and artifacts past the [retention] settings."""
+    from pushgate.daemon.retention import human, run_gc
+
+    res = run_gc(ctx.db, ctx.loaded, dry_run=dry_run)
+    if verbose or dry_run:
+        for d in res.items:
+            size = "failed: " + d.error if d.error else human(d.bytes)
+            echo(f"{d.label()}: {size} ({d.why})")
+        for why, n in sorted(res.kept.items()):
+            echo(f"kept {n}: {why}")
+        for s in res.skipped:
+            echo(f"left alone: {s}")
+    echo(res.summary())
+    if res.errors:
+        sys.exit(3)  # incomplete: some dirs could not be deleted (said above)
 
 
 @main.group()
@@ -446,12 +598,13 @@ def bisect_cmd(
     cycles opened, as the daemon does.
 
     Exits with the outcome's code: 4 complete, 8 inconclusive, 12 inconsistent,
-    16 unreproducible, 20 flake, 32 doubtful (`bisect run`: 0 when searched, 3 when
+    16 unreproducible, 20 flake, 32 doubtful (`bisect run`: 0 when searched, 130 when
     stopped by a signal)."""
     from pushgate.bisect.loop import BisectStopped, bisect_one
     from pushgate.gate.cycle import EXIT_STOPPED, Stopper
 
-    say = (lambda _: None) if quiet else echo
+    # Quiet: the lines of the flights the bisector starts and ends only (`flight N: ...`).
+    say = (lambda s: echo(s) if s.startswith("flight ") else None) if quiet else echo
     if branch == "status" and job is None:
         _bisect_status(ctx)
         return

@@ -41,6 +41,13 @@ from pushgate.db import bisections as dbb
 from pushgate.db import cycles as dbc
 from pushgate.db import mailqueue as dbm
 from pushgate.db.engine import Database
+from pushgate.errors import (
+    EXIT_BROKEN,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_PASSED,
+    EXIT_OK,
+    worst_exit,
+)
 from pushgate.gate.cycle import EXIT_STOPPED, plan_cycle
 from pushgate.git import GitError
 from pushgate.publish.mail.outbox import deliver_due, mailer_for
@@ -183,11 +190,13 @@ class Daemon:
                 st.last_rc = st.child.returncode
                 if self.stopping and st.last_rc in (EXIT_STOPPED, -signal.SIGTERM):
                     st.last_rc = 0  # stopped as asked; the cycle resumes next time
-                if st.last_rc:
+                # 0 passed and 1 not pushed are a cycle's normal ends (README "Exit codes").
+                normal = st.last_rc in (EXIT_OK, EXIT_NOT_PASSED)
+                if not normal:
                     log.warning("branch %s: cycle exited with status %s", st.name, st.last_rc)
                 st.child = None
                 # A cycle that did something may have more to do (the input moved meanwhile).
-                st.next_check = 0.0 if st.last_rc == 0 else time.time() + self.poll_s
+                st.next_check = 0.0 if normal else time.time() + self.poll_s
 
     def step(self) -> None:
         """One pass: reap children, start due cycles and bisections, deliver due mail."""
@@ -232,8 +241,14 @@ class Daemon:
             self.wake.clear()
             self.wake.wait(self.sleep_time())
         self.shutdown()
-        failed = [st.name for st in self.branches.values() if st.last_rc]
-        return 1 if failed or self.failed_bisections else 0
+        # --once exits as `branch run` does (the most severe of its cycles'); a daemon
+        # stopped by a signal, which it was made for, exits 0 unless a cycle failed.
+        codes = [st.last_rc for st in self.branches.values()]
+        codes += [EXIT_BROKEN] if self.failed_bisections else []
+        if self.once:
+            return EXIT_INTERRUPTED if self.stopping else worst_exit(codes)
+        code = worst_exit(codes)
+        return EXIT_OK if code == EXIT_NOT_PASSED else code
 
     def once_done(self) -> bool:
         """--once: every branch had its cycle, and the bisections open were searched."""

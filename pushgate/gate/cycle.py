@@ -27,6 +27,7 @@ from pushgate.db import cycles as dbc
 from pushgate.db import flights as dbf
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
+from pushgate.errors import EXIT_INTERRUPTED
 from pushgate.gate.locks import pause_point
 from pushgate.gate.push import push_flight, push_url
 from pushgate.judge import verdicts
@@ -43,8 +44,9 @@ from pushgate.run.plan import (
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[Database, Loaded, int], object]
-# Exit status of `pushgate branch run` when it was asked to stop midway (resumable).
-EXIT_STOPPED = 3
+# Exit status of `pushgate branch run` when it was asked to stop midway (resumable): 130,
+# interrupted, as for every command that runs flights (README "Exit codes").
+EXIT_STOPPED = EXIT_INTERRUPTED
 
 
 @dataclass(frozen=True)
