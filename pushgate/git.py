@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,11 +133,17 @@ def run_git(
     config: Sequence[str] = (),
     what: str = "git",
     env: Mapping[str, str] | None = None,
+    own_group: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> GitResult:
     """Run git with args (never through a shell); return its exit status and output.
 
     Runs in its own process group so a timeout also kills ssh/remote helpers git started.
-    `what` names the repository in timeout errors; `env` is added to git_env().
+    own_group=False keeps git in pushgate's process group instead, so that a kill of the
+    group (a service manager's stop, Ctrl-C) stops git with pushgate; a timeout then
+    kills git itself (its ssh or receive-pack helpers end when it does). `pass_fds` are
+    inherited by git (a lock it must hold while it lives). `what` names the repository
+    in timeout errors; `env` is added to git_env().
     """
     cmd = ["git"]
     for opt in (*_CONFIG, *config):
@@ -150,13 +157,21 @@ def run_git(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        start_new_session=True,
+        start_new_session=own_group,
+        pass_fds=tuple(pass_fds),
     )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        if own_group:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        else:
+            proc.kill()
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # a helper still holds the pipes
+                proc.wait()
         raise GitError(f"{what}: git {args[0]} timed out after {timeout:g}s") from None
     return GitResult(
         proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
@@ -261,7 +276,13 @@ class Mirror:
     # -- plumbing -------------------------------------------------------------------------
 
     def _git(
-        self, *args: str, network: bool = False, check: bool = True, remote: Remote | None = None
+        self,
+        *args: str,
+        network: bool = False,
+        check: bool = True,
+        remote: Remote | None = None,
+        own_group: bool = True,
+        pass_fds: Sequence[int] = (),
     ) -> GitResult:
         res = run_git(
             args,
@@ -270,6 +291,8 @@ class Mirror:
             timeout=self.network_timeout if network else LOCAL_TIMEOUT,
             what=f"tree {self.name} ({redact_url(self.url)})",
             env=remote.env if remote else None,
+            own_group=own_group,
+            pass_fds=pass_fds,
         )
         if check and res.returncode != 0:
             raise GitError(f"tree {self.name}: git {args[0]} failed: {_first_line(res.stderr)}")
@@ -283,6 +306,31 @@ class Mirror:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextmanager
+    def push_lock(self) -> Iterator[int]:
+        """Held while git pushes from this mirror, and inherited by that git (yields the
+        fd to pass it): a `git push` that outlives a killed pushgate keeps holding it, so
+        the next look at the remote (remote_ref) waits until that push has ended and sees
+        its outcome. Waits at most network_timeout, then raises GitError."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".push.lock"), "a+b") as fh:
+            deadline = time.monotonic() + self.network_timeout
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise GitError(
+                            f"tree {self.name}: an earlier git push from this mirror is "
+                            f"still running after {self.network_timeout:g}s"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield fh.fileno()
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -529,13 +577,17 @@ class Mirror:
     # -- pushing --------------------------------------------------------------------------
 
     def remote_ref(self, push_url: str, ref: str) -> str | None:
-        """Hash of branch ref at push_url (ls-remote), or None if it does not exist."""
+        """Hash of branch ref at push_url (ls-remote), or None if it does not exist.
+
+        Waits first for a git push from this mirror that is still running (push_lock),
+        even one left behind by a killed process, so the answer includes its outcome."""
         full = _branch_ref(ref)
         _check_url(push_url)
         remote = Remote.of(push_url)
-        res = self._git(
-            "ls-remote", "--", remote.url, full, network=True, check=False, remote=remote
-        )
+        with self.push_lock():
+            res = self._git(
+                "ls-remote", "--", remote.url, full, network=True, check=False, remote=remote
+            )
         if res.returncode != 0:
             raise GitError(
                 f"tree {self.name}: cannot list {full} at {redact_url(push_url)}: "
@@ -554,7 +606,8 @@ class Mirror:
         compare-and-swap (--force-with-lease). expected_old None means "ref must not exist".
 
         A refusal (lease lost, not a fast-forward, remote hook said no) is returned with
-        ok=False; an unreachable remote or other failure raises GitError.
+        ok=False; an unreachable remote or other failure raises GitError. git runs in
+        pushgate's process group and holds push_lock() while it lives.
         """
         full = _branch_ref(ref)
         _check_url(push_url)
@@ -600,16 +653,21 @@ class Mirror:
                     new_sha,
                 )
         lease = f"--force-with-lease={full}:{old_sha or ''}"
-        res = self._git(
-            "push",
-            lease,
-            "--",
-            remote.url,
-            f"{new_sha}:{full}",
-            network=True,
-            check=False,
-            remote=remote,
-        )
+        # git stays in pushgate's process group (a kill of the group stops it too) and
+        # holds the push lock while it lives (a push that outlives pushgate is waited for).
+        with self.push_lock() as lock_fd:
+            res = self._git(
+                "push",
+                lease,
+                "--",
+                remote.url,
+                f"{new_sha}:{full}",
+                network=True,
+                check=False,
+                remote=remote,
+                own_group=False,
+                pass_fds=(lock_fd,),
+            )
         output = redact_url(res.stdout + res.stderr)
         if res.returncode == 0:
             reason = "up-to-date" if "Everything up-to-date" in output else "pushed"

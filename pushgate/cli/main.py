@@ -435,6 +435,7 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
     from pushgate.cli.progress import run_with_progress
     from pushgate.daemon.cycle import run_cycle
     from pushgate.gate.cycle import EXIT_STOPPED, Stopper
+    from pushgate.gate.push import push_line
 
     stopper = Stopper()
     stopper.install()
@@ -452,7 +453,7 @@ def branch_run(ctx: Ctx, name: str, quiet: bool) -> None:
     if res.report is not None:
         echo(f"  {res.report.subject}")
     if res.push is not None:
-        echo(f"  push: {res.push.status}")
+        echo(f"  push: {push_line(res.push)}")
     if res.action == "stopped":
         sys.exit(EXIT_STOPPED)
     assert res.flight is not None

@@ -24,6 +24,8 @@ from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.gate.cycle import RunFn, Stopper, advance_gate, open_cycle
 from pushgate.gate.locks import db_lock, pause_point
+from pushgate.gate.push import push_line, retry_push
+from pushgate.git import GitError
 from pushgate.judge import verdicts
 from pushgate.judge.verdict import BLOCKER_REGRESSION, Verdict
 from pushgate.publish.mail.outbox import deliver_due, enqueue_report, mailer_for
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 class CycleResult:
     branch: str
     action: str
-    """idle (nothing to do), done (a cycle completed), stopped (asked to stop midway)."""
+    """idle (nothing to do), done (a cycle completed), stopped (asked to stop midway),
+    push (only an earlier flight's push was carried out: gate.push.retry_push)."""
     flight: int | None = None
     reason: str = ""
     push: dbp.PushRow | None = None
@@ -92,8 +95,26 @@ def run_cycle(
     mailer = mailer or mailer_for(loaded)
     res = CycleResult(branch, "idle")
     with db_lock(db, f"branch-{branch}"):
-        cyc = open_cycle(db, loaded, branch, new_flight=new_flight)
+        cyc = open_cycle(db, loaded, branch, new_flight=False)
+        if cyc is None and new_flight:
+            # A tested revision whose push failed, or was blocked and is no longer, is
+            # pushed now, without a new flight; then a flight is planned as usual.
+            retried = retry_push(db, loaded, branch)
+            if retried is not None:
+                res.action, res.flight, res.push = "push", retried.flight, retried
+                res.reason = "a tested revision's push carried out"
+                res.notes.append(f"flight {retried.flight} push: {push_line(retried)}")
+            try:
+                cyc = open_cycle(db, loaded, branch, new_flight=True)
+            except GitError as e:
+                if retried is None or retried.status not in ("failed", "refused"):
+                    raise
+                # The remote that just failed the push is likely what planning needs
+                # too: the failed push is the news, and it is tried again next cycle.
+                res.notes.append(f"no new flight planned: {e}")
+                cyc = None
         if cyc is not None:
+            res.push = None
             res.flight, res.reason = cyc.flight, cyc.reason
             res.action = _advance(db, loaded, cyc, run, stopper, res, mailer, bisect)
     deliver_due(db, mailer)

@@ -49,6 +49,7 @@ from pushgate.errors import (
     worst_exit,
 )
 from pushgate.gate.cycle import EXIT_STOPPED, plan_cycle
+from pushgate.gate.push import retry_due
 from pushgate.git import GitError
 from pushgate.publish.mail.outbox import deliver_due, mailer_for
 from pushgate.publish.mail.transport import Mailer
@@ -164,6 +165,8 @@ class Daemon:
         with self.db.read() as conn:
             if dbc.latest_cycle(conn, branch, open_only=True) is not None:
                 return True
+        if retry_due(self.db, self.loaded, branch) is not None:
+            return True  # a tested revision's push to carry out
         try:
             return plan_cycle(self.db, self.loaded, branch) is not None
         except (FlightError, GitError) as e:

@@ -91,6 +91,32 @@ def finish_push(conn: Connection, flight: int, status: str, output: str) -> None
     )
 
 
+def repend_push(
+    conn: Connection,
+    flight: int,
+    *,
+    from_status: str,
+    why: str | None,
+    decided_by: str | None,
+    note: str,
+) -> bool:
+    """Make a decision that did not move the tested ref (`from_status`: failed, or
+    not-pushed by a block since lifted) pending again, its output kept with `note` after
+    it; False if the row is no longer in from_status (another process took it)."""
+    done = conn.execute(
+        update(pushes)
+        .where(pushes.c.flight == flight, pushes.c.status == from_status)
+        .values(
+            status="pending",
+            why=why,
+            decided_by=decided_by,
+            output=pushes.c.output + note,
+            finished=None,
+        )
+    )
+    return done.rowcount == 1
+
+
 def pushes_of(conn: Connection, branch: str) -> list[PushRow]:
     q = select(pushes.c.flight).where(pushes.c.branch == branch).order_by(pushes.c.flight)
     out = []

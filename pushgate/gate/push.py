@@ -33,6 +33,7 @@ from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.gate.locks import db_lock, pause_point
 from pushgate.git import GitError, check_ref
+from pushgate.judge import verdicts
 from pushgate.paths import mirror
 
 # Push-row statuses that mean the tested ref now holds the target.
@@ -102,8 +103,16 @@ def _git_push(db: Database, loaded: Loaded, row: dbp.PushRow) -> tuple[str, str]
     return "refused", res.output + f"Push refused ({res.reason}): {ref} was not changed.\n"
 
 
-def _settle_pending(db: Database, loaded: Loaded, row: dbp.PushRow) -> tuple[str, str]:
-    """A push decided by a process that died: find out what happened, finish it."""
+def _attempt(db: Database, loaded: Loaded, row: dbp.PushRow) -> tuple[str, str]:
+    """Carry out a pending decision; (status, output).
+
+    The remote is asked first where the tested ref is (remote_ref waits for a git push
+    still running from an interrupted attempt, so its outcome is seen): already at the
+    target is `pushed` (by that attempt, or by someone else: not pushed again); at the
+    expected old revision, push; elsewhere, someone moved it: `refused`. A push that did
+    not plainly succeed is checked the same way afterwards, so a push that went through
+    is never recorded as refused or failed.
+    """
     m = mirror(loaded, row.tree)
     ref = loaded.trees[row.tree].tested_ref
     url = push_url(loaded, row.tree)
@@ -112,16 +121,23 @@ def _settle_pending(db: Database, loaded: Loaded, row: dbp.PushRow) -> tuple[str
     except GitError as e:
         return "failed", f"{e}\n"
     if now_at == row.revision:
-        return "pushed", (
-            f"{ref} is at {row.revision}: the push completed before pushgate "
-            "was restarted (git's output was lost).\n"
+        return "pushed", f"{ref} was already at {row.revision}; not pushed again.\n"
+    if now_at != row.expected_old:
+        return "refused", (
+            f"{ref} is at {now_at or '(absent)'}, not at the expected "
+            f"{row.expected_old or '(absent)'}: someone else moved it.\n"
+            f"Push refused (stale): {ref} was not changed.\n"
         )
-    if now_at == row.expected_old:
-        return _git_push(db, loaded, row)
-    return "refused", (
-        f"{ref} moved to {now_at or '(absent)'} while this push was pending "
-        f"(expected {row.expected_old or '(absent)'}); not pushing.\n"
-    )
+    status, output = _git_push(db, loaded, row)
+    if status in PUSHED_STATUSES:
+        return status, output
+    try:
+        now_at = m.remote_ref(url, ref)
+    except GitError:
+        return status, output
+    if now_at == row.revision:
+        return "pushed", output + f"{ref} is at {row.revision} all the same: it was pushed.\n"
+    return status, output
 
 
 def untested_build(conn: Connection, flights: list[int], tree: str, target: str) -> str | None:
@@ -164,6 +180,18 @@ def untested_build(conn: Connection, flights: list[int], tree: str, target: str)
     return None
 
 
+def _only_tested(db: Database, cyc: dbc.CycleRow, d: Decision) -> Decision:
+    """Invariant 1: only the tested tuple is pushed, whatever the verdict or a force."""
+    if not d.push:
+        return d
+    flights = [cyc.flight] + ([cyc.retest_flight] if cyc.retest_flight else [])
+    with db.read() as conn:
+        untested = untested_build(conn, flights, cyc.tree, cyc.target)
+    if untested is not None:
+        return Decision(True, False, "refused", f"untested build, not pushing: {untested}")
+    return d
+
+
 def push_flight(
     db: Database, loaded: Loaded, flight: int, *, tolerable: bool, blessing: str = "real"
 ) -> dbp.PushRow:
@@ -191,13 +219,7 @@ def push_flight(
                 tolerable=tolerable,
                 state=state,
             )
-            if d.push:
-                # Invariant 1: only the tested tuple is pushed, whatever the verdict or a force.
-                flights = [flight] + ([cyc.retest_flight] if cyc.retest_flight else [])
-                with db.read() as conn:
-                    untested = untested_build(conn, flights, cyc.tree, cyc.target)
-                if untested is not None:
-                    d = Decision(True, False, "refused", f"untested build, not pushing: {untested}")
+            d = _only_tested(db, cyc, d)
             with db.write() as conn:
                 dbp.insert_push(
                     conn,
@@ -215,11 +237,9 @@ def push_flight(
             assert row is not None
             if d.push:
                 pause_point("push")
-                status, output = _git_push(db, loaded, row)
-                _finish(db, row, status, output)
+                _finish(db, row, *_attempt(db, loaded, row))
         elif row.status == "pending":
-            status, output = _settle_pending(db, loaded, row)
-            _finish(db, row, status, output)
+            _finish(db, row, *_attempt(db, loaded, row))
         with db.read() as conn:
             final = dbp.get_push(conn, flight)
     assert final is not None
@@ -227,12 +247,116 @@ def push_flight(
 
 
 def _finish(db: Database, row: dbp.PushRow, status: str, output: str) -> None:
+    """Record the outcome of an attempt after the text of earlier ones (a retried push)."""
     with db.write() as conn:
-        dbp.finish_push(conn, row.flight, status, output)
+        dbp.finish_push(conn, row.flight, status, row.output + output)
         if status in PUSHED_STATUSES:
             st = dbp.get_gate(conn, row.branch)
             if st.force or st.force_revision:
                 dbp.put_gate(conn, dbp.GateState(row.branch, st.blocked_why, False, None))
+
+
+# --- a decision carried out later, without a new flight --------------------------------------
+
+
+@dataclass(frozen=True)
+class Retry:
+    row: dbp.PushRow
+    decision: Decision
+    decided_by: str | None
+    note: str
+    """Said in the push's output before the new attempt."""
+
+
+def retry_due(db: Database, loaded: Loaded, branch: str) -> Retry | None:
+    """The branch's last push decision, if it is to be carried out now without a new
+    flight: its push failed (the remote was unreachable...), or a block held it back and
+    is gone while the flight's stored verdict is tolerable.
+
+    Only the decision of the branch's newest cycle, once that cycle is done: a newer
+    flight supersedes it. Never while a block stands. The push is still the
+    compare-and-swap from the cycle's expected old revision to its exact tested target,
+    and a decision moves the tested ref at most once (its row goes back to `pending`
+    only from a status that did not move it).
+    """
+    br = loaded.branch(branch)
+    with db.read() as conn:
+        cyc = dbc.latest_cycle(conn, branch)
+        if cyc is None or cyc.stage != "done" or cyc.mode != "normal":
+            return None
+        row = dbp.get_push(conn, cyc.flight)
+        state = dbp.get_gate(conn, branch)
+        blessing = dbf.bless_as(conn, cyc.flight)
+    if row is None or state.blocked_why is not None:
+        return None
+    if row.status == "failed":
+        d = Decision(True, True, "pending", row.why or "tolerable")
+        return Retry(row, d, row.decided_by, "Pushing again:\n")
+    if row.status != "not-pushed" or not (row.why or "").startswith("blocked"):
+        return None
+    vd = verdicts.stored(db, cyc.flight)
+    if vd is None or not vd.classification.tolerable:
+        return None
+    d = decide(
+        branch_push=br.push,
+        mode=cyc.mode,
+        blessing=blessing,
+        target=cyc.target,
+        expected_old=cyc.expected_old,
+        tolerable=True,
+        state=state,
+    )
+    d = _only_tested(db, cyc, d)
+    if not d.push:
+        return None
+    by = state.by if d.why.startswith("forced") else None
+    return Retry(row, d, by, f"No longer blocked; pushing ({d.why}):\n")
+
+
+def retry_push(db: Database, loaded: Loaded, branch: str) -> dbp.PushRow | None:
+    """Carry out the decision retry_due finds, under the gate lock; the row as it ends, or
+    None when there was none."""
+    with db_lock(db, f"gate-{branch}"):
+        r = retry_due(db, loaded, branch)
+        if r is None:
+            return None
+        with db.write() as conn:
+            if not dbp.repend_push(
+                conn,
+                r.row.flight,
+                from_status=r.row.status,
+                why=r.decision.why,
+                decided_by=r.decided_by,
+                note=r.note,
+            ):
+                return None
+            row = dbp.get_push(conn, r.row.flight)
+        assert row is not None
+        pause_point("push")
+        _finish(db, row, *_attempt(db, loaded, row))
+        with db.read() as conn:
+            return dbp.get_push(conn, row.flight)
+
+
+def push_line(row: dbp.PushRow) -> str:
+    """The decision in one line, for a terminal: its status, why, and for a refused or
+    failed push git's (or the gate's) last word."""
+    parts = [row.status]
+    if row.why and row.status not in PUSHED_STATUSES:
+        why = row.why
+        if why.startswith("blocked") and row.decided_by:
+            why = why.replace("blocked", f"blocked by {row.decided_by}", 1)
+        parts.append(f"({why})")
+    if row.status in ("refused", "failed"):
+        lines = [x.strip() for x in row.output.splitlines() if x.strip()]
+        said = [x for x in lines if x.startswith(("!", "error:", "remote:", "fatal:"))][:3]
+        said = said or lines[:1]
+        said += [x for x in lines[-1:] if x not in said]
+        if said:
+            parts.append("- " + "; ".join(said))
+        if row.status == "failed":
+            parts.append("(tried again next cycle)")
+    return " ".join(parts)
 
 
 # --- operator commands -------------------------------------------------------------------------

@@ -86,8 +86,14 @@ def push_part(row: dbp.PushRow | None) -> tuple[str, str | None]:
         return push_part_text("not-pushed"), None
     if row.status in PUSHED_STATUSES:
         return push_part_text("pushed", revision=row.revision, output=row.output), "pushed"
-    if row.status in ("refused", "failed"):
+    if row.status == "refused":
         return f"Pushing revision {row.revision}:\n\n{row.output.rstrip()}\n", None
+    if row.status == "failed":
+        return (
+            f"Pushing revision {row.revision}:\n\n{row.output.rstrip()}\n\n"
+            "The push failed; a later cycle tries it again, unless a newer flight\n"
+            "supersedes this one.\n"
+        ), None
     if row.status == "up-to-date":
         return push_part_text("up-to-date"), None
     if row.status == "not-applicable":

@@ -119,11 +119,15 @@ def test_block_and_force(tmp_path: Path) -> None:
     assert r1.report is not None
     assert "Not pushing: blocked by Release Manager: release freeze" in r1.report.body
     assert p.tested() is None
-    # A force clears the block; it makes a new flight whose push goes through.
-    force(db, loaded, "app")
+    # A force clears the block: flight 1 passed, so its push goes through without a new
+    # flight (the decision is carried out; the force is recorded as what decided it).
+    force(db, loaded, "app", by="Release Manager")
     r2 = run_cycle(db, loaded, "app", mailer=MemoryMailer())
-    assert r2.reason == "push forced" and r2.push is not None
+    assert (r2.action, r2.flight) == ("push", 1) and r2.push is not None
     assert r2.push.status == "pushed" and p.tested() == c1
+    assert r2.push.why == "forced" and r2.push.decided_by == "Release Manager"
+    with db.read() as conn:
+        assert [c.flight for c in dbc.list_cycles(conn, "app")] == [1]
     with db.read() as conn:
         st = dbp.get_gate(conn, "app")
     assert not st.force and st.blocked_why is None  # the force was used up
