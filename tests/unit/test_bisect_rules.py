@@ -158,6 +158,17 @@ def test_unbuildable_parent_ends_inconclusive_within_log2_n_plus_4() -> None:
         assert r.runs <= math.ceil(math.log2(n)) + 4
 
 
+def test_an_unbuildable_grandparent_does_not_stop_the_search() -> None:
+    # The stop on untestable mass (tau_untestable 0.8) must not give up on a culprit that can
+    # be confirmed: only its grandparent fails to build.
+    for n, k in ((32, 21), (128, 77), (512, 300)):
+        g, b, latest = linear_case(n)
+        c, gp = (f"c{k}",), (f"c{k - 2}",)
+        params = SearchParams(fgrid=flake_grid(1, 0), strict_host="h0")
+        r = simulate(pushgate_step(params), g, b, latest, Truth(c, 0.0, 0.0, frozenset([gp])), 1)
+        assert r.outcome.kind == "complete" and r.outcome.culprit == c
+
+
 def test_a_node_whose_build_failed_is_not_probed_again() -> None:
     g, b, latest = linear_case(64)
     obs = start(b, latest) + [Observation(b, "pass"), Observation(latest, "fail")]

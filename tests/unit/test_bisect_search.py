@@ -64,6 +64,11 @@ def test_beta_quantiles_and_flake_grid() -> None:
     clean = flake_grid(passes=20, fails=0)
     assert clean.proven and clean.points[0] < 0.01 and clean.conf < 0.03
     assert confirm_pairs(clean.conf, minimum=SearchParams().confirm_min) == 2
+    # Its 5% hedge is the no-history grid (mostly the floor), not an even spread that kept
+    # 1.5% of the prior on f >= 0.3 against 20 clean runs and cost a clean bisection a run.
+    tail = sum(w for w, x in zip(clean.weights, clean.points, strict=True) if x >= 0.3)
+    at_floor = dict(zip(clean.points, clean.weights, strict=True))[0.1]
+    assert tail < 0.002 and at_floor > 0.04 and sum(clean.weights) == pytest.approx(1)
     assert not flake_grid(passes=19, fails=0).proven
     flaky = flake_grid(passes=40, fails=10)
     assert not flaky.proven and 0.2 < flaky.conf < 0.3
