@@ -271,6 +271,20 @@ class MailConfig(_Model):
         return v
 
 
+class RetentionConfig(_Model):
+    """What `pushgate gc` (and the daemon, every interval_h) deletes."""
+
+    # A finished flight's logs and artifacts are kept keep_days after it finished, and
+    # whatever their age for the last keep_flights flights of its branch.
+    keep_days: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    keep_flights: int = Field(default=20, ge=0, le=1_000_000)
+    # A finished job's work dir goes at the next gc, or failed_work_days after the job
+    # finished when it did not pass (to look at what it left).
+    failed_work_days: float = Field(default=3.0, ge=0, allow_inf_nan=False)
+    # Hours between the daemon's runs of gc; 0: the daemon never runs it.
+    interval_h: float = Field(default=24.0, ge=0, allow_inf_nan=False)
+
+
 class Config(_Model):
     trees: dict[Annotated[str, Field()], TreeConfig]
     branches: dict[str, BranchConfig] = Field(default_factory=dict)
@@ -280,6 +294,7 @@ class Config(_Model):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     mail: MailConfig = Field(default_factory=MailConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 class Loaded:

@@ -84,3 +84,40 @@ def log_url(loaded: Loaded, rel: str) -> str:
 def flight_logs_url(loaded: Loaded, flight: int) -> str:
     """The URL of a flight's log directory, with a trailing slash."""
     return f"{logs_url(loaded)}/{flight}/"
+
+
+# --- retention: the per-flight dirs `pushgate gc` walks ---------------------------------------
+
+
+def flight_roots(loaded: Loaded) -> dict[str, Path]:
+    """The roots that hold one dir per flight, `<root>/<flight>/<job>` (job_workdir,
+    job_artifacts and job_log_dir make the paths below them)."""
+    return {
+        "work": loaded.worktrees_dir,
+        "artifacts": loaded.artifacts_dir,
+        "logs": loaded.logs_dir,
+    }
+
+
+def flight_of_dir(name: str) -> int | None:
+    """The flight a dir below a flight root is for; None for anything else (`bisect/`)."""
+    if name.isascii() and name.isdigit() and str(int(name)) == name:
+        return int(name)
+    return None
+
+
+def job_of_dir(name: str) -> str:
+    """The job a dir below `<root>/<flight>/` is for: its name, without the `@<attempt>`
+    of one attempt's work dir or the `.` and `@<attempt>` of one attempt's artifacts."""
+    m = re.fullmatch(r"\.?([^@]+)@\d+", name)
+    return m.group(1) if m else name
+
+
+def plain_name(name: str) -> bool:
+    """One plain path component, which cannot name anything outside its parent dir."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+def gc_journal(loaded: Loaded) -> Path:
+    """The record of what `pushgate gc` deleted: one line per dir, beside the database."""
+    return loaded.state_dir / "gc.log"

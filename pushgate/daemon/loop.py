@@ -37,6 +37,7 @@ from types import FrameType
 
 from pushgate.bisect.runner import range_lock
 from pushgate.config import Loaded
+from pushgate.daemon.retention import daily_gc
 from pushgate.db import bisections as dbb
 from pushgate.db import cycles as dbc
 from pushgate.db import mailqueue as dbm
@@ -93,6 +94,8 @@ class Daemon:
     bisect_after: dict[int, float] = field(default_factory=dict)
     """Bisection id -> when it may be started again (after a failed child; once: never)."""
     failed_bisections: int = 0
+    gc_due: float = 0.0
+    """When retention runs next (daemon.retention.daily_gc: now, then every interval_h)."""
 
     def __post_init__(self) -> None:
         self.branches = {b: BranchState(b) for b in self.loaded.branches}
@@ -223,6 +226,8 @@ class Daemon:
                 st.next_check = self.next_schedule(st.name, time.time())
         assert self.mailer is not None
         deliver_due(self.db, self.mailer)
+        if not self.stopping:
+            self.gc_due = daily_gc(self.db, self.loaded, self.gc_due)
 
     def sleep_time(self) -> float:
         if self.bisecting or any(st.child is not None for st in self.branches.values()):

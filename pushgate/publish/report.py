@@ -255,7 +255,10 @@ def write_flight_html(
                         s.status,
                         s.started,
                         s.finished,
-                        s.log.removeprefix(prefix) if s.log else None,
+                        # No link to a log that is gone (`pushgate gc` deleted it).
+                        s.log.removeprefix(prefix)
+                        if s.log and paths.log_path(loaded, s.log).is_file()
+                        else None,
                     )
                     for s in steps
                     if s.job == j.job
