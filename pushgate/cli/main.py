@@ -559,6 +559,51 @@ def mail_flush(ctx: Ctx) -> None:
     )
 
 
+@mail.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["queued", "sent", "failed"]),
+    help="Only the mails with this status.",
+)
+@pass_ctx
+@handle_errors
+def mail_list(ctx: Ctx, status: str | None) -> None:
+    """The mails queued, sent and failed, with their last error."""
+    from pushgate.db import mailqueue as dbm
+    from pushgate.publish.mail.outbox import subject_of
+
+    with ctx.db.read() as conn:
+        rows = [m for m in dbm.list_mail(conn) if status in (None, m.status)]
+    for m in rows:
+        flight = f"flight {m.flight}" if m.flight is not None else "-"
+        tries = f"{m.attempts} attempt{'s' if m.attempts != 1 else ''}"
+        echo(f"{m.id:>5} {m.status:<7} {m.kind:<8} {flight:<12} {tries:<11} {subject_of(m)}")
+        if m.last_error and m.status != "sent":
+            echo(f"      last error: {m.last_error}")
+
+
+@mail.command("retry")
+@click.argument("mail_ids", metavar="[ID]...", nargs=-1, type=int)
+@click.option("--failed", "all_failed", is_flag=True, help="Every failed mail.")
+@pass_ctx
+@handle_errors
+def mail_retry(ctx: Ctx, mail_ids: tuple[int, ...], all_failed: bool) -> None:
+    """Send failed mails again (after the mail config is fixed): the IDs of `mail list`,
+    or --failed for all of them. A mail sent already is never sent again."""
+    from pushgate.publish.mail.outbox import retry_failed
+
+    if bool(mail_ids) == all_failed:
+        fail("mail retry wants mail IDs or --failed (one of them)")
+    ids, res = retry_failed(ctx.db, ctx.loaded, None if all_failed else list(mail_ids))
+    if not ids:
+        echo("no failed mail to retry")
+        return
+    echo(f"retried {len(ids)}: sent {res.sent}, to retry {res.retry}, failed {res.failed}")
+    if res.failed or res.retry:
+        echo("see `pushgate mail list` for the errors")
+        sys.exit(1)
+
+
 # --- bisection ---
 
 

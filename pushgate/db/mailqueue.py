@@ -143,6 +143,22 @@ def mark_failed(
     conn.execute(update(mail_queue).where(mail_queue.c.id == mail_id).values(**values))
 
 
+def requeue_failed(conn: Connection, mail_id: int, now: float) -> bool:
+    """Queue a message that failed for good again, due now (its last error kept until it
+    is sent); False if it is not `failed` (sent, queued, or absent)."""
+    res = conn.execute(
+        update(mail_queue)
+        .where(mail_queue.c.id == mail_id, mail_queue.c.status == "failed")
+        .values(status="queued", next_attempt=now)
+    )
+    return res.rowcount == 1
+
+
+def get_mail_by_id(conn: Connection, mail_id: int) -> MailRow | None:
+    r = conn.execute(select(mail_queue).where(mail_queue.c.id == mail_id)).first()
+    return _mail(r) if r else None
+
+
 def mail_counts(conn: Connection) -> dict[str, int]:
     q = select(mail_queue.c.status, func.count()).group_by(mail_queue.c.status)
     return {s: int(n) for s, n in conn.execute(q)}

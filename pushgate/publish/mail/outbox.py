@@ -22,6 +22,7 @@ from pathlib import Path
 from pushgate.config import Loaded
 from pushgate.db import mailqueue as dbm
 from pushgate.db.engine import Database
+from pushgate.errors import PushgateError
 from pushgate.publish.mail.message import (
     build_message,
     envelope_recipients,
@@ -171,3 +172,36 @@ def deliver_due(
 
 def flush(db: Database, loaded: Loaded, mailer: Mailer | None = None) -> FlushResult:
     return deliver_due(db, mailer or mailer_for(loaded))
+
+
+class MailRetryError(PushgateError):
+    """A mail asked to be sent again cannot be (absent, already sent, still queued)."""
+
+
+def retry_failed(
+    db: Database, loaded: Loaded, ids: list[int] | None, mailer: Mailer | None = None
+) -> tuple[list[int], FlushResult]:
+    """Send mails that failed for good again, once the config is fixed: those of `ids`
+    (each must be `failed`), or every failed one when ids is None. They are queued again
+    (so a sender that dies now leaves them queued, not lost) and delivered at once; a
+    mail sent already is never sent again. Returns the ids queued and the delivery."""
+    now = time.time()
+    with db.write() as conn:
+        if ids is None:
+            ids = [m.id for m in dbm.list_mail(conn) if m.status == "failed"]
+        for i in ids:
+            m = dbm.get_mail_by_id(conn, i)
+            if m is None:
+                raise MailRetryError(f"mail {i} does not exist (see `pushgate mail list`)")
+            if m.status != "failed":
+                why = "was sent" if m.status == "sent" else "is queued; `mail flush` sends it"
+                raise MailRetryError(f"mail {i} {why}: only failed mails are retried")
+            dbm.requeue_failed(conn, i, now)
+    if not ids:
+        return [], FlushResult()
+    return ids, deliver_due(db, mailer or mailer_for(loaded), now=now)
+
+
+def subject_of(m: dbm.MailRow) -> str:
+    """The stored message's Subject, for listings."""
+    return str(parse(m.message.encode("utf-8"))["Subject"] or "(no subject)")
