@@ -17,7 +17,7 @@ from sqlalchemy import insert, update
 
 from pushgate import paths
 from pushgate.config import Loaded
-from pushgate.daemon.retention import DAY_S, run_gc
+from pushgate.daemon.retention import DAY_S, daily_gc, run_gc
 from pushgate.db import bisections as dbb
 from pushgate.db import flights as dbf
 from pushgate.db import pushes as dbp
@@ -260,3 +260,20 @@ def test_gc_cli_dry_run_then_gc(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("deleted ") and "work 2 dirs" in r.stdout
     assert sorted(p.name for p in work.iterdir()) == ["test-bad"]
+
+
+def test_daemon_runs_gc_at_start_then_every_interval(tmp_path: Path) -> None:
+    project = make_project(tmp_path, f"sqlite:///{tmp_path}/state/pushgate.db")
+    loaded, db = project.load(JOBS, extra={"retention": RETENTION})
+    f = new_flight(db, loaded, "b")
+    run_flight(db, loaded, f)
+    now = time.time()
+    due = daily_gc(db, loaded, 0.0, now=now)
+    assert due == now + 24 * 3600
+    assert _dirs(loaded, "work") == {f"{f}/test-bad"}
+    g = new_flight(db, loaded, "b")
+    run_flight(db, loaded, g)
+    assert daily_gc(db, loaded, due, now=now + 3600) == due  # not due: nothing done
+    assert f"{g}/build-x" in _dirs(loaded, "work")
+    assert daily_gc(db, loaded, due, now=due) == due + 24 * 3600
+    assert _dirs(loaded, "work") == {f"{f}/test-bad", f"{g}/test-bad"}
