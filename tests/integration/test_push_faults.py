@@ -190,7 +190,7 @@ def test_unblock_pushes_a_passed_revision_without_a_new_flight(tmp_path: Path) -
     c1 = p.commit("one")
     block(db, loaded, "app", "release freeze", by="Release Manager")
     out = p.cli("branch", "run", "-q", "app")
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 1, out.stdout + out.stderr  # not pushed
     assert "push: not-pushed (blocked by Release Manager: release freeze)" in out.stdout
     assert "nothing to do" in p.cli("branch", "run", "-q", "app").stdout  # still blocked
     unblock(db, loaded, "app")
