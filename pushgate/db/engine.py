@@ -8,6 +8,7 @@ SELECT ... FOR UPDATE SKIP LOCKED in the query modules.
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,25 +217,51 @@ class Database:
         try:
             if self.schema_version() == SCHEMA_HEAD:
                 return
-            self._alembic_upgrade()
+            with self._migration_lock() as conn:
+                # Asked again under the lock: another process may have just done it.
+                if self.schema_version() != SCHEMA_HEAD:
+                    self._alembic_upgrade(conn)
         except OperationalError as e:
             raise DatabaseError(f"cannot open database {self.safe_url}: {e.orig}") from None
 
-    def _alembic_upgrade(self) -> None:
+    @contextmanager
+    def _migration_lock(self) -> Iterator[Connection]:
+        """Processes that find the schema behind take turns to check and upgrade it, so
+        the first use of a new database by several at once works: a session advisory
+        lock on PostgreSQL (on the connection yielded), a flock on a file beside the
+        database on SQLite (whose deferred transactions would fail 'database is locked'
+        on the DDL rather than wait)."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_lock(7311001)")
+                conn.commit()
+                try:
+                    yield conn
+                finally:
+                    if not conn.invalidated:
+                        conn.rollback()
+                        conn.exec_driver_sql("SELECT pg_advisory_unlock(7311001)")
+                        conn.commit()
+                return
+            db = make_url(self.url).database
+            if not db or db == ":memory:":
+                yield conn
+                return
+            with open(f"{db}.migrate-lock", "a+b") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                yield conn  # the flock goes with the file's close
+
+    def _alembic_upgrade(self, conn: Connection) -> None:
+        """Run the migrations on conn (under _migration_lock), committed before the lock
+        is released (else the next holder reads the version from before them)."""
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.connect() as conn:
-            if self.dialect == "postgresql":
-                # Two processes upgrading one farm database at once take turns.
-                conn.exec_driver_sql("SELECT pg_advisory_lock(7311001)")
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-            if self.dialect == "postgresql":
-                conn.exec_driver_sql("SELECT pg_advisory_unlock(7311001)")
-            conn.commit()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        conn.commit()
 
     @property
     def safe_url(self) -> str:
