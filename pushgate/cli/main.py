@@ -337,6 +337,8 @@ def report(ctx: Ctx, flight_no: int, as_json: bool, html_dir: Path | None, now: 
         if rep.note:
             echo(rep.note)
         echo(rep.mail_text(), nl=False)
+        if rep.after:
+            err_console.print(inert(f"note: {rep.after}"), highlight=False, soft_wrap=True)
 
 
 def _writable_dir(option: str, path: Path) -> None:

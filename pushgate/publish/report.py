@@ -17,6 +17,7 @@ from pushgate import paths
 from pushgate.config import Loaded
 from pushgate.db import bisections as dbb
 from pushgate.db import flights as dbf
+from pushgate.db import mailqueue as dbm
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.errors import PushgateError
@@ -34,6 +35,7 @@ from pushgate.publish.html import (
     write_html,
 )
 from pushgate.publish.jsonout import render_json
+from pushgate.publish.mail.message import parse
 from pushgate.publish.text import (
     ReportContext,
     push_part_text,
@@ -70,6 +72,8 @@ class BuiltReport:
     data: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
     """Said before the report (e.g. that it was recomputed, not as decided)."""
+    after: str | None = None
+    """Said apart from the report (on stderr): what changed since it was mailed."""
 
     def mail_text(self) -> str:
         """Subject and extra headers in osstest's unfolded shape, a blank line, the body."""
@@ -114,12 +118,37 @@ def build_report(db: Database, loaded: Loaded, flight: int, *, now: bool = False
     with db.read() as conn:
         row = dbp.get_push(conn, flight)
     rep = render_report(loaded, vd, row)
+    if not now:
+        rep = _as_mailed(db, rep)
     if now:
         rep.note = (
             f"Recomputed now against today's history; the report as decided and mailed "
             f"is `pushgate report {flight}`."
         )
         rep.data["recomputed"] = True
+    return rep
+
+
+def _as_mailed(db: Database, rep: BuiltReport) -> BuiltReport:
+    """The report as it was mailed, when it was: its subject and body are the mail's own
+    (so `report N` a year later prints what went out, byte for byte); a push decided again
+    since (a retry, a push after unblock) is said in `after`, not mixed into it."""
+    with db.read() as conn:
+        mails = [m for m in dbm.list_mail(conn, rep.flight) if m.kind == "report"]
+    if not mails:
+        return rep
+    msg = parse(mails[0].message.encode("utf-8"))
+    payload = msg.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return rep
+    subject, body = str(msg["Subject"]), payload.decode("utf-8")
+    if (subject, body) != (rep.subject, rep.body):
+        rep.after = (
+            f"Since this report was mailed, flight {rep.flight}'s push was decided again: "
+            f"now {rep.subject!r}."
+        )
+    rep.subject, rep.body = subject, body
+    rep.data["mailed_subject"] = subject
     return rep
 
 

@@ -4,6 +4,7 @@ ref moved once, to the tested revision, and a record and report that say so."""
 
 from __future__ import annotations
 
+import json
 import mailbox
 import os
 import signal
@@ -203,9 +204,14 @@ def test_unblock_pushes_a_passed_revision_without_a_new_flight(tmp_path: Path) -
         assert [c.flight for c in dbc.list_cycles(conn, "app")] == [1]
         (row,) = dbp.pushes_of(conn, "app")
     assert (row.status, row.why, row.decided_by) == ("pushed", "tolerable", None)
-    report = p.cli("report", "1").stdout
-    assert report.startswith("Subject: [app test] 1: all pass - PUSHED"), report
-    assert "blocked: release freeze" in report and "No longer blocked; pushing" in report
+    # `report 1` is the report that was mailed (not pushed, blocked); the later push is
+    # said apart from it, and the JSON carries the decision as it is now.
+    out = p.cli("report", "1")
+    assert out.stdout.startswith("Subject: [app test] 1: all pass\n"), out.stdout
+    assert "Not pushing: blocked by Release Manager: release freeze" in out.stdout
+    assert "decided again: now '[app test] 1: all pass - PUSHED'" in out.stderr, out.stderr
+    js = json.loads(p.cli("report", "1", "--json").stdout)
+    assert js["push"]["status"] == "pushed" and "No longer blocked" in js["push"]["output"]
     db.dispose()
 
 
