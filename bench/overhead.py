@@ -1,7 +1,9 @@
 """Harness overhead: a flight of J jobs x S steps on 8 local slots vs `make -j8`.
 
-Prints both wall times and their ratio, then the same flight with `sleep 0.05`
-steps as a share of the ideal wall time (J*S*0.05/8). The last line is JSON.
+Prints both wall times and their ratio, with steps isolated (the default: one
+bubblewrap sandbox a job) and without (runner.isolation = "none"), measured in
+the same run, then the same flight with `sleep 0.05` steps (isolated) as a share
+of the ideal wall time (J*S*0.05/8). The last line is JSON.
 
     python bench/overhead.py [--jobs 200] [--steps 5] [--slots 8] [--db URL]
                              [--repeat 3] [--tmp DIR]
@@ -49,11 +51,19 @@ def make_repo(path: Path) -> None:
 
 
 def write_config(
-    base: Path, jobs: int, steps: int, slots: int, cmd: list[str], db_url: str | None, state: str
+    base: Path,
+    jobs: int,
+    steps: int,
+    slots: int,
+    cmd: list[str],
+    db_url: str | None,
+    state: str,
+    isolation: str = "bwrap",
 ) -> Path:
     lines = ["[state]", f'dir = "{state}"']
     if db_url:
         lines.append(f'database = "{db_url}"')
+    lines += ["[runner]", f'isolation = "{isolation}"']
     lines += [
         "[trees.t]",
         f'url = "{base / "repo"}"',
@@ -100,13 +110,16 @@ def time_flight(
     cmd: list[str],
     db_url: str | None,
     cpu: list[tuple[float, float, float]] | None = None,
+    isolation: str = "bwrap",
 ) -> float:
     # A new state dir per run: deleting the last run's thousands of files just
     # before a timed run makes ext4 slow to create files (its allocator skips
     # recently deleted inodes), which would time the file system, not pushgate.
     global _runs
     _runs += 1
-    loaded = cfgmod.load(write_config(base, jobs, steps, slots, cmd, db_url, f"state{_runs}"))
+    loaded = cfgmod.load(
+        write_config(base, jobs, steps, slots, cmd, db_url, f"state{_runs}", isolation)
+    )
     db = Database(loaded.database_url)
     db.upgrade()
     flight = new_flight(db, loaded, "b")
@@ -188,17 +201,27 @@ def main() -> None:
         help="runs of each, interleaved; medians are reported (the machine is noisy)",
     )
     a = ap.parse_args()
-    runs: dict[str, list[float]] = {"make": [], "flight": [], "sleep": [], "make_sleep": []}
+    runs: dict[str, list[float]] = {
+        "make": [],
+        "flight": [],
+        "flight_none": [],
+        "sleep": [],
+        "make_sleep": [],
+    }
     with tempfile.TemporaryDirectory(dir=Path(a.tmp).resolve(), prefix=".bench-overhead-") as tmp:
         base = Path(tmp)
         create_us = file_create_us(base)
         make_cpu: list[float] = []
         flight_cpu: list[tuple[float, float, float]] = []
+        none_cpu: list[tuple[float, float, float]] = []
         make_repo(base / "repo")
         for _ in range(a.repeat):
             runs["make"].append(time_make(base, a.jobs, a.steps, a.slots, ["true"], make_cpu))
             runs["flight"].append(
                 time_flight(base, a.jobs, a.steps, a.slots, ["true"], a.db, flight_cpu)
+            )
+            runs["flight_none"].append(
+                time_flight(base, a.jobs, a.steps, a.slots, ["true"], a.db, none_cpu, "none")
             )
         for _ in range(max(1, a.repeat // 2)):
             runs["sleep"].append(
@@ -208,14 +231,16 @@ def main() -> None:
             runs["make_sleep"].append(time_make(base, a.jobs, a.steps, a.slots, ["sleep", "0.05"]))
         # Again at the end: the flights' own files may have slowed the place down.
         create_us_after = file_create_us(base, name="probe-after")
-    make_s, flight_s, sleep_s, make_sleep_s = (
-        statistics.median(runs[k]) for k in ("make", "flight", "sleep", "make_sleep")
+    make_s, flight_s, none_s, sleep_s, make_sleep_s = (
+        statistics.median(runs[k]) for k in ("make", "flight", "flight_none", "sleep", "make_sleep")
     )
     ideal = a.jobs * a.steps * 0.05 / a.slots
     n = a.jobs * a.steps
     runner_cpu = statistics.median(c[0] for c in flight_cpu) / n * 1000
     child_cpu = statistics.median(c[1] for c in flight_cpu) / n * 1000
     runner_sys = statistics.median(c[2] for c in flight_cpu) / n * 1000
+    none_runner_cpu = statistics.median(c[0] for c in none_cpu) / n * 1000
+    none_child_cpu = statistics.median(c[1] for c in none_cpu) / n * 1000
     make_cpu_ms = statistics.median(make_cpu) / n * 1000
     print(
         f"state in {Path(a.tmp).resolve()}: creating a file there takes {create_us:.0f} us "
@@ -232,15 +257,24 @@ def main() -> None:
         )
     print(f"{a.jobs} jobs x {a.steps} steps of `true` on {a.slots} slots:")
     print(f"  make -j{a.slots}:  {make_s:.3f} s")
-    print(f"  pushgate:  {flight_s:.3f} s  ({flight_s / n * 1000:.2f} ms per step)")
     print(
-        f"  ratio:     {flight_s / make_s:.2f}   (medians of {a.repeat}; make runs "
-        f"{', '.join(f'{x:.2f}' for x in runs['make'])}, pushgate runs "
-        f"{', '.join(f'{x:.2f}' for x in runs['flight'])})"
+        f"  pushgate, steps isolated (one sandbox a job): {flight_s:.3f} s  "
+        f"({flight_s / n * 1000:.2f} ms per step), ratio {flight_s / make_s:.2f}"
+    )
+    print(
+        f"  pushgate, runner.isolation = none:            {none_s:.3f} s  "
+        f"({none_s / n * 1000:.2f} ms per step), ratio {none_s / make_s:.2f}"
+    )
+    print(
+        f"  isolation costs {(flight_s - none_s) / a.jobs * 1000:.2f} ms a job  (medians of "
+        f"{a.repeat}; make runs {', '.join(f'{x:.2f}' for x in runs['make'])}, isolated "
+        f"{', '.join(f'{x:.2f}' for x in runs['flight'])}, unisolated "
+        f"{', '.join(f'{x:.2f}' for x in runs['flight_none'])})"
     )
     print(
         f"  CPU per step: pushgate's runner {runner_cpu:.3f} ms ({runner_sys:.3f} in the "
-        f"kernel), its helper and the commands {child_cpu:.3f} ms; make and the commands "
+        f"kernel), its helper, sandboxes and the commands {child_cpu:.3f} ms (unisolated: "
+        f"{none_runner_cpu:.3f} and {none_child_cpu:.3f} ms); make and the commands "
         f"{make_cpu_ms:.3f} ms"
     )
     print(
@@ -258,6 +292,11 @@ def main() -> None:
                 "make_s": round(make_s, 4),
                 "pushgate_s": round(flight_s, 4),
                 "ratio_vs_make": round(flight_s / make_s, 3),
+                "pushgate_isolated_s": round(flight_s, 4),
+                "ratio_vs_make_isolated": round(flight_s / make_s, 3),
+                "pushgate_unisolated_s": round(none_s, 4),
+                "ratio_vs_make_unisolated": round(none_s / make_s, 3),
+                "isolation_ms_per_job": round((flight_s - none_s) / a.jobs * 1000, 3),
                 "ms_per_step": round(flight_s / n * 1000, 3),
                 "sleep_flight_s": round(sleep_s, 4),
                 "sleep_ideal_s": round(ideal, 4),

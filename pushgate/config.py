@@ -13,6 +13,7 @@ import os
 import re
 import string
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -171,6 +172,10 @@ class JobConfig(_Model):
     hostflags: list[str] = Field(default_factory=list)
     runvars: dict[str, str] = Field(default_factory=dict)
     matrix: dict[str, list[str]] = Field(default_factory=dict)
+    # Environment variables of its steps (over the host's `env`).
+    env: dict[str, str] = Field(default_factory=dict)
+    # Its steps share the host's network (else they have loopback only).
+    network: bool = False
 
     def all_buildjobs(self) -> dict[str, str]:
         refs = dict(self.buildjobs)
@@ -217,6 +222,8 @@ class HostConfig(_Model):
     executor: Literal["local"] = "local"
     slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
     flags: list[str] = Field(default_factory=list)
+    # Environment variables of the steps run on this host.
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 class StateConfig(_Model):
@@ -233,6 +240,12 @@ class RunnerConfig(_Model):
     # At least 0.1 s (a smaller one spins a core); the lease at least two heartbeats.
     heartbeat_s: float = Field(default=5.0, ge=0.1, allow_inf_nan=False)
     lease_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # "bwrap": each job's steps in a bubblewrap sandbox; "none": unisolated, and said so.
+    isolation: Literal["bwrap", "none"] = "bwrap"
+    # Dirs every step may read and write (a compiler cache); not pushgate's own.
+    shared: list[str] = Field(default_factory=list)
+    # More dirs steps must not see (credentials of your own), besides pushgate's.
+    hide: list[str] = Field(default_factory=list)
 
 
 class ReportConfig(_Model):
@@ -580,6 +593,7 @@ def _cross_check(cfg: Config, path: Path, text: str, origins: dict[str, str]) ->
     for tname, tree in cfg.trees.items():
         if not tree.url.strip():
             raise err(("trees", tname, "url"), "empty url")
+    _check_isolation(cfg, path, err)
     if cfg.state.database is not None:
         try:
             check_database_url(cfg.state.database)
@@ -673,6 +687,35 @@ def check_database_url(url: str) -> str:
     if scheme == "sqlite" and not url.startswith("sqlite:///"):
         raise ValueError("a SQLite URL is sqlite:///PATH (three slashes)")
     return url
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_isolation(cfg: Config, path: Path, err: Callable[..., ConfigError]) -> None:
+    """`env` tables name plain variables, and `runner.shared` stays out of pushgate's dirs."""
+    tables = [(("hosts", h, "env"), c.env) for h, c in cfg.hosts.items()]
+    tables += [(("jobs", j, "env"), c.env) for j, c in cfg.jobs.items()]
+    for loc, env in tables:
+        for name, value in env.items():
+            if not _ENV_NAME.match(name) or name.startswith("PUSHGATE_"):
+                raise err(
+                    (*loc, name),
+                    "invalid variable name (letters, digits and '_'; PUSHGATE_* are pushgate's)",
+                )
+            if "\0" in value:
+                raise err((*loc, name), "a NUL character cannot be in the environment")
+    # Shared dirs stay out of the state dir (and do not hold it), and do not hold the
+    # config's dir (a dir of its own inside that is fine: nothing of pushgate's is in it).
+    base = path.resolve().parent
+    state = (base / cfg.state.dir).resolve()
+    for i, d in enumerate(cfg.runner.shared):
+        p = (base / os.path.expanduser(d)).resolve()
+        if p == state or state in p.parents or p in state.parents or p in (base, *base.parents):
+            raise err(
+                ("runner", "shared", str(i)),
+                f"{d!r} overlaps pushgate's state dir or holds its config",
+            )
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

@@ -45,6 +45,12 @@ def job_artifacts(loaded: Loaded, flight: int, job: str) -> Path:
     return loaded.artifacts_dir / str(flight) / job
 
 
+def job_tmpdir(loaded: Loaded, flight: int, job: str) -> Path:
+    """A job's temporary dir: its steps' HOME (`home/`) and TMPDIR (`tmp/`), removed
+    when the job ends."""
+    return loaded.state_dir / "tmp" / str(flight) / job
+
+
 # --- logs ------------------------------------------------------------------------------------
 
 

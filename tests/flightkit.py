@@ -49,6 +49,13 @@ class Project:
     repo: Repo
     db_url: str
 
+    @property
+    def ctl(self) -> Path:
+        """A dir the project's steps may write (runner.shared), for the test's marker files."""
+        d = self.dir / "ctl"
+        d.mkdir(exist_ok=True)
+        return d
+
     def config(
         self,
         jobs: dict[str, Any],
@@ -59,7 +66,8 @@ class Project:
     ) -> Path:
         data: dict[str, Any] = {
             "state": {"dir": "state", "database": self.db_url},
-            "runner": {"heartbeat_s": 0.5, "lease_s": 3},
+            # Steps are sandboxed: ctl/ is where a test and its steps leave each other files.
+            "runner": {"heartbeat_s": 0.5, "lease_s": 3, "shared": [str(self.ctl)]},
             "trees": {
                 "src": {"url": str(self.repo.path), "input_ref": "main", "tested_ref": "tested"}
             },

@@ -44,6 +44,10 @@ mail_bcc = ["hidden@example.org"]
 bisect = {bisect}
 {branch_extra}
 
+# Steps run sandboxed: the control dir is the one place outside their own they may write.
+[runner]
+shared = ["{ctrl}"]
+
 # One slot: concurrent `git worktree add` in one mirror races inside git (see the report).
 [hosts.localhost]
 slots = {slots}

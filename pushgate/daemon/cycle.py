@@ -23,12 +23,17 @@ from pushgate.db import cycles as dbc
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.gate.cycle import RunFn, Stopper, advance_gate, open_cycle
-from pushgate.gate.locks import db_lock, pause_point
+from pushgate.gate.locks import HeldLock, LockLost, db_lock, pause_point
 from pushgate.gate.push import push_line, retry_push
 from pushgate.git import GitError
 from pushgate.judge import verdicts
 from pushgate.judge.verdict import BLOCKER_REGRESSION, Verdict
-from pushgate.publish.mail.outbox import deliver_due, enqueue_report, mailer_for
+from pushgate.publish.mail.outbox import (
+    deliver_due,
+    enqueue_late_push,
+    enqueue_report,
+    mailer_for,
+)
 from pushgate.publish.mail.transport import Mailer
 from pushgate.publish.report import BuiltReport, build_report
 from pushgate.run.scheduler import run_flight
@@ -94,7 +99,29 @@ def run_cycle(
     stopper = stopper or Stopper()
     mailer = mailer or mailer_for(loaded)
     res = CycleResult(branch, "idle")
-    with db_lock(db, f"branch-{branch}"):
+    try:
+        _locked_cycle(db, loaded, branch, run, stopper, mailer, new_flight, bisect, res)
+    except LockLost as e:
+        # Its connection dropped: another process may hold the branch now. Nothing more
+        # is done under it; every stage is recorded, so the next cycle resumes this one.
+        res.action = "stopped"
+        res.notes.append(f"{e}: the cycle stopped, to resume next time")
+    deliver_due(db, mailer)
+    return res
+
+
+def _locked_cycle(
+    db: Database,
+    loaded: Loaded,
+    branch: str,
+    run: RunFn,
+    stopper: Stopper,
+    mailer: Mailer,
+    new_flight: bool,
+    bisect: bool,
+    res: CycleResult,
+) -> None:
+    with db_lock(db, f"branch-{branch}") as held:
         cyc = open_cycle(db, loaded, branch, new_flight=False)
         if cyc is None and new_flight:
             # A tested revision whose push failed, or was blocked and is no longer, is
@@ -104,6 +131,8 @@ def run_cycle(
                 res.action, res.flight, res.push = "push", retried.flight, retried
                 res.reason = "a tested revision's push carried out"
                 res.notes.append(f"flight {retried.flight} push: {push_line(retried)}")
+                if enqueue_late_push(db, loaded, retried):
+                    res.notes.append(f"flight {retried.flight}: the late push is mailed")
             try:
                 cyc = open_cycle(db, loaded, branch, new_flight=True)
             except GitError as e:
@@ -116,9 +145,7 @@ def run_cycle(
         if cyc is not None:
             res.push = None
             res.flight, res.reason = cyc.flight, cyc.reason
-            res.action = _advance(db, loaded, cyc, run, stopper, res, mailer, bisect)
-    deliver_due(db, mailer)
-    return res
+            res.action = _advance(db, loaded, cyc, run, stopper, res, mailer, bisect, held)
 
 
 def _advance(
@@ -130,11 +157,13 @@ def _advance(
     res: CycleResult,
     mailer: Mailer,
     bisect: bool,
+    lock: HeldLock,
 ) -> str:
     flight = cyc.flight
-    state, cyc = advance_gate(db, loaded, cyc, run, stopper, res.notes)
+    state, cyc = advance_gate(db, loaded, cyc, run, stopper, res.notes, lock)
     if state == "stopped":
         return "stopped"
+    lock.check()
     if cyc.stage == "report":
         rep = build_report(db, loaded, flight)
         enqueue_report(db, loaded, rep)

@@ -25,8 +25,16 @@ from pushgate.db import hosts as dbh
 from pushgate.db.engine import Database
 from pushgate.git import GitError
 from pushgate.model import Status, job_rollup
-from pushgate.paths import job_artifacts, job_log_dir, job_workdir, log_relpath, mirror
-from pushgate.run.executors.base import Executor, StepOutcome, StepRun, stamp
+from pushgate.paths import (
+    job_artifacts,
+    job_log_dir,
+    job_tmpdir,
+    job_workdir,
+    log_relpath,
+    mirror,
+)
+from pushgate.run import isolation
+from pushgate.run.executors.base import Executor, Sandbox, StepOutcome, StepRun, stamp
 
 BUILD_CHECK = "build-check(1)"
 T = TypeVar("T")
@@ -192,6 +200,10 @@ class JobRun:
         self.stepno = 0
         self.workdir = job_workdir(ctx.loaded, ctx.flight, job)
         self.artifacts = job_artifacts(ctx.loaded, ctx.flight, job)
+        self.tmpdir = job_tmpdir(ctx.loaded, ctx.flight, job)
+        self.sandbox: Sandbox | None = None
+        # The last step's log: where artifact collection says what it refused.
+        self.last_log: str | None = None
         self.checkouts: dict[str, Path] = {}
         self.results: list[tuple[str, bool]] = []
         # Writes not yet committed: they go with the next transaction, which always
@@ -208,6 +220,14 @@ class JobRun:
                 dbf.set_flight_running(conn, ctx.flight)
                 ctx.flight_running = True
             dbf.set_job_status(conn, ctx.flight, self.job, Status.RUNNING)
+            if not isolation.isolated(ctx.loaded):
+                # Recorded before any step runs: the flight's reports say `steps not isolated`.
+                dbf.set_runvars(
+                    conn,
+                    ctx.flight,
+                    self.job,
+                    {isolation.NOT_ISOLATED_RUNVAR: isolation.NOT_ISOLATED_VALUE},
+                )
             if self.deps:
                 # Prerequisites were checked by the scheduler before it claimed a host.
                 dbf.start_step(
@@ -227,12 +247,18 @@ class JobRun:
         self.pending.append(begin)
         try:
             if await self._prepare():
-                await self._steps()
+                try:
+                    await self._steps()
+                finally:
+                    # Whatever a step left running goes before its files are collected.
+                    if self.sandbox is not None:
+                        await ctx.executor.release(self.sandbox)
             # A thread hop only when there is file work to do.
             kept = await asyncio.to_thread(self._keep_artifacts) if self.cfg.artifacts else []
         finally:
             if self.checkouts:
                 await asyncio.to_thread(self._cleanup_checkouts)
+            await self._cleanup_tmpdir()
         status = job_rollup(self.results)
         outputs = {"host": self.claim.host}
         for tree, _ in self.checkouts.items():
@@ -257,7 +283,14 @@ class JobRun:
         case, costs three system calls once the flight's parents exist.
         """
         logs = job_log_dir(self.ctx.loaded, self.ctx.flight, self.job)
-        for d, fresh in ((self.workdir, True), (self.artifacts, True), (logs, False)):
+        dirs = (
+            (self.workdir, True),
+            (self.artifacts, True),
+            (logs, False),
+            (self.tmpdir / "home", True),
+            (self.tmpdir / "tmp", True),
+        )
+        for d, fresh in dirs:
             try:
                 os.mkdir(d)
             except FileNotFoundError:
@@ -269,7 +302,7 @@ class JobRun:
 
     def _fresh_dirs(self) -> None:
         """For a rerun: the last attempt's files go, the dirs are made anew."""
-        for d in (self.workdir, self.artifacts):
+        for d in (self.workdir, self.artifacts, self.tmpdir):
             if d.exists():
                 shutil.rmtree(d)
         if not self._new_dirs():
@@ -298,6 +331,28 @@ class JobRun:
             await self._harness_step("checkout", Status.BROKEN, f"checkout failed: {e}")
             return False
         return True
+
+    def _make_sandbox(self) -> Sandbox:
+        ctx = self.ctx
+        deps = [str(job_artifacts(ctx.loaded, f, j)) for _, f, j in self.deps]
+        return isolation.job_sandbox(
+            ctx.loaded,
+            key=f"{ctx.flight}/{self.job}/{id(self)}",
+            writable=[str(self.workdir), str(self.artifacts), str(self.tmpdir)],
+            # A buildjob's artifacts are read-only; one whose dir has gone has none.
+            readonly=[d for d in dict.fromkeys(deps) if os.path.isdir(d)],
+            network=self.cfg.network,
+        )
+
+    async def _cleanup_tmpdir(self) -> None:
+        """The job's HOME and TMPDIR go when it ends (at once when they are empty)."""
+        try:
+            for d in (self.tmpdir / "home", self.tmpdir / "tmp", self.tmpdir):
+                os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            await asyncio.to_thread(shutil.rmtree, self.tmpdir, True)
 
     async def _harness_step(self, testid: str, status: str, message: str) -> None:
         self.stepno += 1
@@ -333,12 +388,19 @@ class JobRun:
         return env
 
     def _make_job_env(self) -> dict[str, str]:
-        """What every step of the job has in its environment (built once a job)."""
+        """What every step of the job has in its environment (built once a job): an
+        allow-list (isolation.step_env_base), never pushgate's own environment."""
         ctx = self.ctx
-        env = ctx.base_env.copy()
+        env = isolation.step_env_base(ctx.base_env)
+        env["HOME"] = str(self.tmpdir / "home")
+        env["TMPDIR"] = str(self.tmpdir / "tmp")
         for name, value in self.runvars.items():
             if name.isidentifier():
                 env[name] = value
+        host = ctx.loaded.cfg.hosts.get(self.claim.host)
+        if host is not None:
+            env.update(host.env)
+        env.update(self.cfg.env)
         env.update(
             {
                 "PUSHGATE_FLIGHT": str(ctx.flight),
@@ -413,12 +475,16 @@ class JobRun:
         ctx = self.ctx
         cwd = self.checkouts.get(step.cwd, self.workdir) if step.cwd else self.workdir
 
+        if self.sandbox is None and isolation.isolated(ctx.loaded):
+            self.sandbox = self._make_sandbox()
+        self.last_log = log
         req = StepRun(
             argv=command_argv(step),
             env=self.env(step, stepno),
             cwd=cwd,
             log=log,
             timeout=step.timeout,
+            sandbox=self.sandbox,
         )
         try:
             return await ctx.executor.run(req)
@@ -437,20 +503,55 @@ class JobRun:
         return step.iffail, f"exit status {outcome.exit_code}"
 
     def _keep_artifacts(self) -> list[str]:
-        """Copy declared paths (globs relative to the work dir) into the artifact store."""
+        """Copy declared paths (globs relative to the work dir) into the artifact store.
+
+        Nothing is read through a symbolic link that leads out of the work dir (the
+        code under test made the links): a link that stays inside is kept as a link,
+        one that leads out is refused with a line in the last step's log.
+        """
         kept = []
+        root = os.path.realpath(self.workdir)
+        refused: list[str] = []
+
+        def inside(path: str) -> bool:
+            real = os.path.realpath(path)
+            return real == root or real.startswith(root + os.sep)
+
+        def outward_links(d: str, names: list[str]) -> set[str]:
+            out = {n for n in names if os.path.islink(os.path.join(d, n))}
+            out = {n for n in out if not inside(os.path.join(d, n))}
+            refused.extend(os.path.relpath(os.path.join(d, n), self.workdir) for n in out)
+            return out
+
         for pattern in self.cfg.artifacts:
             for src in sorted(glob.glob(str(self.workdir / pattern), recursive=True)):
                 rel = os.path.relpath(src, self.workdir)
-                if rel.startswith(".."):
+                if rel.startswith("..") or rel in kept:
+                    continue
+                # glob follows links to dirs: what it found there is not the work dir's.
+                if not inside(os.path.dirname(src)) or (os.path.islink(src) and not inside(src)):
+                    refused.append(rel)
                     continue
                 dest = self.artifacts / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                if os.path.isdir(src):
-                    shutil.copytree(src, dest, dirs_exist_ok=True)
+                if os.path.islink(src):
+                    if os.path.lexists(dest):
+                        os.unlink(dest)
+                    os.symlink(os.readlink(src), dest)
+                elif os.path.isdir(src):
+                    shutil.copytree(
+                        src, dest, symlinks=True, ignore=outward_links, dirs_exist_ok=True
+                    )
                 else:
-                    shutil.copy2(src, dest)
+                    shutil.copy2(src, dest, follow_symlinks=False)
                 kept.append(rel)
+        if refused and self.last_log:
+            with open(self.last_log, "a") as log:
+                for rel in dict.fromkeys(refused):
+                    log.write(
+                        f"{stamp()} [pushgate] artifact {rel!r} not kept: a symbolic link "
+                        "out of the work dir, or found through one\n"
+                    )
         return kept
 
     def _cleanup_checkouts(self) -> None:

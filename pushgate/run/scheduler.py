@@ -26,6 +26,7 @@ from pushgate.db.engine import Database
 from pushgate.db.history import compute_flight_built
 from pushgate.errors import PushgateError
 from pushgate.model import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, Status
+from pushgate.run import isolation
 from pushgate.run.executors.base import Executor
 from pushgate.run.executors.local import LocalExecutor, kill_orphans
 from pushgate.run.runner import Interrupted, JobRun, Progress, RunContext, block_job, starve_job
@@ -217,6 +218,10 @@ class FlightRunner:
 
     async def run(self) -> dict[str, str]:
         """Run every job that is not finished; returns job -> final status."""
+        # No step runs unless it can be isolated as configured (one line, exit 2).
+        isolation.check(
+            self.loaded, self.loaded.database_url, any(j.network for j in self.loaded.jobs.values())
+        )
         # First: the executor's start-up (a helper process) overlaps what follows.
         self.ctx.executor.start()
         try:

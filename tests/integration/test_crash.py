@@ -75,8 +75,11 @@ def test_kill_9_mid_step_then_resume(project: Project, tmp_path: Path) -> None:
             ],
         },
     }
-    cfg = project.config(jobs)
-    loaded, db = project.load(jobs)
+    # Unisolated: a sandboxed step dies with its runner (next test); this one is left
+    # behind, for the next run to find and kill.
+    extra = {"runner": {"heartbeat_s": 0.5, "lease_s": 3, "isolation": "none"}}
+    cfg = project.config(jobs, extra=extra)
+    loaded, db = project.load(jobs, extra=extra)
     flight = new_flight(db, loaded, "b")
     proc = start_run(cfg, flight)
     wait_for(hang)
@@ -118,9 +121,45 @@ def test_kill_9_mid_step_then_resume(project: Project, tmp_path: Path) -> None:
     assert held == []
 
 
+def step_pids(flight: int, job: str) -> list[int]:
+    """The processes of a job's steps, found by their environment as kill_orphans does."""
+    want = {f"PUSHGATE_FLIGHT={flight}".encode(), f"PUSHGATE_JOB={job}".encode()}
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if want <= set(f.read().split(b"\0")) and alive(int(entry)):
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def test_kill_9_of_the_runner_takes_its_sandboxed_steps_along(tmp_path: Path) -> None:
+    project = make_project(tmp_path, f"sqlite:///{tmp_path}/pg.db")
+    mark = project.ctl / "started"
+    jobs = {
+        "j": {"trees": [], "steps": [{"testid": "hang", "command": f"touch {mark}; sleep 60"}]}
+    }
+    cfg = project.config(jobs)
+    loaded, db = project.load(jobs)
+    flight = new_flight(db, loaded, "b")
+    proc = start_run(cfg, flight)
+    wait_for(mark)
+    assert step_pids(flight, "j")  # the step's shell and its sleep
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Its helper and the job's agent see the runner's socket close: the sandbox's pid 1
+    # ends and the kernel kills everything in it, with no later run needed.
+    deadline = time.monotonic() + 5
+    while step_pids(flight, "j") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert step_pids(flight, "j") == []
+
+
 def test_job_that_keeps_killing_its_runner_is_broken(tmp_path: Path) -> None:
     project = make_project(tmp_path, f"sqlite:///{tmp_path}/pg.db")
-    mark = tmp_path / "started"
+    mark = project.ctl / "started"
     jobs = {
         "j": {"trees": [], "steps": [{"testid": "hang", "command": f"touch {mark}; exec sleep 60"}]}
     }
@@ -146,7 +185,7 @@ def test_job_that_keeps_killing_its_runner_is_broken(tmp_path: Path) -> None:
 
 def test_sigterm_stops_after_the_current_step(tmp_path: Path) -> None:
     project = make_project(tmp_path, f"sqlite:///{tmp_path}/pg.db")
-    mark = tmp_path / "in-step-1"
+    mark = project.ctl / "in-step-1"
     jobs = {
         "j": {
             "trees": [],

@@ -212,6 +212,14 @@ def test_unblock_pushes_a_passed_revision_without_a_new_flight(tmp_path: Path) -
     assert "decided again: now '[app test] 1: all pass - PUSHED'" in out.stderr, out.stderr
     js = json.loads(p.cli("report", "1", "--json").stdout)
     assert js["push"]["status"] == "pushed" and "No longer blocked" in js["push"]["output"]
+    # The list hears of the late push once, in reply to the report.
+    mails = list(mailbox.mbox(str(p.mbox)))
+    assert [str(m["Subject"]) for m in mails] == [
+        "[app test] 1: all pass",
+        "Re: [app test] 1: all pass",
+    ]
+    assert mails[1]["In-Reply-To"] == mails[0]["Message-ID"]
+    assert f"revision {c1} was pushed to tested" in mails[1].get_payload()
     db.dispose()
 
 

@@ -21,14 +21,17 @@ from pathlib import Path
 
 from pushgate.config import Loaded
 from pushgate.db import mailqueue as dbm
+from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.errors import PushgateError
+from pushgate.gate.push import PUSHED_STATUSES
 from pushgate.publish.mail.message import (
     build_message,
     envelope_recipients,
     make_message_id,
     parse,
     serialize,
+    thread_to_report,
 )
 from pushgate.publish.mail.transport import (
     Mailer,
@@ -93,6 +96,45 @@ def enqueue_report(db: Database, loaded: Loaded, rep: BuiltReport) -> bool:
     # Bcc goes to the envelope only: the stored message never carries it.
     return enqueue(
         db, message_id=mid, kind="report", flight=rep.flight, data=serialize(msg), recipients=rcpts
+    )
+
+
+def enqueue_late_push(db: Database, loaded: Loaded, push: dbp.PushRow) -> bool:
+    """A flight whose report said it was not pushed was pushed later (a retried push, a
+    push after unblock): say so once, in reply to the report, so the list hears of it."""
+    if push.status not in PUSHED_STATUSES:
+        return False
+    rid = report_message_id(loaded, push.flight)
+    with db.read() as conn:
+        report = dbm.get_mail(conn, rid)
+    if report is None:
+        return False  # no report was mailed: nobody to tell
+    br = loaded.branch(push.branch)
+    subject = str(parse(report.message.encode("utf-8"))["Subject"])
+    ref = loaded.trees[push.tree].tested_ref if push.tree in loaded.trees else "the tested ref"
+    body = (
+        f"Flight {push.flight}'s revision {push.revision} was pushed to {ref} after this\n"
+        f"report was sent ({push.why or 'decided again'}).\n\n{push.output.rstrip()}\n"
+    )
+    in_reply_to, refs = thread_to_report(push.flight, loaded.cfg.mail.domain)
+    msg = build_message(
+        subject=subject if subject.startswith("Re: ") else f"Re: {subject}",
+        body=body,
+        from_addr=loaded.cfg.mail.from_addr,
+        to=list(br.mail_to),
+        cc=list(br.mail_cc),
+        message_id=make_message_id("pushed", push.flight, loaded.cfg.mail.domain),
+        in_reply_to=in_reply_to,
+        references=refs,
+        extra_headers={},
+    )
+    return enqueue(
+        db,
+        message_id=str(msg["Message-ID"]),
+        kind="pushed",
+        flight=push.flight,
+        data=serialize(msg),
+        recipients=envelope_recipients(br.mail_to, br.mail_cc, br.mail_bcc),
     )
 
 

@@ -9,6 +9,25 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class Sandbox:
+    """What a job's steps may reach: one sandbox a job, shared by its steps in turn.
+
+    The root file system is read-only; `hidden` dirs are replaced by empty ones and
+    `hidden_files` by /dev/null (pushgate's state, config and credentials); `writable`
+    dirs are bound back read-write (the job's work, artifact and temporary dirs, and
+    `runner.shared`), `readonly` ones read-only (its buildjobs' artifacts). Without
+    `network` the steps have a network namespace of their own with loopback only.
+    """
+
+    key: str
+    writable: tuple[str, ...]
+    readonly: tuple[str, ...]
+    hidden: tuple[str, ...]
+    hidden_files: tuple[str, ...]
+    network: bool = False
+
+
+@dataclass(frozen=True)
 class StepRun:
     """What the runner asks of an executor for one step."""
 
@@ -17,6 +36,8 @@ class StepRun:
     cwd: Path | str
     log: Path | str
     timeout: float
+    # None: the step runs as pushgate's own processes do (runner.isolation = "none").
+    sandbox: Sandbox | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,9 @@ class Executor(Protocol):
         """Get ready to run steps (called once, before the first)."""
 
     async def run(self, req: StepRun) -> StepOutcome: ...
+
+    async def release(self, sandbox: Sandbox) -> None:
+        """The job is done with its sandbox: everything still running in it is killed."""
 
     async def close(self) -> None: ...
 

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Callable
 
 from pushgate.run.executors import spawner
-from pushgate.run.executors.base import StepOutcome, StepRun, stamp
+from pushgate.run.executors.base import Sandbox, StepOutcome, StepRun, stamp
+from pushgate.run.executors.sandbox import bwrap_argv
 
 # Grace between SIGTERM and SIGKILL when a step times out or is cancelled.
 KILL_GRACE_S = 2.0
@@ -71,23 +72,39 @@ class SpawnerDied(RuntimeError):
 class SpawnerClient:
     """The runner's end of the spawner helper: requests out, pids and exits in."""
 
-    def __init__(self) -> None:
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        """A new helper, or (sock) the agent of a job's sandbox behind that socket."""
         self.loop: asyncio.AbstractEventLoop | None = None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with theirs:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", spawner.__file__, str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.sock = ours
+        self.proc: subprocess.Popen[bytes] | None = None
+        # The agent's ("ready", 0) or its error; None for the helper.
+        self.ready: asyncio.Future[None] | None = None
+        self.gone: asyncio.Future[None] | None = None
+        if sock is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            with theirs:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", spawner.__file__, str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    # Nothing of the runner's environment (its secrets) in the helper,
+                    # nor in the agents it forks into the steps' sandboxes.
+                    env={"PATH": os.defpath},
+                )
+            sock = ours
+        else:
+            loop = asyncio.get_running_loop()
+            self.ready = loop.create_future()
+            self.gone = loop.create_future()
+        self.sock = sock
         self.next_id = 0
         self.spawns: dict[int, asyncio.Future[int]] = {}
         self.exit_callbacks: dict[int, Callable[[int | None], None]] = {}
         # Exits reported before anyone asked (a step that ended at once).
         self.exits: dict[int, int] = {}
         self.dead = False
+        if self.ready is not None:
+            self.attach(asyncio.get_running_loop())
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Receive the helper's messages on this loop (the helper may be started
@@ -114,6 +131,31 @@ class SpawnerClient:
             del self.spawns[rid]
             raise SpawnerDied(f"cannot reach the spawner helper: {e}") from None
         return await fut
+
+    def sandbox(self, bwrap: list[str]) -> SpawnerClient:
+        """Have the helper fork an agent that makes a sandbox with bwrap's arguments and
+        starts steps inside it; its client (await .ready before spawning)."""
+        if self.dead:
+            raise SpawnerDied("the spawner helper died")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            try:
+                msg = marshal.dumps(("sandbox", 0, bwrap))
+                socket.send_fds(self.sock, [msg], [theirs.fileno()])
+            except OSError as e:
+                ours.close()
+                raise SpawnerDied(f"cannot reach the spawner helper: {e}") from None
+        return SpawnerClient(ours)
+
+    async def shut(self, timeout: float = 10.0) -> None:
+        """An agent's end: it kills what still runs in its sandbox, then exits."""
+        if self.gone is not None and not self.dead:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+                await asyncio.wait_for(asyncio.shield(self.gone), timeout)
+            except (OSError, TimeoutError):
+                pass
+        self.close()
 
     def on_exit(self, pid: int, callback: Callable[[int | None], None]) -> None:
         """Call callback(exit code, -signal if killed) once pid has been reaped,
@@ -142,6 +184,13 @@ class SpawnerClient:
                 return
             msg = marshal.loads(data)
             kind = msg[0]
+            if msg[1] == 0 and self.ready is not None and kind in ("ready", "error"):
+                if not self.ready.done():
+                    if kind == "ready":
+                        self.ready.set_result(None)
+                    else:
+                        self.ready.set_exception(OSError(msg[2], msg[3]))
+                continue
             if kind == "exit":
                 _, pid, code = msg
                 cb = self.exit_callbacks.pop(pid, None)
@@ -166,6 +215,10 @@ class SpawnerClient:
         if self.loop is not None:
             self.loop.remove_reader(self.sock.fileno())
         err = SpawnerDied("the spawner helper died")
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(err)
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
         for fut in self.spawns.values():
             if not fut.done():
                 fut.set_exception(err)
@@ -180,6 +233,8 @@ class SpawnerClient:
             if self.loop is not None:
                 self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
+        if self.proc is None:
+            return
         # The helper exits once it sees its socket close. Waited for on a pidfd:
         # Popen.wait(timeout) polls with sleeps, which cost a run ~15 ms.
         try:
@@ -210,6 +265,8 @@ class LocalExecutor:
         # tries execve in each PATH directory in turn, while the helper waits.
         self._which: dict[tuple[str, str], str | None] = {}
         self._spawner: SpawnerClient | None = None
+        # The agents of the jobs' sandboxes (one a job, made at its first step).
+        self._sandboxes: dict[Sandbox, SpawnerClient] = {}
 
     def start(self) -> None:
         """Start the spawner helper now rather than at the first step."""
@@ -231,11 +288,28 @@ class LocalExecutor:
             self._spawner = SpawnerClient()
         return self._spawner
 
-    async def _spawn(self, req: StepRun, out: int) -> int:
+    async def _client(self, sandbox: Sandbox | None) -> SpawnerClient:
+        """Who starts the step: the helper, or the agent of the job's sandbox."""
+        if sandbox is None:
+            return self.spawner()
+        client = self._sandboxes.get(sandbox)
+        if client is None:
+            client = self._sandboxes[sandbox] = self.spawner().sandbox(bwrap_argv(sandbox))
+            assert client.ready is not None
+            try:
+                await client.ready
+            except OSError as e:
+                raise OSError(e.errno, f"cannot make the job's sandbox: {e.strerror}") from None
+        elif client.dead:
+            raise SpawnerDied("the job's sandbox is gone")
+        return client
+
+    async def _spawn(self, req: StepRun, out: int) -> tuple[SpawnerClient, int]:
         argv0 = req.argv[0]
         exe = self._executable(argv0, req.env)
+        client = await self._client(req.sandbox)
         try:
-            return await self.spawner().spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
+            pid = await client.spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
         except FileNotFoundError:
             if exe is None:
                 raise
@@ -243,7 +317,13 @@ class LocalExecutor:
             # recursively: a missing cwd fails with the same error every time).
             self._which.clear()
             exe = self._executable(argv0, req.env)
-            return await self.spawner().spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
+            pid = await client.spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
+        return client, pid
+
+    async def release(self, sandbox: Sandbox) -> None:
+        client = self._sandboxes.pop(sandbox, None)
+        if client is not None:
+            await client.shut()
 
     async def run(self, req: StepRun) -> StepOutcome:
         loop = asyncio.get_running_loop()
@@ -259,7 +339,7 @@ class LocalExecutor:
             )
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             try:
-                pid = await self._spawn(req, out_w)
+                client, pid = await self._spawn(req, out_w)
             except (SpawnerDied, OSError) as e:
                 os.close(out_r)
                 why = e.strerror if isinstance(e, OSError) else e
@@ -268,7 +348,7 @@ class LocalExecutor:
                 return StepOutcome(None, error=msg)
             finally:
                 os.close(out_w)
-            watch = _Watch(loop, self.spawner(), pid, out_r, log)
+            watch = _Watch(loop, client, pid, out_r, log)
             try:
                 timed_out = await watch.wait(req.timeout)
                 if timed_out:
@@ -297,6 +377,8 @@ class LocalExecutor:
             os.close(log)
 
     async def close(self) -> None:
+        for sandbox in list(self._sandboxes):
+            await self.release(sandbox)
         if self._spawner is not None:
             self._spawner.close()
             self._spawner = None
