@@ -185,10 +185,15 @@ class Database:
         try:
             yield conn
         except BaseException:
-            if conn.in_transaction():
-                conn.rollback()
-            else:
-                raw.rollback()  # type: ignore[union-attr]
+            try:
+                if conn.in_transaction():
+                    conn.rollback()
+                else:
+                    raw.rollback()  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - the first error is the one raised
+                # The connection itself is gone (the server dropped it): it must not go
+                # back to the pool, whose reset would fail on it again.
+                conn.invalidate()
             raise
         if conn.in_transaction():
             conn.commit()

@@ -26,3 +26,17 @@ def pg_lock(conn: Connection, key: int, *, wait: bool) -> bool:
 
 def pg_unlock(conn: Connection, key: int) -> None:
     conn.exec_driver_sql("SELECT pg_advisory_unlock(%(k)s)", {"k": key})
+
+
+def pg_holds(conn: Connection, key: int) -> bool:
+    """Whether this connection's session holds the advisory lock `key` (a session that
+    was terminated and reconnected does not)."""
+    hi, lo = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+            " AND pid = pg_backend_pid() AND granted AND objsubid = 1"
+            " AND classid = %(hi)s::bigint::oid AND objid = %(lo)s::bigint::oid)",
+            {"hi": hi, "lo": lo},
+        ).scalar()
+    )

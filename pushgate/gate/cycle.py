@@ -28,7 +28,7 @@ from pushgate.db import flights as dbf
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.errors import EXIT_INTERRUPTED
-from pushgate.gate.locks import pause_point
+from pushgate.gate.locks import HeldLock, pause_point
 from pushgate.gate.push import push_flight, push_url
 from pushgate.judge import verdicts
 from pushgate.judge.verdict import BLOCKER_REGRESSION, Classification
@@ -279,9 +279,15 @@ def advance_gate(
     run: RunFn,
     stopper: Stopper,
     notes: list[str],
+    lock: HeldLock | None = None,
 ) -> tuple[str, dbc.CycleRow]:
     """Take the cycle through the gate's stages (flight, retest, push) up to `report`.
-    Returns ("stopped" or "ok", the cycle row as it is now)."""
+    Returns ("stopped" or "ok", the cycle row as it is now).
+
+    `lock`, the branch lock the caller holds, is checked after a flight runs and before
+    the push: LockLost (its database connection dropped) stops the cycle there, and the
+    next cycle resumes it."""
+    check = lock.check if lock is not None else lambda: None
     flight = cyc.flight
     if cyc.stage == "flight":
         if not _finished(db, flight):
@@ -289,6 +295,7 @@ def advance_gate(
             stopper.install()  # the flight runner's own handlers are gone now
             if not _finished(db, flight):
                 return "stopped", cyc
+            check()
         c = classify_flight(db, loaded, flight)
         jobs, note = retest_plan(loaded, cyc, c)
         notes.append(note)
@@ -306,6 +313,7 @@ def advance_gate(
             stopper.install()
             if not _finished(db, cyc.retest_flight):
                 return "stopped", cyc
+            check()
         _judge(db, loaded, flight)
         cyc = _cycle_row(db, flight)
     if stopper.stop:
@@ -317,6 +325,7 @@ def advance_gate(
         pause_point("report")
         with db.read() as conn:
             blessing = dbf.bless_as(conn, flight)
+        check()
         push_flight(db, loaded, flight, tolerable=vd.classification.tolerable, blessing=blessing)
         with db.write() as conn:
             dbc.set_stage(conn, flight, "report")

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from pushgate.db import locks as dbl
 from pushgate.db.engine import Database
@@ -45,6 +47,37 @@ class LockBusy(PushgateError):
     """A lock asked for without waiting is held by another process."""
 
 
+class LockLost(PushgateError):
+    """A lock held on a database connection is gone with that connection (dropped by the
+    server or the network): what was done under it must stop, to be resumed later."""
+
+
+class HeldLock:
+    """A lock db_lock holds; `check()` before acting under it (e.g. before a push)."""
+
+    def __init__(self, name: str, conn: Connection | None = None, key: int = 0):
+        self.name = name
+        self.conn = conn
+        self.key = key
+
+    def check(self) -> None:
+        """LockLost unless the lock is still held. A flock lasts as long as the process;
+        an advisory lock as long as its connection's session, which is asked."""
+        if self.conn is None:
+            return
+        lost = f"lock {self.name!r} lost: its database connection dropped"
+        if self.conn.invalidated:
+            raise LockLost(lost)
+        try:
+            held = dbl.pg_holds(self.conn, self.key)
+            self.conn.commit()
+        except SQLAlchemyError as e:
+            why = str(getattr(e, "orig", None) or e).strip().splitlines()
+            raise LockLost(f"{lost} ({why[0] if why else type(e).__name__})") from None
+        if not held:
+            raise LockLost(f"lock {self.name!r} lost: its database session was ended")
+
+
 def _lock_dir(db: Database) -> Path:
     u = make_url(db.url)
     if u.database and u.database != ":memory:":
@@ -53,12 +86,13 @@ def _lock_dir(db: Database) -> Path:
 
 
 @contextmanager
-def db_lock(db: Database, name: str, *, wait: bool = True) -> Iterator[None]:
+def db_lock(db: Database, name: str, *, wait: bool = True) -> Iterator[HeldLock]:
     """An exclusive named lock shared by every process using this database.
 
     PostgreSQL: a session advisory lock on a connection held for the duration (released by
-    the server if the process dies). SQLite: flock on a file beside the database (released
-    by the kernel if the process dies).
+    the server if the process dies, or if the connection drops: HeldLock.check tells).
+    SQLite: flock on a file beside the database (released by the kernel if the process
+    dies).
     """
     if db.dialect == "postgresql":
         key = dbl.lock_key(f"pushgate:{name}")
@@ -68,10 +102,17 @@ def db_lock(db: Database, name: str, *, wait: bool = True) -> Iterator[None]:
                 raise LockBusy(name)
             conn.commit()
             try:
-                yield
+                yield HeldLock(name, conn, key)
             finally:
-                dbl.pg_unlock(conn, key)
-                conn.commit()
+                # A connection that dropped took the lock with its session (and used
+                # again it would only reconnect).
+                try:
+                    conn.rollback()
+                    if not conn.invalidated:
+                        dbl.pg_unlock(conn, key)
+                        conn.commit()
+                except DBAPIError:
+                    pass
         finally:
             conn.close()
         return
@@ -84,6 +125,6 @@ def db_lock(db: Database, name: str, *, wait: bool = True) -> Iterator[None]:
         except BlockingIOError:
             raise LockBusy(name) from None
         try:
-            yield
+            yield HeldLock(name)
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

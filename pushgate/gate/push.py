@@ -205,7 +205,7 @@ def push_flight(
     if cyc is None:
         raise ValueError(f"flight {flight} was not made by a gate cycle")
     br = loaded.branch(cyc.branch)
-    with db_lock(db, f"gate-{cyc.branch}"):
+    with db_lock(db, f"gate-{cyc.branch}") as held:
         with db.read() as conn:
             row = dbp.get_push(conn, flight)
             state = dbp.get_gate(conn, cyc.branch)
@@ -237,8 +237,10 @@ def push_flight(
             assert row is not None
             if d.push:
                 pause_point("push")
+                held.check()  # the row stays pending: settled by the next cycle
                 _finish(db, row, *_attempt(db, loaded, row))
         elif row.status == "pending":
+            held.check()
             _finish(db, row, *_attempt(db, loaded, row))
         with db.read() as conn:
             final = dbp.get_push(conn, flight)
@@ -316,10 +318,11 @@ def retry_due(db: Database, loaded: Loaded, branch: str) -> Retry | None:
 def retry_push(db: Database, loaded: Loaded, branch: str) -> dbp.PushRow | None:
     """Carry out the decision retry_due finds, under the gate lock; the row as it ends, or
     None when there was none."""
-    with db_lock(db, f"gate-{branch}"):
+    with db_lock(db, f"gate-{branch}") as held:
         r = retry_due(db, loaded, branch)
         if r is None:
             return None
+        held.check()
         with db.write() as conn:
             if not dbp.repend_push(
                 conn,
