@@ -79,7 +79,9 @@ artifacts = ["private.txt"]
 steps = [{{ testid = "make", command = "echo @PRIVATE@ > private.txt" }}]
 
 [jobs.test-hostile]
-steps = [{{ testid = "run", command = "if [ -f \\"$PUSHGATE_SRC_APP/hostile.sh\\" ]; then sh \\"$PUSHGATE_SRC_APP/hostile.sh\\"; fi" }}]
+[[jobs.test-hostile.steps]]
+testid = "run"
+command = 'if [ -f "$PUSHGATE_SRC_APP/hostile.sh" ]; then sh "$PUSHGATE_SRC_APP/hostile.sh"; fi'
 """
 
 
@@ -137,7 +139,9 @@ def test_a_hostile_commit_changes_nothing_of_pushgates(
         base=base,
     )
     # The regression (BUG) and the script that tries to make it pass or push itself.
-    c2 = p.work.commit("app: BUG, and a build script", files={"app.txt": "BUG\n", "hostile.sh": script})
+    c2 = p.work.commit(
+        "app: BUG, and a build script", files={"app.txt": "BUG\n", "hostile.sh": script}
+    )
     p.work.push(p.bare, "HEAD:refs/heads/main")
     r2 = run_cycle(db, loaded, "app", mailer=mailer)
     assert r2.flight is not None and r2.push is not None and r2.report is not None
