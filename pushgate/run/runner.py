@@ -8,7 +8,9 @@ that dies leaves a job that the next `flight run` can requeue or break.
 from __future__ import annotations
 
 import asyncio
+import errno
 import glob
+import logging
 import os
 import shutil
 import time
@@ -38,6 +40,7 @@ from pushgate.run.executors.base import Executor, Sandbox, StepOutcome, StepRun,
 
 BUILD_CHECK = "build-check(1)"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
@@ -70,6 +73,8 @@ class RunContext:
     flight_running: bool = False
     # The runner's environment, read once: os.environ decodes every entry anew.
     base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    # Why the runner stopped taking work: a disk for logs or artifacts is full.
+    fault: str | None = None
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in a write transaction, committed before this returns; fn's result."""
@@ -145,6 +150,37 @@ class GroupWriter:
                 pass
 
 
+def no_space(e: BaseException) -> bool:
+    """Whether an error is a full disk (or quota) where logs or artifacts are written."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(ctx: RunContext, what: str, e: OSError) -> str:
+    """A full disk is a fault, not a crash: the reason for the step it broke (returned).
+    The runner starts no new step or job, as on a first signal (the jobs not finished
+    go back to the queue: the flight resumes when there is space), and says so once."""
+    where = f" ({e.filename})" if e.filename else ""
+    reason = f"no space left for {what}: {e.strerror}{where}"
+    if ctx.fault is None:
+        ctx.fault = reason
+        log.warning(
+            "flight %s: %s; stopping (the flight resumes when there is space)", ctx.flight, reason
+        )
+    ctx.stopping.set()
+    return reason
+
+
+def _write_log(ctx: RunContext, path: Path, text: str) -> None:
+    """A log pushgate writes itself; on a full disk the step is recorded without it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        disk_full(ctx, "logs", e)
+
+
 def command_argv(step: StepConfig) -> list[str]:
     # A string is the config author's own shell text; untrusted values reach it
     # only through the environment, never by substitution.
@@ -154,9 +190,7 @@ def command_argv(step: StepConfig) -> list[str]:
 async def _record_only_step(ctx: RunContext, job: str, testid: str, status: str, why: str) -> None:
     """A job that ends before running anything: one finished step with the reason, logged."""
     rel = log_relpath(ctx.flight, job, 1, testid)
-    path = ctx.loaded.logs_dir / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{stamp()} [pushgate] {why}\n")
+    _write_log(ctx, ctx.loaded.logs_dir / rel, f"{stamp()} [pushgate] {why}\n")
     now = time.time()
 
     def record(conn: Connection) -> None:
@@ -210,6 +244,8 @@ class JobRun:
         # comes before the next command runs (invariant 3).
         self.pending: list[Callable[[Connection], None]] = []
         self._job_env: dict[str, str] | None = None
+        # A step of the job was broken by a full disk: it runs no more steps.
+        self.full_disk = False
 
     async def run(self) -> str:
         ctx = self.ctx
@@ -254,7 +290,7 @@ class JobRun:
                     if self.sandbox is not None:
                         await ctx.executor.release(self.sandbox)
             # A thread hop only when there is file work to do.
-            kept = await asyncio.to_thread(self._keep_artifacts) if self.cfg.artifacts else []
+            kept = await self._artifacts() if self.cfg.artifacts else []
         finally:
             if self.checkouts:
                 await asyncio.to_thread(self._cleanup_checkouts)
@@ -357,9 +393,7 @@ class JobRun:
     async def _harness_step(self, testid: str, status: str, message: str) -> None:
         self.stepno += 1
         rel = log_relpath(self.ctx.flight, self.job, self.stepno, testid)
-        path = self.ctx.loaded.logs_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{stamp()} [pushgate] {message}\n")
+        _write_log(self.ctx, self.ctx.loaded.logs_dir / rel, f"{stamp()} [pushgate] {message}\n")
         stepno, now = self.stepno, time.time()
 
         def record(conn: Connection) -> None:
@@ -456,6 +490,8 @@ class JobRun:
             self.results.append((status, step.fatal))
             if status != Status.PASS and step.fatal:
                 failed = True
+            if self.full_disk:
+                break  # the job ends here, broken (not requeued: the reason stands)
 
     def _finisher(
         self, stepno: int, status: str, reason: str | None
@@ -489,6 +525,10 @@ class JobRun:
         try:
             return await ctx.executor.run(req)
         except (OSError, RuntimeError) as e:
+            if no_space(e):
+                assert isinstance(e, OSError)
+                self.full_disk = True
+                return StepOutcome(None, error=disk_full(ctx, "the step's log", e))
             return StepOutcome(None, error=f"executor failed: {e}")
 
     def _status(self, outcome: StepOutcome, step: StepConfig) -> tuple[str, str | None]:
@@ -501,6 +541,19 @@ class JobRun:
         if outcome.exit_code == self.ctx.loaded.cfg.runner.broken_exit_code:
             return Status.BROKEN, f"exit status {outcome.exit_code}"
         return step.iffail, f"exit status {outcome.exit_code}"
+
+    async def _artifacts(self) -> list[str]:
+        """Keep the declared artifacts. A full disk makes a broken `artifacts` step with
+        the reason, and what was copied goes (a broken job's artifacts serve nobody)."""
+        try:
+            return await asyncio.to_thread(self._keep_artifacts)
+        except OSError as e:
+            if not no_space(e):
+                raise
+            await asyncio.to_thread(shutil.rmtree, self.artifacts, True)
+            why = disk_full(self.ctx, "artifacts", e)
+            await self._harness_step("artifacts", Status.BROKEN, why)
+            return []
 
     def _keep_artifacts(self) -> list[str]:
         """Copy declared paths (globs relative to the work dir) into the artifact store.

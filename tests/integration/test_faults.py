@@ -4,10 +4,12 @@ dropped in the middle of a flight."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from pushgate.db import flights as dbf
 from pushgate.db.engine import SCHEMA_HEAD, Database
-from pushgate.errors import EXIT_INTERRUPTED
+from pushgate.errors import EXIT_BROKEN, EXIT_INTERRUPTED
 from tests.conftest import PG_URL
 from tests.gateproject import kill_group, make_gate_project, wait_for
 
@@ -99,5 +101,85 @@ def test_every_postgresql_connection_dropped_mid_flight(db_url: str, tmp_path: P
             rows = conn.execute(text("SELECT flight, status FROM pushes")).all()
             flights = conn.execute(text("SELECT count(*) FROM flights")).scalar()
         assert [tuple(r) for r in rows] == [(1, "pushed")] and flights == 1
+    finally:
+        db.dispose()
+
+
+# A test job whose step writes 600 kB of output while <ctrl>/noisy exists; it needs no
+# build, so it runs second, before the other tests (one slot).
+NOISY = """
+[jobs.test-noisy]
+[[jobs.test-noisy.steps]]
+testid = "noisy"
+command = '''if [ -e CTRL/noisy ]; then head -c 600000 /dev/zero | tr '\\\\0' x | fold -w 99; fi'''
+"""
+
+
+@pytest.fixture
+def small_logs_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs, to be the logs dir."""
+    d = tmp_path / "logs"
+    d.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs in CI: {r.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_full_logs_disk_breaks_the_step_and_the_flight_resumes(
+    tmp_path: Path, small_logs_disk: Path
+) -> None:
+    """A step whose log cannot be written is `broken` with the reason, said in one line on
+    the terminal, no traceback; the runner stops taking jobs (the others stay queued) and,
+    once space is freed, the flight resumes and the gate goes on to push."""
+    logs = small_logs_disk
+    p = make_gate_project(tmp_path / "p", extra=NOISY.replace("CTRL", str(tmp_path / "p/ctrl")))
+    text_ = p.cfg_path.read_text().replace('dir = "state"', f'dir = "state"\nlogs = "{logs}"')
+    p.cfg_path.write_text(text_)
+    # All but 256 kB of the disk taken.
+    with open(logs / "filler", "wb") as f:
+        f.write(b"\0" * (2048 - 256) * 1024)
+    p.flag("noisy")
+    target = p.commit("hello")
+
+    r = p.cli("branch", "run", "app")
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out and "internal error" not in out, out
+    assert r.returncode == EXIT_INTERRUPTED, out
+    said = [line for line in r.stderr.splitlines() if "space" in line]
+    assert len(said) == 1 and "no space left for the step's log" in said[0], r.stderr
+    db = Database(p.load().database_url)
+    try:
+        with db.read() as conn:
+            steps = {
+                (row.job, row.testid): (row.status, row.reason)
+                for row in conn.execute(text("SELECT * FROM steps WHERE flight = 1"))
+            }
+            jobs = {j.job: j.status for j in dbf.get_jobs(conn, 1)}
+        status, reason = steps[("test-noisy", "noisy")]
+        assert status == "broken" and reason.startswith("no space left for the step's log")
+        assert jobs["build"] == "pass" and jobs["test-noisy"] == "broken"
+        # The runner stopped cleanly: nothing else was tried on the full disk.
+        assert {jobs[j] for j in jobs if j not in ("build", "test-noisy")} == {"queued"}, jobs
+
+        (logs / "filler").unlink()
+        r = p.cli("branch", "run", "app")
+        assert r.returncode == EXIT_BROKEN, r.stdout + r.stderr  # flight 1 resumed, finished
+        with db.read() as conn:
+            jobs = {j.job: j.status for j in dbf.get_jobs(conn, 1)}
+        assert sorted(jobs.values()) == ["broken"] + ["pass"] * 5, jobs
+        # The broken step does not block for good: the next cycle tests again and pushes.
+        r = p.cli("branch", "run", "app")
+        assert r.returncode == 0 and "push: pushed" in r.stdout, r.stdout + r.stderr
+        assert p.tested() == target
     finally:
         db.dispose()

@@ -366,6 +366,8 @@ class LocalExecutor:
                 raise
             finally:
                 watch.close()
+            if watch.write_error is not None:
+                raise watch.write_error  # the runner makes the step broken with it
             if watch.lost:
                 msg = "the spawner helper died; the step's exit status is lost"
                 os.write(log, _ts() + f"[pushgate] {msg}\n".encode())
@@ -408,6 +410,8 @@ class _Watch:
         self.returncode: int | None = None
         self.lost = False
         self.eof = False
+        # Why the step's output could not be written to its log (the first error).
+        self.write_error: OSError | None = None
         self.done: asyncio.Future[bool] = loop.create_future()
         self.exit_waiter: asyncio.Future[None] | None = None
         os.set_blocking(out, False)
@@ -451,9 +455,14 @@ class _Watch:
         self.partial = b"" if final else lines.pop()
         if final and lines and lines[-1] == b"":
             lines.pop()
-        if lines:
+        if lines and self.write_error is None:
             ts = _ts()
-            os.write(self.log, b"".join(ts + line + b"\n" for line in lines))
+            try:
+                os.write(self.log, b"".join(ts + line + b"\n" for line in lines))
+            except OSError as e:
+                # The logs disk is full (or the log is otherwise unwritable): the output
+                # is still read, so the step is not held up, and the error is the step's.
+                self.write_error = e
 
     def _exited(self, code: int | None) -> None:
         if code is None:
