@@ -68,7 +68,7 @@ def test_a_branch_flight_runs_while_a_bisection_of_the_branch_runs(
     bad = p.commit("BUG three")
     p.commit("BUG four")
     out = p.cli("branch", "run", "-q", "app")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # regressions: not pushed (README "Exit codes")
     db = _db(p)
     with db.read() as conn:
         opened = dbb.running(conn)
