@@ -18,9 +18,12 @@ password shows in the logs (the test fails there too).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,6 +88,17 @@ command = 'if [ -f "$PUSHGATE_SRC_APP/hostile.sh" ]; then sh "$PUSHGATE_SRC_APP/
 """
 
 
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """The project outside /tmp: a sandbox's private /tmp would hide it whole, and the
+    test is of what the sandbox's own rules hide."""
+    d = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="pushgate-hostile-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _rows(db: Database) -> str:
     """Every row of every table, as text."""
     out = []
@@ -101,15 +115,17 @@ def _files_text(root: Path) -> str:
 
 
 def test_a_hostile_commit_changes_nothing_of_pushgates(
-    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+    outside_tmp: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tmp_path = outside_tmp
     monkeypatch.setenv("GATE_SMTP_PASSWORD", SMTP_PASSWORD)
     for k, v in OTHER_SECRETS.items():
         monkeypatch.setenv(k, v)
     base = tmp_path / "gate"
     p = make_gate_project(
         base,
-        db_url=db_url,
+        # SQLite: the default, state/pushgate.db.
+        db_url=None if db_url.startswith("sqlite") else db_url,
         mail='password_env = "GATE_SMTP_PASSWORD"\nuser = "pushgate"',
         extra=EXTRA.replace("@PRIVATE@", PRIVATE),
     )

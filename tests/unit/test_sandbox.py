@@ -1,0 +1,185 @@
+"""A job's bubblewrap sandbox on the local executor: what its steps can and cannot reach."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pushgate.run.executors.base import Sandbox, StepOutcome, StepRun
+from pushgate.run.executors.local import LocalExecutor
+from pushgate.run.executors.sandbox import bwrap_path
+
+pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bwrap is not installed")
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Not under /tmp: the sandbox's own /tmp would hide it whole, and hide what the
+    tests want to see hidden by the sandbox's rules."""
+    d = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="pushgate-sandbox-test-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def layout(tmp: Path) -> dict[str, Path]:
+    d = {
+        "state": tmp / "state",
+        "work": tmp / "state" / "work" / "1" / "j",
+        "other": tmp / "state" / "work" / "1" / "k",
+        "arts": tmp / "state" / "artifacts" / "1" / "j",
+        "dep": tmp / "state" / "artifacts" / "1" / "b",
+        "tmp": tmp / "state" / "tmp" / "1" / "j",
+        "conf": tmp / "conf",
+    }
+    for p in d.values():
+        p.mkdir(parents=True, exist_ok=True)
+    (d["state"] / "pushgate.db").write_text("DATABASE")
+    (d["other"] / "theirs").write_text("OTHER JOB")
+    (d["dep"] / "built").write_text("BUILT")
+    (d["conf"] / "pushgate.toml").write_text("CONFIG")
+    (tmp / "password").write_text("PASSWORD")
+    return d
+
+
+def sandbox(d: dict[str, Path], tmp: Path, network: bool = False) -> Sandbox:
+    return Sandbox(
+        key="t",
+        writable=(str(d["work"]), str(d["arts"]), str(d["tmp"])),
+        readonly=(str(d["dep"]),),
+        hidden=(str(d["state"]), str(d["conf"])),
+        hidden_files=(str(tmp / "password"),),
+        network=network,
+    )
+
+
+def steps(sb: Sandbox, cwd: Path, log: Path, *scripts: str) -> list[StepOutcome]:
+    async def go() -> list[StepOutcome]:
+        ex = LocalExecutor()
+        try:
+            return [
+                await ex.run(StepRun(["/bin/sh", "-c", s], ENV, cwd, log, 20, sb)) for s in scripts
+            ]
+        finally:
+            await ex.close()
+
+    return asyncio.run(go())
+
+
+def test_a_step_writes_only_its_own_dirs_and_reads_nothing_of_pushgates(tmp_path: Path) -> None:
+    d = layout(tmp_path)
+    log = tmp_path / "step.log"
+    script = f"""
+        cat {d["state"]}/pushgate.db {d["other"]}/theirs {d["conf"]}/pushgate.toml
+        cat {tmp_path}/password
+        echo EVIL > {d["state"]}/pushgate.db; echo EVIL > {d["other"]}/theirs
+        touch {d["state"]}/evil {tmp_path}/evil {d["dep"]}/evil /usr/evil
+        echo mine > {d["work"]}/w; echo mine > {d["arts"]}/a; echo mine > {d["tmp"]}/t
+        echo mine > /tmp/private
+        cat {d["dep"]}/built
+    """
+    [out] = steps(sandbox(d, tmp_path), d["work"], log, script)
+    assert out.error is None, out.error
+    text = log.read_text()
+    for secret in ("DATABASE", "OTHER JOB", "CONFIG", "PASSWORD"):
+        assert secret not in text, secret
+    assert "BUILT" in text  # a buildjob's artifacts are readable
+    assert (d["state"] / "pushgate.db").read_text() == "DATABASE"
+    assert (d["other"] / "theirs").read_text() == "OTHER JOB"
+    assert not list(tmp_path.rglob("evil")) and not os.path.exists("/usr/evil")
+    for f in (d["work"] / "w", d["arts"] / "a", d["tmp"] / "t"):
+        assert f.read_text() == "mine\n"
+    assert not os.path.exists("/tmp/private")  # its /tmp is its own
+
+
+def test_no_privilege_no_network_no_other_process(tmp_path: Path) -> None:
+    d = layout(tmp_path)
+    log = tmp_path / "step.log"
+    script = f"""
+        grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status
+        echo "interfaces $(tail -n +3 /proc/net/dev | wc -l)"
+        kill -0 {os.getpid()} && echo "SEES""RUNNER"
+        mount -t tmpfs none {d["work"]} && echo "MOUN""TED"
+        echo "PIDS=$(ls /proc | grep -c '^[0-9]')"
+    """
+    [out] = steps(sandbox(d, tmp_path), d["work"], log, script)
+    assert out.error is None, out.error
+    text = log.read_text()
+    for cap in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+        assert f"{cap}:\t0000000000000000" in text
+    assert "interfaces 1" in text  # loopback only
+    assert "SEESRUNNER" not in text and "MOUNTED" not in text
+    pids = int(text.split("PIDS=")[-1].split()[0])
+    assert pids <= 6  # cat (pid 1), the shell, ls, grep: nothing of the host's
+
+
+def test_the_sandbox_lives_for_the_job_and_takes_leftovers_with_it(tmp_path: Path) -> None:
+    d = layout(tmp_path)
+    log = tmp_path / "step.log"
+    sb = sandbox(d, tmp_path)
+
+    async def go() -> None:
+        ex = LocalExecutor()
+        try:
+            # A step leaves a process behind; the next step of the job sees its files.
+            first = StepRun(
+                ["/bin/sh", "-c", f"sleep 61.37 >/dev/null 2>&1 & echo x > {d['tmp']}/kept"],
+                ENV,
+                d["work"],
+                log,
+                20,
+                sb,
+            )
+            assert (await ex.run(first)).exit_code == 0
+            second = StepRun(
+                ["/bin/sh", "-c", f"cat {d['tmp']}/kept"],
+                ENV,
+                d["work"],
+                log,
+                20,
+                sb,
+            )
+            assert (await ex.run(second)).exit_code == 0
+            assert sleeping(), "the leftover runs until the job ends"
+            await ex.release(sb)
+            assert not sleeping()
+        finally:
+            await ex.close()
+
+    def sleeping() -> bool:
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read() == b"sleep\x0061.37\x00":
+                        return True
+            except OSError:
+                continue
+        return False
+
+    t0 = time.monotonic()
+    asyncio.run(go())
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_sandbox_that_cannot_be_made_breaks_the_step_with_the_reason(tmp_path: Path) -> None:
+    d = layout(tmp_path)
+    log = tmp_path / "step.log"
+    sb = Sandbox(
+        key="t",
+        writable=(str(tmp_path / "missing"),),
+        readonly=(),
+        hidden=(),
+        hidden_files=(),
+    )
+    [out] = steps(sb, d["work"], log, "true")
+    assert out.exit_code is None and out.error is not None
+    assert "cannot make the job's sandbox" in out.error and "missing" in out.error
