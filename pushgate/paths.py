@@ -9,6 +9,7 @@ one is configured.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -37,18 +38,40 @@ def mirror(loaded: Loaded, tree: str) -> Mirror:
     return Mirror(loaded.git_dir / f"{tree}.git", loaded.git_url(tree))
 
 
-def job_workdir(loaded: Loaded, flight: int, job: str) -> Path:
-    return loaded.worktrees_dir / str(flight) / job
+def job_workdir(loaded: Loaded, flight: int, job: str, attempt: int | None = None) -> Path:
+    """A job's work dir: one per attempt (`<job>@<attempt>`; `@` is not in job names),
+    so a runner whose job was taken over never shares a dir with the new attempt."""
+    return loaded.worktrees_dir / str(flight) / (job if attempt is None else f"{job}@{attempt}")
 
 
 def job_artifacts(loaded: Loaded, flight: int, job: str) -> Path:
+    """A finished job's artifacts (what later jobs and reports read)."""
     return loaded.artifacts_dir / str(flight) / job
 
 
-def job_tmpdir(loaded: Loaded, flight: int, job: str) -> Path:
+def attempt_artifacts(loaded: Loaded, flight: int, job: str, attempt: int) -> Path:
+    """Where one attempt's steps put artifacts: moved to job_artifacts by the fenced
+    transaction that ends the attempt, so only the attempt that holds the job publishes."""
+    return loaded.artifacts_dir / str(flight) / f".{job}@{attempt}"
+
+
+def attempt_dirs(loaded: Loaded, flight: int, job: str) -> list[Path]:
+    """The work and artifact dirs of every attempt of a job (to clear out older ones)."""
+    out = []
+    for root, prefix in ((loaded.worktrees_dir, f"{job}@"), (loaded.artifacts_dir, f".{job}@")):
+        d = root / str(flight)
+        try:
+            out += [d / n for n in os.listdir(d) if n.startswith(prefix)]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def job_tmpdir(loaded: Loaded, flight: int, job: str, attempt: int | None = None) -> Path:
     """A job's temporary dir: its steps' HOME (`home/`) and TMPDIR (`tmp/`), removed
-    when the job ends."""
-    return loaded.state_dir / "tmp" / str(flight) / job
+    when the job ends. One per attempt, like the work dir."""
+    name = job if attempt is None else f"{job}@{attempt}"
+    return loaded.state_dir / "tmp" / str(flight) / name
 
 
 # --- logs ------------------------------------------------------------------------------------

@@ -6,7 +6,18 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from pushgate.db.engine import DriverStatement
 from pushgate.db.schema import flight_revisions, flights, job_deps, jobs, runvars, steps
@@ -18,6 +29,11 @@ from pushgate.model import (
     Status,
     StepInfo,
 )
+
+
+class LeaseLost(Exception):
+    """A runner's write for a job was refused: another runner has taken the job over
+    (its attempt token moved on). The runner must stop the job and write nothing more."""
 
 
 @dataclass(frozen=True)
@@ -276,16 +292,21 @@ _CLAIM_JOB = DriverStatement(
         runner=bindparam("b_runner"),
         lease_until=bindparam("until"),
         started=bindparam("now"),
+        attempt=jobs.c.attempt + 1,
     )
+    .returning(jobs.c.attempt)
 )
 
 
-def claim_job(conn: Connection, flight: int, job: str, runner: str, lease_until: float) -> bool:
-    """Move a queued job to preparing for this runner; False if someone else has it."""
-    changed = _CLAIM_JOB(
+def claim_job(
+    conn: Connection, flight: int, job: str, runner: str, lease_until: float
+) -> int | None:
+    """Move a queued job to preparing for this runner: its new attempt (the fencing token
+    every later write for the job names), or None if someone else has it."""
+    got = _CLAIM_JOB.rows(
         conn, {"f": flight, "j": job, "b_runner": runner, "until": lease_until, "now": time.time()}
     )
-    return changed == 1
+    return int(got[0][0]) if got else None
 
 
 def unclaim_job(conn: Connection, flight: int, job: str, runner: str) -> None:
@@ -317,24 +338,65 @@ _SET_JOB_STATUS = DriverStatement(_SET_JOB_STATUS_CORE)
 _FINISH_JOB = DriverStatement(
     _SET_JOB_STATUS_CORE.values(finished=bindparam("now"), runner=None, lease_until=None)
 )
+# The same, fenced: only the attempt holding the job may write (invariant 8).
+_FENCED = jobs.c.attempt == bindparam("a")
+_SET_JOB_STATUS_FENCED = DriverStatement(_SET_JOB_STATUS_CORE.where(_FENCED))
+_FINISH_JOB_FENCED = DriverStatement(
+    _SET_JOB_STATUS_CORE.where(_FENCED).values(
+        finished=bindparam("now"), runner=None, lease_until=None
+    )
+)
 
 
 def set_job_status(
-    conn: Connection, flight: int, job: str, status: str, *, final: bool = False
+    conn: Connection,
+    flight: int,
+    job: str,
+    status: str,
+    *,
+    final: bool = False,
+    attempt: int | None = None,
 ) -> None:
-    params = {"f": flight, "j": job, "st": str(status)}
+    """Set a job's status. With `attempt` (a runner's write), fenced: raises LeaseLost
+    when the job has changed hands since that attempt claimed it."""
+    params: dict[str, object] = {"f": flight, "j": job, "st": str(status)}
     if final:
-        _FINISH_JOB(conn, {**params, "now": time.time()})
-    else:
-        _SET_JOB_STATUS(conn, params)
+        params["now"] = time.time()
+    if attempt is None:
+        (_FINISH_JOB if final else _SET_JOB_STATUS)(conn, params)
+        return
+    params["a"] = attempt
+    if (_FINISH_JOB_FENCED if final else _SET_JOB_STATUS_FENCED)(conn, params) != 1:
+        raise LeaseLost(f"{flight}.{job}: attempt {attempt} was taken over")
 
 
-def heartbeat(conn: Connection, runner: str, lease_until: float) -> None:
-    conn.execute(
+def settle_queued_job(conn: Connection, flight: int, job: str, status: str) -> bool:
+    """Give a queued job its final status without running it (blocked, starved): False
+    if it is no longer queued (another runner claimed or settled it first)."""
+    res = conn.execute(
         update(jobs)
-        .where(jobs.c.runner == runner, jobs.c.status.in_([Status.PREPARING, Status.RUNNING]))
-        .values(lease_until=lease_until)
+        .where(jobs.c.flight == flight, jobs.c.job == job, jobs.c.status == Status.QUEUED)
+        .values(
+            status=str(status),
+            finished=time.time(),
+            runner=None,
+            lease_until=None,
+            attempt=jobs.c.attempt + 1,
+        )
     )
+    return res.rowcount == 1
+
+
+_RENEW = DriverStatement(
+    update(jobs)
+    .where(jobs.c.flight == bindparam("f"), jobs.c.job == bindparam("j"), _FENCED)
+    .values(lease_until=bindparam("until"))
+)
+
+
+def renew_lease(conn: Connection, flight: int, job: str, attempt: int, lease_until: float) -> bool:
+    """Extend the lease of a job's attempt; False if the job has changed hands."""
+    return _RENEW(conn, {"f": flight, "j": job, "a": attempt, "until": lease_until}) == 1
 
 
 @dataclass(frozen=True)
@@ -343,18 +405,49 @@ class StaleJob:
     job: str
     runner: str | None
     attempts: int
+    # The attempt that holds the job (its fencing token).
+    attempt: int
+    # Its runner is known dead (else only its lease has run out).
+    dead: bool
 
 
 def stale_jobs(conn: Connection, flight: int, now: float, dead_runners: set[str]) -> list[StaleJob]:
     """Jobs left preparing/running by a runner that is gone (lease expired or known dead)."""
-    q = select(jobs.c.job, jobs.c.runner, jobs.c.attempts, jobs.c.lease_until).where(
-        jobs.c.flight == flight, jobs.c.status.in_([Status.PREPARING, Status.RUNNING])
-    )
+    q = select(
+        jobs.c.job, jobs.c.runner, jobs.c.attempts, jobs.c.attempt, jobs.c.lease_until
+    ).where(jobs.c.flight == flight, jobs.c.status.in_([Status.PREPARING, Status.RUNNING]))
     out = []
     for r in conn.execute(q):
-        if r.runner in dead_runners or r.lease_until is None or r.lease_until < now:
-            out.append(StaleJob(flight, r.job, r.runner, r.attempts))
+        dead = r.runner in dead_runners
+        if dead or r.lease_until is None or r.lease_until < now:
+            out.append(StaleJob(flight, r.job, r.runner, r.attempts, r.attempt, dead))
     return out
+
+
+def take_over(
+    conn: Connection, stale: StaleJob, runner: str, lease_until: float, now: float
+) -> int | None:
+    """Take a stale job from the attempt that holds it: the job's new attempt, or None if
+    that attempt renewed its lease meanwhile or another runner took the job first.
+
+    From here on the old attempt's writes are refused (invariant 8); the caller kills
+    its processes, then requeues or breaks the job under the new attempt.
+    """
+    cond = [
+        jobs.c.flight == stale.flight,
+        jobs.c.job == stale.job,
+        jobs.c.attempt == stale.attempt,
+        jobs.c.status.in_([Status.PREPARING, Status.RUNNING]),
+    ]
+    if not stale.dead:
+        cond.append(or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now))
+    got = conn.execute(
+        update(jobs)
+        .where(*cond)
+        .values(attempt=jobs.c.attempt + 1, runner=runner, lease_until=lease_until)
+        .returning(jobs.c.attempt)
+    ).first()
+    return None if got is None else int(got[0])
 
 
 def active_runners(conn: Connection, flight: int) -> set[str]:
@@ -370,21 +463,26 @@ def active_runners(conn: Connection, flight: int) -> set[str]:
     return {r.runner for r in conn.execute(q)}
 
 
-def requeue_job(conn: Connection, flight: int, job: str, expected_runner: str | None) -> bool:
-    """Reset an interrupted job to queued, dropping its partial steps and outputs."""
+def requeue_job(conn: Connection, flight: int, job: str, attempt: int) -> bool:
+    """Reset an interrupted job to queued, dropping its partial steps and outputs.
+
+    Fenced: only the attempt holding the job does it (False otherwise), and the
+    attempt moves on, so nothing written under the old one is accepted after.
+    """
     res = conn.execute(
         update(jobs)
         .where(
             jobs.c.flight == flight,
             jobs.c.job == job,
             jobs.c.status.in_([Status.PREPARING, Status.RUNNING]),
-            jobs.c.runner == expected_runner if expected_runner else jobs.c.runner.is_(None),
+            jobs.c.attempt == attempt,
         )
         .values(
             status=Status.QUEUED,
             runner=None,
             lease_until=None,
             attempts=jobs.c.attempts + 1,
+            attempt=jobs.c.attempt + 1,
             started=None,
         )
     )
@@ -399,19 +497,31 @@ def requeue_job(conn: Connection, flight: int, job: str, expected_runner: str | 
     return True
 
 
-def break_job(conn: Connection, flight: int, job: str, reason: str) -> None:
-    """Give up on an interrupted job: its running step and the job become broken."""
+def break_job(conn: Connection, flight: int, job: str, reason: str, attempt: int) -> bool:
+    """Give up on an interrupted job: its running step and the job become broken.
+
+    Fenced like requeue_job: False (and nothing written) if `attempt` no longer holds it.
+    """
     now = time.time()
+    res = conn.execute(
+        update(jobs)
+        .where(jobs.c.flight == flight, jobs.c.job == job, jobs.c.attempt == attempt)
+        .values(
+            status=Status.BROKEN,
+            finished=now,
+            runner=None,
+            lease_until=None,
+            attempt=jobs.c.attempt + 1,
+        )
+    )
+    if res.rowcount != 1:
+        return False
     conn.execute(
         update(steps)
         .where(steps.c.flight == flight, steps.c.job == job, steps.c.status == Status.RUNNING)
         .values(status=Status.BROKEN, finished=now, reason=reason)
     )
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.flight == flight, jobs.c.job == job)
-        .values(status=Status.BROKEN, finished=now, runner=None, lease_until=None)
-    )
+    return True
 
 
 # The per-step statements are built once and run on the driver's cursor: building
@@ -440,6 +550,32 @@ _FINISH_STEP = DriverStatement(
     )
     .values(status=bindparam("st"), finished=bindparam("fin"), reason=bindparam("why"))
 )
+# Fenced forms, for a runner: the step is written only while the job's row says the
+# runner's attempt holds it, read under a share lock on PostgreSQL, so a take-over
+# (an UPDATE of that row) waits for this transaction or this one sees the new attempt;
+# SQLite's BEGIN IMMEDIATE serialises them anyway. No extra statement a step: the check
+# is in the write's own WHERE, and its row count tells.
+_HELD = select(literal(1)).where(
+    jobs.c.flight == bindparam("flight"), jobs.c.job == bindparam("job"), _FENCED
+)
+_INSERT_STEP_FENCED = DriverStatement(
+    insert(steps).from_select(
+        list(_STEP_COLUMNS),
+        select(*(bindparam(c, type_=steps.c[c].type) for c in _STEP_COLUMNS))
+        .where(jobs.c.flight == bindparam("flight"), jobs.c.job == bindparam("job"), _FENCED)
+        .with_for_update(read=True),
+    )
+)
+_FINISH_STEP_FENCED = DriverStatement(
+    update(steps)
+    .where(
+        steps.c.flight == bindparam("flight"),
+        steps.c.job == bindparam("job"),
+        steps.c.stepno == bindparam("n"),
+        exists(_HELD.with_for_update(read=True)),
+    )
+    .values(status=bindparam("st"), finished=bindparam("fin"), reason=bindparam("why"))
+)
 
 
 def start_step(
@@ -453,31 +589,62 @@ def start_step(
     status: str = Status.RUNNING,
     finish: float | None = None,
     reason: str | None = None,
+    attempt: int | None = None,
 ) -> None:
-    _INSERT_STEP(
-        conn,
-        {
-            "flight": flight,
-            "job": job,
-            "stepno": stepno,
-            "testid": testid,
-            "status": str(status),
-            "fatal": bool(fatal),
-            "started": time.time(),
-            "finished": finish,
-            "log": log,
-            "reason": reason,
-        },
-    )
+    """Insert a step's row. With `attempt` (a runner's write), fenced: raises LeaseLost
+    when the job has changed hands since that attempt claimed it."""
+    params = {
+        "flight": flight,
+        "job": job,
+        "stepno": stepno,
+        "testid": testid,
+        "status": str(status),
+        "fatal": bool(fatal),
+        "started": time.time(),
+        "finished": finish,
+        "log": log,
+        "reason": reason,
+    }
+    if attempt is None:
+        _INSERT_STEP(conn, params)
+    elif _INSERT_STEP_FENCED(conn, {**params, "a": attempt}) != 1:
+        raise LeaseLost(f"{flight}.{job}: attempt {attempt} was taken over")
 
 
 def finish_step(
-    conn: Connection, flight: int, job: str, stepno: int, status: str, reason: str | None = None
+    conn: Connection,
+    flight: int,
+    job: str,
+    stepno: int,
+    status: str,
+    reason: str | None = None,
+    attempt: int | None = None,
 ) -> None:
-    _FINISH_STEP(
-        conn,
-        {"f": flight, "j": job, "n": stepno, "st": str(status), "fin": time.time(), "why": reason},
-    )
+    """A step's result. With `attempt`, fenced like start_step."""
+    if attempt is None:
+        _FINISH_STEP(
+            conn,
+            {
+                "f": flight,
+                "j": job,
+                "n": stepno,
+                "st": str(status),
+                "fin": time.time(),
+                "why": reason,
+            },
+        )
+        return
+    params = {
+        "flight": flight,
+        "job": job,
+        "n": stepno,
+        "a": attempt,
+        "st": str(status),
+        "fin": time.time(),
+        "why": reason,
+    }
+    if _FINISH_STEP_FENCED(conn, params) != 1:
+        raise LeaseLost(f"{flight}.{job}: attempt {attempt} was taken over")
 
 
 _DELETE_RUNVAR = DriverStatement(

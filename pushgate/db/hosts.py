@@ -29,6 +29,8 @@ class HostRow:
 class Claim:
     host: str
     slot: int
+    # The job's attempt holding the slot: only it may renew or release it (invariant 8).
+    attempt: int = 0
 
 
 def sync_hosts(conn: Connection, wanted: dict[str, tuple[str, int, list[str]]]) -> None:
@@ -108,22 +110,26 @@ _TAKE = DriverStatement(
         job=bindparam("b_j"),
         runner=bindparam("b_runner"),
         lease_until=bindparam("b_until"),
+        attempt=bindparam("b_a"),
     )
 )
 _RECORD = DriverStatement(
     insert(host_allocations).values(
-        {c: bindparam(c) for c in ("host", "slot", "flight", "job", "allocated")}
+        {c: bindparam(c) for c in ("host", "slot", "flight", "job", "attempt", "allocated")}
     )
+)
+# The slot as held by one attempt of one job: a stale attempt matches nothing.
+_HELD_BY = (
+    host_slots.c.host == bindparam("b_host"),
+    host_slots.c.slot == bindparam("b_slot"),
+    host_slots.c.flight == bindparam("b_f"),
+    host_slots.c.job == bindparam("b_j"),
+    host_slots.c.attempt == bindparam("b_a"),
 )
 _FREE_SLOT = DriverStatement(
     update(host_slots)
-    .where(
-        host_slots.c.host == bindparam("b_host"),
-        host_slots.c.slot == bindparam("b_slot"),
-        host_slots.c.flight == bindparam("b_f"),
-        host_slots.c.job == bindparam("b_j"),
-    )
-    .values(flight=None, job=None, runner=None, lease_until=None)
+    .where(*_HELD_BY)
+    .values(flight=None, job=None, runner=None, lease_until=None, attempt=None)
 )
 _RELEASED = DriverStatement(
     update(host_allocations)
@@ -132,9 +138,13 @@ _RELEASED = DriverStatement(
         host_allocations.c.slot == bindparam("b_slot"),
         host_allocations.c.flight == bindparam("b_f"),
         host_allocations.c.job == bindparam("b_j"),
+        host_allocations.c.attempt == bindparam("b_a"),
         host_allocations.c.released.is_(None),
     )
     .values(released=bindparam("b_now"))
+)
+_RENEW_SLOT = DriverStatement(
+    update(host_slots).where(*_HELD_BY).values(lease_until=bindparam("b_until"))
 )
 
 
@@ -146,8 +156,9 @@ def claim_slot(
     runner: str,
     lease_until: float,
     now: float | None = None,
+    attempt: int = 0,
 ) -> Claim | None:
-    """Claim a free slot on the first of `host_names` that has one."""
+    """Claim a free slot on the first of `host_names` that has one, for `attempt` of the job."""
     now = time.time() if now is None else now
     find = _FIND_FREE_PG if conn.dialect.name == "postgresql" else _FIND_FREE
     for name in host_names:
@@ -165,28 +176,59 @@ def claim_slot(
                 "b_j": job,
                 "b_runner": runner,
                 "b_until": lease_until,
+                "b_a": attempt,
             },
         )
         if changed != 1:
             continue
-        _RECORD(conn, {"host": name, "slot": slot, "flight": flight, "job": job, "allocated": now})
-        return Claim(name, slot)
+        _RECORD(
+            conn,
+            {
+                "host": name,
+                "slot": slot,
+                "flight": flight,
+                "job": job,
+                "attempt": attempt,
+                "allocated": now,
+            },
+        )
+        return Claim(name, slot, attempt)
     return None
 
 
-def release_slot(conn: Connection, claim: Claim, flight: int, job: str) -> None:
-    params = {"b_host": claim.host, "b_slot": claim.slot, "b_f": flight, "b_j": job}
-    _FREE_SLOT(conn, params)
+def _held_by(claim: Claim, flight: int, job: str) -> dict[str, object]:
+    return {
+        "b_host": claim.host,
+        "b_slot": claim.slot,
+        "b_f": flight,
+        "b_j": job,
+        "b_a": claim.attempt,
+    }
+
+
+def release_slot(conn: Connection, claim: Claim, flight: int, job: str) -> bool:
+    """Free the slot if the claim's attempt still holds it; False (nothing written) if not."""
+    params = _held_by(claim, flight, job)
+    if _FREE_SLOT(conn, params) != 1:
+        return False
     _RELEASED(conn, {**params, "b_now": time.time()})
+    return True
 
 
-def release_job_slots(conn: Connection, flight: int, job: str) -> None:
-    """Free whatever slots a (crashed) job still holds."""
+def renew_slot(conn: Connection, claim: Claim, flight: int, job: str, lease_until: float) -> bool:
+    """Extend the slot's lease; False if the claim's attempt no longer holds it."""
+    return _RENEW_SLOT(conn, {**_held_by(claim, flight, job), "b_until": lease_until}) == 1
+
+
+def release_job_slots(conn: Connection, flight: int, job: str, attempt: int) -> None:
+    """Free whatever slots one attempt of a (crashed or taken-over) job still holds."""
     now = time.time()
     conn.execute(
         update(host_slots)
-        .where(host_slots.c.flight == flight, host_slots.c.job == job)
-        .values(flight=None, job=None, runner=None, lease_until=None)
+        .where(
+            host_slots.c.flight == flight, host_slots.c.job == job, host_slots.c.attempt == attempt
+        )
+        .values(flight=None, job=None, runner=None, lease_until=None, attempt=None)
     )
     conn.execute(
         update(host_allocations)
@@ -194,16 +236,11 @@ def release_job_slots(conn: Connection, flight: int, job: str) -> None:
             and_(
                 host_allocations.c.flight == flight,
                 host_allocations.c.job == job,
+                host_allocations.c.attempt == attempt,
                 host_allocations.c.released.is_(None),
             )
         )
         .values(released=now)
-    )
-
-
-def heartbeat_slots(conn: Connection, runner: str, lease_until: float) -> None:
-    conn.execute(
-        update(host_slots).where(host_slots.c.runner == runner).values(lease_until=lease_until)
     )
 
 

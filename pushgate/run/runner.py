@@ -28,6 +28,8 @@ from pushgate.db.engine import Database
 from pushgate.git import GitError
 from pushgate.model import Status, job_rollup
 from pushgate.paths import (
+    attempt_artifacts,
+    attempt_dirs,
     job_artifacts,
     job_log_dir,
     job_tmpdir,
@@ -194,10 +196,12 @@ async def _record_only_step(ctx: RunContext, job: str, testid: str, status: str,
     now = time.time()
 
     def record(conn: Connection) -> None:
-        dbf.start_step(
-            conn, ctx.flight, job, 1, testid, True, rel, status=status, finish=now, reason=why
-        )
-        dbf.set_job_status(conn, ctx.flight, job, status, final=True)
+        # Only while the job is queued, and by one runner: another may have settled or
+        # claimed it meanwhile.
+        if dbf.settle_queued_job(conn, ctx.flight, job, status):
+            dbf.start_step(
+                conn, ctx.flight, job, 1, testid, True, rel, status=status, finish=now, reason=why
+            )
 
     await ctx.write(record)
     ctx.progress.step_done(job, 1, testid, status)
@@ -232,9 +236,17 @@ class JobRun:
         self.runvars = runvars
         self.deps = deps
         self.stepno = 0
-        self.workdir = job_workdir(ctx.loaded, ctx.flight, job)
-        self.artifacts = job_artifacts(ctx.loaded, ctx.flight, job)
-        self.tmpdir = job_tmpdir(ctx.loaded, ctx.flight, job)
+        # The fencing token: every write for the job names it (invariant 8). The job's
+        # dirs are this attempt's own; its artifacts are published by its last write.
+        self.attempt = claim.attempt
+        self.workdir = job_workdir(ctx.loaded, ctx.flight, job, self.attempt)
+        self.artifacts = attempt_artifacts(ctx.loaded, ctx.flight, job, self.attempt)
+        # Until when (monotonic) the lease surely holds without asking: a step does not
+        # start past it before the lease is renewed (a runner stopped, then resumed).
+        self.lease_deadline = time.monotonic() + ctx.loaded.cfg.runner.lease_s / 2
+        # Set when the lease was found lost: the job is no longer ours.
+        self.lost = False
+        self.tmpdir = job_tmpdir(ctx.loaded, ctx.flight, job, self.attempt)
         self.sandbox: Sandbox | None = None
         # The last step's log: where artifact collection says what it refused.
         self.last_log: str | None = None
@@ -252,10 +264,11 @@ class JobRun:
         ctx.progress.job_started(self.job, self.claim.host)
 
         def begin(conn: Connection) -> None:
+            # Fenced first: nothing else of the transaction stands if the job changed hands.
+            dbf.set_job_status(conn, ctx.flight, self.job, Status.RUNNING, attempt=self.attempt)
             if not ctx.flight_running:
                 dbf.set_flight_running(conn, ctx.flight)
                 ctx.flight_running = True
-            dbf.set_job_status(conn, ctx.flight, self.job, Status.RUNNING)
             if not isolation.isolated(ctx.loaded):
                 # Recorded before any step runs: the flight's reports say `steps not isolated`.
                 dbf.set_runvars(
@@ -276,6 +289,7 @@ class JobRun:
                     None,
                     status=Status.PASS,
                     finish=time.time(),
+                    attempt=self.attempt,
                 )
 
         if self.deps:
@@ -303,10 +317,13 @@ class JobRun:
             outputs["artifacts"] = ",".join(kept)
 
         def end(conn: Connection) -> None:
+            # Fenced first (LeaseLost rolls the rest back): on PostgreSQL the job's row
+            # stays locked to the commit, so no take-over comes between.
+            dbf.set_job_status(conn, ctx.flight, self.job, status, final=True, attempt=self.attempt)
             self.flush(conn)
             dbf.set_runvars(conn, ctx.flight, self.job, outputs)
-            dbf.set_job_status(conn, ctx.flight, self.job, status, final=True)
             dbh.release_slot(conn, self.claim, ctx.flight, self.job)
+            self._publish_artifacts()
 
         await ctx.write(end)
         ctx.progress.job_done(self.job, status)
@@ -344,9 +361,40 @@ class JobRun:
         if not self._new_dirs():
             raise FileExistsError(f"{self.workdir} or {self.artifacts} came back while removed")
 
+    def _publish_artifacts(self) -> None:
+        """Move this attempt's artifacts to the job's place, inside the fenced transaction
+        that ends the job (so only the attempt holding it does). Idempotent: a group
+        commit that failed for another write runs this again alone."""
+        final = job_artifacts(self.ctx.loaded, self.ctx.flight, self.job)
+        try:
+            os.rename(self.artifacts, final)
+        except FileNotFoundError:
+            return  # moved already
+        except OSError:
+            # Left by an attempt whose last transaction did not commit: replaced.
+            aside = final.with_name(f".{self.job}@replaced-{self.attempt}")
+            os.rename(final, aside)
+            os.rename(self.artifacts, final)
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def remove_own_dirs(self) -> None:
+        """After the lease was lost: this attempt's work and artifact dirs go (the new
+        attempt's are its own, and left alone)."""
+        for d in (self.workdir, self.artifacts):
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _clear_other_attempts(self) -> None:
+        """Remove the dirs of earlier attempts of the job (fenced out: theirs no more)."""
+        for d in attempt_dirs(self.ctx.loaded, self.ctx.flight, self.job):
+            if d not in (self.workdir, self.artifacts):
+                shutil.rmtree(d, ignore_errors=True)
+
     async def _prepare(self) -> bool:
         """Fresh work and artifact dirs, and a checkout of each tree the job uses."""
         ctx = self.ctx
+        if self.attempt > 1:
+            # The job was claimed before: earlier attempts' dirs go, off the loop.
+            await asyncio.to_thread(self._clear_other_attempts)
         # On the loop: a worker thread waited for the GIL longer than the mkdirs
         # take while the loop is busy (a job's start to its first step: 3.7 ms
         # through a thread, 1.6 ms inline, measured on a sleep flight).
@@ -408,6 +456,7 @@ class JobRun:
                 status=status,
                 finish=now,
                 reason=message,
+                attempt=self.attempt,
             )
 
         self.pending.append(record)
@@ -443,6 +492,7 @@ class JobRun:
                 "PUSHGATE_HOST": self.claim.host,
                 # Lets a later run find and kill this step's processes if we die.
                 "PUSHGATE_RUNNER": ctx.runner_id,
+                "PUSHGATE_ATTEMPT": str(self.attempt),
                 "PUSHGATE_WORKDIR": str(self.workdir),
                 "PUSHGATE_ARTIFACTS": str(self.artifacts),
             }
@@ -477,10 +527,24 @@ class JobRun:
             def begin(
                 conn: Connection, stepno: int = stepno, step: StepConfig = step, rel: str = rel
             ) -> None:
+                # Fenced (LeaseLost if the job changed hands), in the insert's own WHERE.
+                dbf.start_step(
+                    conn,
+                    ctx.flight,
+                    self.job,
+                    stepno,
+                    step.testid,
+                    step.fatal,
+                    rel,
+                    attempt=self.attempt,
+                )
                 self.flush(conn)
-                dbf.start_step(conn, ctx.flight, self.job, stepno, step.testid, step.fatal, rel)
 
             await ctx.write(begin)
+            if time.monotonic() > self.lease_deadline:
+                # The lease may have run out unseen (the runner was stopped): renew it,
+                # or learn it was lost, before the command runs.
+                await ctx.write(self.renew)
             ctx.progress.step_started(self.job, stepno, step.testid)
             # A plain string: a Path per step cost more than the rest of this loop.
             outcome = await self._run_step(step, stepno, f"{ctx.loaded.logs_dir}/{rel}")
@@ -497,9 +561,24 @@ class JobRun:
         self, stepno: int, status: str, reason: str | None
     ) -> Callable[[Connection], None]:
         def finish(conn: Connection) -> None:
-            dbf.finish_step(conn, self.ctx.flight, self.job, stepno, status, reason)
+            dbf.finish_step(
+                conn, self.ctx.flight, self.job, stepno, status, reason, attempt=self.attempt
+            )
 
         return finish
+
+    def renew(self, conn: Connection) -> None:
+        """Extend the job's and its slot's leases; LeaseLost if either changed hands."""
+        started = time.monotonic()
+        rc = self.ctx.loaded.cfg.runner
+        until = time.time() + rc.lease_s
+        flight, job = self.ctx.flight, self.job
+        if not dbf.renew_lease(conn, flight, job, self.attempt, until) or not dbh.renew_slot(
+            conn, self.claim, flight, job, until
+        ):
+            self.lost = True
+            raise dbf.LeaseLost(f"{flight}.{job}: attempt {self.attempt} was taken over")
+        self.lease_deadline = started + rc.lease_s / 2
 
     def flush(self, conn: Connection) -> None:
         """Commit step results not yet written (with the caller's transaction)."""

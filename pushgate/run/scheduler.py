@@ -5,6 +5,13 @@ is claimed by a conditional update, a slot likewise, and both carry a lease
 kept alive by heartbeats. A run that finds jobs of a dead runner kills the
 orphaned step processes and requeues the jobs (or breaks them after repeated
 attempts), so a `kill -9` never leaves a step `running` for good.
+
+Leases are fenced (invariant 8): a claim gives the job a new attempt, and every
+write for the job names its attempt, so a runner that was stopped past its
+lease and taken over cannot write when it resumes. A take-over first moves the
+job to a new attempt, then kills the old attempt's processes (on this machine),
+and only then frees its slot and requeues the job. A runner that finds its
+lease lost kills the job's processes and leaves the job's records alone.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pushgate.errors import PushgateError
 from pushgate.model import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, Status
 from pushgate.run import isolation
 from pushgate.run.executors.base import Executor
-from pushgate.run.executors.local import LocalExecutor, kill_orphans
+from pushgate.run.executors.local import LocalExecutor, kill_group, kill_orphans
 from pushgate.run.runner import Interrupted, JobRun, Progress, RunContext, block_job, starve_job
 
 # A job interrupted this many times is marked broken rather than retried again.
@@ -82,8 +89,37 @@ def sync_config_hosts(db: Database, loaded: Loaded) -> None:
         )
 
 
-def recover(db: Database, flight: int) -> list[str]:
-    """Requeue or break the jobs of dead runners; returns what was done, for the log."""
+def kill_attempt(runner: str, flight: int, job: str, attempt: int) -> int:
+    """Kill the process groups of one attempt's steps on this machine (found, like
+    kill_orphans's, by the PUSHGATE_* variables of their environment)."""
+    want = {
+        f"PUSHGATE_RUNNER={runner}".encode(),
+        f"PUSHGATE_FLIGHT={flight}".encode(),
+        f"PUSHGATE_JOB={job}".encode(),
+        f"PUSHGATE_ATTEMPT={attempt}".encode(),
+    }
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if want <= set(f.read().split(b"\0")):
+                    groups.add(os.getpgid(int(entry)))
+        except (OSError, ProcessLookupError):
+            continue
+    for g in groups:
+        kill_group(g)
+    return len(groups)
+
+
+def _on_this_machine(rid: str) -> bool:
+    return rid.rsplit(":", 2)[0] == socket.gethostname()
+
+
+def recover(db: Database, flight: int, me: str, lease_s: float) -> list[str]:
+    """Take over, then requeue or break, the jobs of dead runners and of runners whose
+    lease ran out; returns what was done, for the log."""
     done = []
     now = time.time()
     with db.read() as conn:
@@ -94,18 +130,30 @@ def recover(db: Database, flight: int) -> list[str]:
         if r:
             kill_orphans(r, flight)
     for s in stale:
+        # First the job changes hands: the old attempt's writes are refused from here.
         with db.write() as conn:
-            dbh.release_job_slots(conn, flight, s.job)
+            now = time.time()
+            mine = dbf.take_over(conn, s, me, now + lease_s, now)
+        if mine is None:
+            continue  # its runner renewed its lease in time, or another runner took it
+        # Then its steps go: a runner stopped (not dead) left them running.
+        if s.runner and not s.dead and _on_this_machine(s.runner):
+            kill_attempt(s.runner, flight, s.job, s.attempt)
+        # Only then is its slot free for another job.
+        with db.write() as conn:
+            dbh.release_job_slots(conn, flight, s.job, s.attempt)
+            what = "died" if s.dead or s.runner is None else "lost its lease"
             if s.attempts + 1 >= MAX_ATTEMPTS:
                 dbf.break_job(
                     conn,
                     flight,
                     s.job,
-                    f"runner {s.runner} died {s.attempts + 1} times running this job",
+                    f"runner {s.runner} {what} {s.attempts + 1} times running this job",
+                    mine,
                 )
                 done.append(f"{s.job}: broken after {s.attempts + 1} interrupted attempts")
-            elif dbf.requeue_job(conn, flight, s.job, s.runner):
-                done.append(f"{s.job}: interrupted run of {s.runner} requeued")
+            elif dbf.requeue_job(conn, flight, s.job, mine):
+                done.append(f"{s.job}: interrupted run of {s.runner} ({what}) requeued")
     return done
 
 
@@ -201,6 +249,8 @@ class FlightRunner:
             progress=progress or Progress(),
         )
         self.tasks: dict[str, asyncio.Task[str]] = {}
+        # The attempts this runner holds, by job (their leases are renewed by heartbeats).
+        self.runs: dict[str, JobRun] = {}
         self.notes: list[str] = []
         self._queue = _Queue({}, {})
         self._queue_of: dict[str, _JobState] | None = None
@@ -226,7 +276,7 @@ class FlightRunner:
         self.ctx.executor.start()
         try:
             sync_config_hosts(self.db, self.loaded)
-            self.notes += recover(self.db, self.flight)
+            self.notes += self._recover()
         except BaseException:
             await self.ctx.executor.close()
             raise
@@ -258,16 +308,34 @@ class FlightRunner:
             return {j.job: j.status for j in dbf.get_jobs(conn, self.flight)}
 
     async def _heartbeat(self) -> None:
+        """Renew the leases of the attempts we hold; a job whose lease is found lost is
+        stopped at once (its task cancelled: its running step is killed)."""
         rc = self.loaded.cfg.runner
         while True:
             await asyncio.sleep(rc.heartbeat_s)
-            until = time.time() + rc.lease_s
+            runs = [r for r in self.runs.values() if not r.lost]
+            if not runs:
+                continue
 
-            def beat(conn: Connection, until: float = until) -> None:
-                dbf.heartbeat(conn, self.ctx.runner_id, until)
-                dbh.heartbeat_slots(conn, self.ctx.runner_id, until)
+            def beat(conn: Connection, runs: list[JobRun] = runs) -> list[JobRun]:
+                lost = []
+                for r in runs:
+                    try:
+                        r.renew(conn)
+                    except dbf.LeaseLost:
+                        lost.append(r)  # nothing written for it: the others' renewals stand
+                return lost
 
-            await self.ctx.write(beat)
+            try:
+                lost = await self.ctx.write(beat)
+            except Exception as e:  # noqa: BLE001 - the next beat tries again
+                # Unrenewed, a job starts no new step once its lease may have run out.
+                self.notes.append(f"heartbeat failed: {e}")
+                continue
+            for r in lost:
+                task = self.tasks.get(r.job)
+                if task is not None:
+                    task.cancel()
 
     async def _loop(self) -> None:
         state = self._load()
@@ -290,7 +358,7 @@ class FlightRunner:
                 ):
                     return
                 await asyncio.sleep(POLL_S)
-                self.notes += recover(self.db, self.flight)
+                self.notes += self._recover()
                 state = self._load()
                 continue
             if self.tasks:
@@ -309,8 +377,11 @@ class FlightRunner:
                 await asyncio.sleep(POLL_S)
                 if time.monotonic() - last_recover > self.loaded.cfg.runner.heartbeat_s:
                     last_recover = time.monotonic()
-                    self.notes += recover(self.db, self.flight)
+                    self.notes += self._recover()
                 state = self._load()
+
+    def _recover(self) -> list[str]:
+        return recover(self.db, self.flight, self.ctx.runner_id, self.loaded.cfg.runner.lease_s)
 
     def _on_signal(self) -> None:
         """First signal: stop after the current steps. Second: kill them now.
@@ -323,27 +394,55 @@ class FlightRunner:
         self.ctx.stopping.set()
 
     async def _result(self, job: str, task: asyncio.Task[str]) -> str:
+        run = self.runs.pop(job)
         if not task.cancelled() and task.exception() is None:
             return task.result()
         exc = None if task.cancelled() else task.exception()
+        if run.lost or isinstance(exc, dbf.LeaseLost):
+            return await self._lost(run)
         if exc is None or isinstance(exc, Interrupted):
 
-            def requeue(conn: Connection) -> None:
-                dbh.release_job_slots(conn, self.flight, job)
-                dbf.requeue_job(conn, self.flight, job, self.ctx.runner_id)
+            def requeue(conn: Connection) -> bool:
+                dbh.release_slot(conn, run.claim, self.flight, job)
+                return dbf.requeue_job(conn, self.flight, job, run.attempt)
 
-            await self.ctx.write(requeue)
+            if not await self.ctx.write(requeue):
+                return await self._lost(run)
             self.notes.append(f"{job}: interrupted, requeued")
             return Status.QUEUED
 
         # A harness bug must not leave the job running: break it and carry on.
-        def broken(conn: Connection) -> None:
-            dbh.release_job_slots(conn, self.flight, job)
-            dbf.break_job(conn, self.flight, job, f"harness error: {exc!r}")
+        def broken(conn: Connection) -> bool:
+            dbh.release_slot(conn, run.claim, self.flight, job)
+            return dbf.break_job(conn, self.flight, job, f"harness error: {exc!r}", run.attempt)
 
-        await self.ctx.write(broken)
+        if not await self.ctx.write(broken):
+            return await self._lost(run)
         self.notes.append(f"{job}: harness error {exc!r}")
         return Status.BROKEN
+
+    async def _lost(self, run: JobRun) -> str:
+        """The job was taken over: kill what its steps left, write nothing of the job's
+        (only fenced no-ops), leave the new attempt's dirs alone and drop our own."""
+        run.lost = True
+        await asyncio.to_thread(kill_attempt, self.ctx.runner_id, self.flight, run.job, run.attempt)
+
+        def give_back(conn: Connection) -> bool:
+            # Only if the job is still ours (just its slot was lost): back to the queue.
+            dbh.release_slot(conn, run.claim, self.flight, run.job)
+            return dbf.requeue_job(conn, self.flight, run.job, run.attempt)
+
+        if await self.ctx.write(give_back):
+            self.notes.append(f"{run.job}: its slot was taken over; requeued")
+            status = Status.QUEUED
+        else:
+            self.notes.append(
+                f"{run.job}: lease lost (attempt {run.attempt} taken over); its steps "
+                "killed, its records left to the new attempt"
+            )
+            status = Status.RUNNING  # another runner's now
+        await asyncio.to_thread(run.remove_own_dirs)
+        return status
 
     def _dep_state(self, st: _JobState) -> tuple[bool, list[str]]:
         """(all deps final, the deps that did not pass)."""
@@ -442,7 +541,7 @@ class FlightRunner:
             if claim == "taken":
                 continue  # another runner claimed the job
             assert isinstance(claim, dbh.Claim)
-            run = JobRun(self.ctx, job, claim, st.runvars, st.deps)
+            run = self.runs[job] = JobRun(self.ctx, job, claim, st.runvars, st.deps)
             self.tasks[job] = asyncio.create_task(run.run())
 
     async def _claim(self, job: str, hosts: list[str]) -> dbh.Claim | str | None:
@@ -451,9 +550,10 @@ class FlightRunner:
         rid = self.ctx.runner_id
 
         def claim(conn: Connection) -> dbh.Claim | str | None:
-            if not dbf.claim_job(conn, self.flight, job, rid, until):
+            attempt = dbf.claim_job(conn, self.flight, job, rid, until)
+            if attempt is None:
                 return "taken"
-            got = dbh.claim_slot(conn, hosts, self.flight, job, rid, until)
+            got = dbh.claim_slot(conn, hosts, self.flight, job, rid, until, attempt=attempt)
             if got is None:
                 # No rollback inside a group commit: undo the job claim by hand.
                 dbf.unclaim_job(conn, self.flight, job, rid)

@@ -21,9 +21,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("attempt", sa.Integer(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("attempt", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("host_slots", schema=None) as batch_op:
         batch_op.add_column(sa.Column("attempt", sa.Integer(), nullable=True))
     with op.batch_alter_table("host_allocations", schema=None) as batch_op:
