@@ -71,11 +71,12 @@ def _tree(*roots: Path) -> dict[str, int]:
 
 
 def _dirs(loaded: Loaded, kind: str) -> set[str]:
-    """`flight/job` (or `flight` for logs) of what is on disk below a root."""
+    """`flight/job` (or `flight` for logs) of what is on disk below a root (a job's work
+    dir is one attempt's, `job@N`)."""
     root = paths.flight_roots(loaded)[kind]
     if kind == "logs":
         return {p.name for p in root.iterdir() if p.name.isdigit()}
-    return {f"{p.parent.name}/{p.name}" for p in root.glob("*/*")}
+    return {f"{p.parent.name}/{paths.job_of_dir(p.name)}" for p in root.glob("*/*")}
 
 
 def _flights(flights: range | list[int], jobs: list[str]) -> set[str]:
@@ -152,7 +153,7 @@ def history(tmp_path: Path, db_url: str) -> History:
     (outside / "dir").mkdir(parents=True)
     (outside / "dir" / "precious").write_text("keep me\n")
     (outside / "file").write_text("keep me too\n")
-    w1 = paths.job_workdir(loaded, 1, "build-x")
+    w1 = paths.job_workdir(loaded, 1, "build-x", 1)  # flight 1 ran it: its first attempt
     (w1 / "to-dir").symlink_to(outside / "dir")
     (w1 / "to-file").symlink_to(outside / "file")
     (w1 / "ro" / "deep").mkdir(parents=True)
@@ -160,7 +161,7 @@ def history(tmp_path: Path, db_url: str) -> History:
     os.chmod(w1 / "ro" / "deep", 0o500)
     os.chmod(w1 / "ro", 0o500)
     (Path(paths.job_log_dir(loaded, 6, "test-ok")) / "evil").symlink_to(outside / "dir")
-    w3 = paths.job_workdir(loaded, 3, "test-ok")
+    w3 = paths.job_workdir(loaded, 3, "test-ok", 1)
     shutil.rmtree(w3)
     w3.symlink_to(outside / "dir")
     return History(loaded, db, outside, running)
@@ -228,7 +229,7 @@ def test_gc_deletes_exactly_what_retention_says(history: History) -> None:
 
     # Every deletion is in the journal; pages link no log that is gone.
     journal = paths.gc_journal(loaded).read_text()
-    assert "deleted logs 1 " in journal and "deleted work 1 build-x " in journal
+    assert "deleted logs 1 " in journal and "deleted work 1 build-x@1 " in journal
     html = history.outside.parent / "html"
     page = "".join(p.read_text() for p in write_flight_html(db, loaded, 1, html / "1"))
     assert ".log" not in page
@@ -253,13 +254,13 @@ def test_gc_cli_dry_run_then_gc(tmp_path: Path) -> None:
     work = tmp_path / "state" / "work" / n
     r = pg("gc", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert f"work {n} build-x: " in r.stdout and "(job passed)" in r.stdout
+    assert f"work {n} build-x@1: " in r.stdout and "(job passed)" in r.stdout
     assert "would delete" in r.stdout.splitlines()[-1]
-    assert sorted(p.name for p in work.iterdir()) == ["build-x", "test-bad", "test-ok"]
+    assert sorted(p.name for p in work.iterdir()) == ["build-x@1", "test-bad@1", "test-ok@1"]
     r = pg("gc")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("deleted ") and "work 2 dirs" in r.stdout
-    assert sorted(p.name for p in work.iterdir()) == ["test-bad"]
+    assert sorted(p.name for p in work.iterdir()) == ["test-bad@1"]
 
 
 def test_daemon_runs_gc_at_start_then_every_interval(tmp_path: Path) -> None:
