@@ -33,6 +33,8 @@ def test_overhead_bench_runs_a_flight_and_make(tmp_path: Path) -> None:
         "make_s",
         "pushgate_s",
         "ratio_vs_make",
+        "pushgate_unisolated_s",
+        "ratio_vs_make_unisolated",
         "sleep_efficiency",
         "runner_cpu_ms_per_step",
         "children_cpu_ms_per_step",
