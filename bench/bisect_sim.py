@@ -524,7 +524,7 @@ def main() -> None:
             fig[f"flaky_mix_f{f}_{what}_runs_lower_bound"] = round(mean([r.bound for r in rs]), 2)
     for label in WHAT_IF:
         rs = sel(f"what-if {label}", mix)
-        key = "".join(c if c.isalnum() else "_" for c in label).strip("_")
+        key = "_".join("".join(c if c.isalnum() else " " for c in label).split())
         fig[f"what_if_{key}_runs_ratio_vs_bisect_8"] = round(mean([r.runs for r in rs]) / b8, 3)
         fig[f"what_if_{key}_accuracy"] = round(acc(rs), 4)
         fig[f"what_if_{key}_wrong_blame"] = round(wrong(rs), 4)
