@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -108,7 +109,9 @@ def jobs(flaky_seed: int | None = None, counter: Path | None = None) -> dict[str
                 "import hashlib, os, sys", "import hashlib, os, sys\n" + _flaky_src()
             )
         )
-        test["steps"] = [{"testid": "check", "command": [sys.executable, str(script)]}]
+        # The system's Python: a sandboxed step does not see pushgate's (under /root here).
+        python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+        test["steps"] = [{"testid": "check", "command": [python, str(script)]}]
         test["runvars"] = {"counter": str(counter)}
     return {
         "build": {
@@ -135,11 +138,14 @@ class Proj:
         for r in self.repos.values():
             r.commit("initial", files={"code.txt": "v0\n"})
         self.trees = trees
+        self.ctl = tmp / "ctl"
+        self.ctl.mkdir(exist_ok=True)
 
     def load(self, jobspec: dict[str, Any]) -> tuple[Loaded, Database]:
         data: dict[str, Any] = {
             "state": {"dir": "state", "database": self.db_url},
-            "runner": {"heartbeat_s": 0.5, "lease_s": 3},
+            # Steps are sandboxed: ctl/ holds the flaky test's script and run counter.
+            "runner": {"heartbeat_s": 0.5, "lease_s": 3, "shared": [str(self.ctl)]},
             "trees": {
                 t: {"url": str(r.path), "input_ref": "main", "tested_ref": "tested"}
                 for t, r in self.repos.items()
@@ -294,7 +300,7 @@ def _flaky_project(
     """A linear history whose test is 20% flaky; `history` gate flights at the basis first
     (the step's known-good runs, for its flake rate), the last one a pass, then the gate's
     failing flight at the tip. The seed is the first that gives exactly that sequence."""
-    counter = tmp_path / "counter"
+    counter = tmp_path / "ctl" / "counter"
     need_fail_at_tip = culprit is None
 
     def fits(seed: int) -> bool:
@@ -534,7 +540,7 @@ def test_flaky_20pct_no_history_merges_never_blames_a_wrong_commit(
         )
         d = tmp_path / f"s{seed}"
         d.mkdir()
-        counter = d / "counter"
+        counter = d / "ctl" / "counter"
         fseed = next(s for s in range(1000 * seed, 1000 * seed + 1000) if not flaky(s, 0))
         p = Proj(d, f"sqlite:///{d}/pushgate.db")  # a database per seed
         loaded, db = p.load(jobs(fseed, counter))
