@@ -10,10 +10,27 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from pushgate.db.engine import DriverStatement
-from pushgate.db.schema import host_allocations, host_slots, hosts
+from pushgate.db.schema import host_allocations, host_events, host_slots, hosts
+
+# A host's health, apart from its state: jobs are allocated only good or unknown hosts
+# (a new host, or one whose worker died on it, is unknown until a health check).
+HEALTHS = ("good", "unknown", "bad", "maintenance")
+USABLE_HEALTHS = ("good", "unknown")
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,14 @@ class HostRow:
     slots: int
     flags: frozenset[str]
     health: str
+    health_why: str | None = None
+    held_by: str | None = None
+    held_until: float | None = None
+    held_why: str | None = None
+
+    def usable(self, now: float) -> bool:
+        """Whether a job may be allocated a slot of it now (healthy, not held)."""
+        return self.health in USABLE_HEALTHS and (self.held_until is None or self.held_until < now)
 
 
 @dataclass(frozen=True)
@@ -83,7 +108,15 @@ def sync_hosts(conn: Connection, wanted: dict[str, tuple[str, int, list[str]]]) 
 def list_hosts(conn: Connection) -> list[HostRow]:
     return [
         HostRow(
-            r.host, r.executor, r.slots, frozenset(f for f in r.flags.split(",") if f), r.health
+            r.host,
+            r.executor,
+            r.slots,
+            frozenset(f for f in r.flags.split(",") if f),
+            r.health,
+            r.health_why,
+            r.held_by,
+            r.held_until,
+            r.held_why,
         )
         for r in conn.execute(select(hosts).order_by(hosts.c.host))
     ]
@@ -91,9 +124,18 @@ def list_hosts(conn: Connection) -> list[HostRow]:
 
 # Prebuilt statements: claims and releases run once per job on the hot path.
 _FREE = or_(host_slots.c.flight.is_(None), host_slots.c.lease_until < bindparam("b_now"))
+# The slot's host may take a job: healthy and not held by a person (checked in the claim's
+# own statement, so a health change or a hold is seen by the next claim, whoever makes it).
+_USABLE = exists(
+    select(hosts.c.host).where(
+        hosts.c.host == host_slots.c.host,
+        or_(*(hosts.c.health == h for h in USABLE_HEALTHS)),
+        or_(hosts.c.held_until.is_(None), hosts.c.held_until < bindparam("b_now")),
+    )
+)
 _FIND_FREE_CORE = (
     select(host_slots.c.slot)
-    .where(host_slots.c.host == bindparam("b_host"), _FREE)
+    .where(host_slots.c.host == bindparam("b_host"), _FREE, _USABLE)
     .order_by(host_slots.c.slot)
     .limit(1)
 )
@@ -220,14 +262,15 @@ def renew_slot(conn: Connection, claim: Claim, flight: int, job: str, lease_unti
     return _RENEW_SLOT(conn, {**_held_by(claim, flight, job), "b_until": lease_until}) == 1
 
 
-def release_job_slots(conn: Connection, flight: int, job: str, attempt: int) -> None:
-    """Free whatever slots one attempt of a (crashed or taken-over) job still holds."""
+def release_job_slots(conn: Connection, flight: int, job: str, attempt: int) -> list[str]:
+    """Free whatever slots one attempt of a (crashed or taken-over) job still holds;
+    the hosts they were on."""
     now = time.time()
+    held = (host_slots.c.flight == flight, host_slots.c.job == job, host_slots.c.attempt == attempt)
+    freed = [r.host for r in conn.execute(select(host_slots.c.host).where(*held))]
     conn.execute(
         update(host_slots)
-        .where(
-            host_slots.c.flight == flight, host_slots.c.job == job, host_slots.c.attempt == attempt
-        )
+        .where(*held)
         .values(flight=None, job=None, runner=None, lease_until=None, attempt=None)
     )
     conn.execute(
@@ -242,6 +285,7 @@ def release_job_slots(conn: Connection, flight: int, job: str, attempt: int) -> 
         )
         .values(released=now)
     )
+    return freed
 
 
 _HELD = DriverStatement(
@@ -254,3 +298,175 @@ _HELD = DriverStatement(
 def held_slots(conn: Connection) -> list[tuple[str, int, int, str]]:
     """(host, slot, flight, job) of every held slot (read once per scheduling round)."""
     return [(h, int(s), int(f), j) for h, s, f, j in _HELD.rows(conn, {})]
+
+
+# Free slots of the usable hosts, by host (a usable host with none free: 0; an unusable
+# host: absent). One statement a scheduling round.
+_FREE_BY_HOST = DriverStatement(
+    select(host_slots.c.host, func.sum(case((_FREE, 1), else_=0)))
+    .where(_USABLE)
+    .group_by(host_slots.c.host)
+)
+
+
+def free_slots(conn: Connection, now: float | None = None) -> dict[str, int]:
+    """host -> free slots, for the hosts a job may be allocated now."""
+    now = time.time() if now is None else now
+    return {h: int(n or 0) for h, n in _FREE_BY_HOST.rows(conn, {"b_now": now})}
+
+
+class HostError(Exception):
+    """Base of the host-control errors the CLI turns into PushgateErrors."""
+
+
+def add_event(conn: Connection, host: str, kind: str, value: str, why: str, by: str) -> None:
+    conn.execute(
+        insert(host_events).values(
+            host=host, at=time.time(), kind=kind, value=value, why=why, by=by
+        )
+    )
+
+
+def set_health(conn: Connection, host: str, health: str, why: str, by: str) -> bool:
+    """Set a host's health (recorded in its history); False if there is no such host."""
+    if health not in HEALTHS:
+        raise ValueError(health)
+    now = time.time()
+    res = conn.execute(
+        update(hosts)
+        .where(hosts.c.host == host)
+        .values(health=health, health_why=why, health_by=by, health_changed=now)
+    )
+    if res.rowcount != 1:
+        return False
+    add_event(conn, host, "health", health, why, by)
+    return True
+
+
+def needs_check(conn: Connection, host: str, why: str, by: str) -> None:
+    """A host whose job's worker vanished: `unknown` until a health check says otherwise
+    (a bad host or one in maintenance stays so)."""
+    row = conn.execute(select(hosts.c.health).where(hosts.c.host == host)).first()
+    if row is not None and row.health == "good":
+        set_health(conn, host, "unknown", why, by)
+    else:
+        add_event(conn, host, "reaped", row.health if row else "-", why, by)
+
+
+@dataclass(frozen=True)
+class Hold:
+    host: str
+    until: float
+    # Slots still running jobs when the hold began: the person waits for them to end.
+    busy: int
+
+
+def hold_host(
+    conn: Connection, flags: frozenset[str], until: float, by: str, why: str
+) -> Hold | None:
+    """A person takes a host that has `flags`, ahead of every queued job: from now on
+    no job is allocated a slot of it. An idle healthy one is preferred, else the one with
+    fewest busy slots. None if no healthy, unheld host has the flags."""
+    now = time.time()
+    pg = conn.dialect.name == "postgresql"
+    cands = [h for h in list_hosts(conn) if flags <= h.flags and h.usable(now)]
+    best: tuple[int, str] | None = None
+    for h in cands:
+        q = select(host_slots.c.flight, host_slots.c.lease_until).where(host_slots.c.host == h.host)
+        if pg:
+            # Slot rows locked: a claim in flight commits first (and is counted busy),
+            # and no claim starts on the host until the hold commits.
+            q = q.with_for_update()
+        busy = sum(
+            1 for r in conn.execute(q) if r.flight is not None and (r.lease_until or 0) >= now
+        )
+        if best is None or busy < best[0]:
+            best = (busy, h.host)
+        if busy == 0:
+            break
+    if best is None:
+        return None
+    busy, name = best
+    conn.execute(
+        update(hosts)
+        .where(hosts.c.host == name)
+        .values(held_by=by, held_until=until, held_why=why, state="allocated")
+    )
+    add_event(conn, name, "hold", time.strftime("%Y-%m-%d %H:%M", time.gmtime(until)), why, by)
+    return Hold(name, until, busy)
+
+
+def release_hold(conn: Connection, host: str, by: str) -> bool:
+    """End a person's hold of a host early; False if it was not held."""
+    res = conn.execute(
+        update(hosts)
+        .where(hosts.c.host == host, hosts.c.held_until.is_not(None))
+        .values(held_by=None, held_until=None, held_why=None, state="idle")
+    )
+    if res.rowcount != 1:
+        return False
+    add_event(conn, host, "release", "idle", "hold ended", by)
+    return True
+
+
+@dataclass(frozen=True)
+class Allocation:
+    host: str
+    slot: int
+    flight: int
+    job: str
+    attempt: int | None
+    allocated: float
+    released: float | None
+
+
+def _allocation(r: object) -> Allocation:
+    return Allocation(
+        r.host,  # type: ignore[attr-defined]
+        int(r.slot),  # type: ignore[attr-defined]
+        int(r.flight),  # type: ignore[attr-defined]
+        r.job,  # type: ignore[attr-defined]
+        r.attempt,  # type: ignore[attr-defined]
+        r.allocated,  # type: ignore[attr-defined]
+        r.released,  # type: ignore[attr-defined]
+    )
+
+
+def allocations(
+    conn: Connection, host: str | None = None, limit: int | None = None
+) -> list[Allocation]:
+    """Allocation history, newest first (one host's, or all)."""
+    q = select(host_allocations).order_by(
+        host_allocations.c.allocated.desc(), host_allocations.c.id.desc()
+    )
+    if host is not None:
+        q = q.where(host_allocations.c.host == host)
+    if limit is not None:
+        q = q.limit(limit)
+    return [_allocation(r) for r in conn.execute(q)]
+
+
+def current_allocations(conn: Connection) -> list[Allocation]:
+    """The allocations not released yet."""
+    q = select(host_allocations).where(host_allocations.c.released.is_(None))
+    return [_allocation(r) for r in conn.execute(q.order_by(host_allocations.c.host))]
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    host: str
+    at: float
+    kind: str
+    value: str
+    why: str
+    by: str
+
+
+def host_events_of(conn: Connection, host: str, limit: int = 200) -> list[HostEvent]:
+    q = (
+        select(host_events)
+        .where(host_events.c.host == host)
+        .order_by(host_events.c.at.desc(), host_events.c.id.desc())
+        .limit(limit)
+    )
+    return [HostEvent(r.host, r.at, r.kind, r.value, r.why, r.by) for r in conn.execute(q)]

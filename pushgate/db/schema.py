@@ -151,6 +151,42 @@ hosts = Table(
     Column("state", String(20), nullable=False, default="idle"),
     Column("health", String(20), nullable=False, default="unknown"),
     Column("updated", Float, nullable=False),
+    # Who set the health, when and why (`hosts set-health`, the reaper).
+    Column("health_why", Text),
+    Column("health_by", String(200)),
+    Column("health_changed", Float),
+    # A person's hold (`hosts allocate`): no job gets a slot of the host until then.
+    Column("held_by", String(200)),
+    Column("held_until", Float),
+    Column("held_why", Text),
+)
+
+# A host's history besides its jobs: health changes, holds, releases by the reaper.
+host_events = Table(
+    "host_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", String(200), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("value", String(200), nullable=False),
+    Column("why", Text, nullable=False),
+    Column("by", String(200), nullable=False),
+    Index("ix_host_events_host_at", "host", "at"),
+)
+
+# One row per worker process (`pushgate worker`, and every flight run): its heartbeat.
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker", String(200), primary_key=True),
+    Column("machine", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", Float, nullable=False),
+    Column("heartbeat", Float, nullable=False),
+    Column("lease_until", Float, nullable=False),
+    Column("stopped", Float),
+    Column("why", Text),
 )
 
 # One row per slot: a claim is an UPDATE of a free row, so no slot is ever
@@ -182,6 +218,7 @@ host_allocations = Table(
     Column("released", Float),
     Column("attempt", Integer),
     Index("ix_host_allocations_flight_job", "flight", "job"),
+    Index("ix_host_allocations_host_allocated", "host", "allocated"),
 )
 
 pushes = Table(
