@@ -240,6 +240,9 @@ class RunnerConfig(_Model):
     # At least 0.1 s (a smaller one spins a core); the lease at least two heartbeats.
     heartbeat_s: float = Field(default=5.0, ge=0.1, allow_inf_nan=False)
     lease_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # A job none of whose hosts can be had (no host has its flags, or they are bad, in
+    # maintenance or held) waits this long, then ends `starved`; 0: at once.
+    starve_after_s: float = Field(default=600.0, ge=0, allow_inf_nan=False)
     # "bwrap": each job's steps in a bubblewrap sandbox; "none": unisolated, and said so.
     isolation: Literal["bwrap", "none"] = "bwrap"
     # Dirs every step may read and write (a compiler cache); not pushgate's own.

@@ -123,7 +123,10 @@ def list_hosts(conn: Connection) -> list[HostRow]:
 
 
 # Prebuilt statements: claims and releases run once per job on the hot path.
-_FREE = or_(host_slots.c.flight.is_(None), host_slots.c.lease_until < bindparam("b_now"))
+# Free: held by no job. A slot whose lease ran out is not free until the reaper has taken
+# its job over, killed what it may still run and released it (scheduler.recover): a
+# worker that is stopped, not dead, may still run steps on the host (invariant 2).
+_FREE = host_slots.c.flight.is_(None)
 # The slot's host may take a job: healthy and not held by a person (checked in the claim's
 # own statement, so a health change or a hold is seen by the next claim, whoever makes it).
 _USABLE = exists(

@@ -77,6 +77,11 @@ class RunContext:
     base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     # Why the runner stopped taking work: a disk for logs or artifacts is full.
     fault: str | None = None
+    # The executor of a host (local or ssh, by the host's config); None: `executor` for all.
+    executor_for: Callable[[str], Executor] | None = None
+
+    def executor_of(self, host: str) -> Executor:
+        return self.executor if self.executor_for is None else self.executor_for(host)
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in a write transaction, committed before this returns; fn's result."""
@@ -302,7 +307,7 @@ class JobRun:
                 finally:
                     # Whatever a step left running goes before its files are collected.
                     if self.sandbox is not None:
-                        await ctx.executor.release(self.sandbox)
+                        await ctx.executor_of(self.claim.host).release(self.sandbox)
             # A thread hop only when there is file work to do.
             kept = await self._artifacts() if self.cfg.artifacts else []
         finally:
@@ -602,7 +607,7 @@ class JobRun:
             sandbox=self.sandbox,
         )
         try:
-            return await ctx.executor.run(req)
+            return await ctx.executor_of(self.claim.host).run(req)
         except (OSError, RuntimeError) as e:
             if no_space(e):
                 assert isinstance(e, OSError)

@@ -17,6 +17,7 @@ lease lost kills the job's processes and leaves the job's records alone.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from pushgate.config import Loaded
+from pushgate.db import farm as dbfarm
 from pushgate.db import flights as dbf
 from pushgate.db import hosts as dbh
 from pushgate.db.engine import Database
@@ -36,7 +38,15 @@ from pushgate.model import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, Status
 from pushgate.run import isolation
 from pushgate.run.executors.base import Executor
 from pushgate.run.executors.local import LocalExecutor, kill_group, kill_orphans
-from pushgate.run.runner import Interrupted, JobRun, Progress, RunContext, block_job, starve_job
+from pushgate.run.runner import (
+    GroupWriter,
+    Interrupted,
+    JobRun,
+    Progress,
+    RunContext,
+    block_job,
+    starve_job,
+)
 
 # A job interrupted this many times is marked broken rather than retried again.
 MAX_ATTEMPTS = 3
@@ -47,8 +57,52 @@ class FlightRunError(PushgateError):
     pass
 
 
-def runner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{int(_proc_start())}"
+def runner_id(machine: str | None = None) -> str:
+    """A runner's (a worker's) id: machine:pid:start. The machine defaults to the host
+    name; a runner of another machine is presumed dead only when its lease runs out."""
+    return f"{machine or socket.gethostname()}:{os.getpid()}:{int(_proc_start())}"
+
+
+class Executors:
+    """The executor of each host, by its config's `executor`: one local executor for
+    every local host, one executor a remote host (made when a job first runs there).
+
+    `ssh` hosts use `pushgate.run.executors.ssh.SSHExecutor(loaded, host)` (asyncssh),
+    imported only when such a host is used.
+    """
+
+    def __init__(self, loaded: Loaded, local: Executor | None = None):
+        self.loaded = loaded
+        self.local = local or LocalExecutor()
+        self.remote: dict[str, Executor] = {}
+
+    def start(self) -> None:
+        self.local.start()
+
+    def __call__(self, host: str) -> Executor:
+        hc = self.loaded.cfg.hosts.get(host)
+        kind = getattr(hc, "executor", "local") if hc is not None else "local"
+        if kind == "local":
+            return self.local
+        ex = self.remote.get(host)
+        if ex is None:
+            ex = self.remote[host] = make_executor(self.loaded, host, kind)
+            ex.start()
+        return ex
+
+    async def close(self) -> None:
+        for ex in [self.local, *self.remote.values()]:
+            await ex.close()
+        self.remote.clear()
+
+
+def make_executor(loaded: Loaded, host: str, kind: str) -> Executor:
+    """A remote host's executor, by kind (`ssh`)."""
+    if kind == "ssh":
+        mod = importlib.import_module("pushgate.run.executors.ssh")
+        ex: Executor = mod.SSHExecutor(loaded, host)
+        return ex
+    raise FlightRunError(f"host {host}: no executor {kind!r}")
 
 
 def _proc_start(pid: int | None = None) -> float:
@@ -80,6 +134,11 @@ def runner_dead(rid: str | None) -> bool:
     except PermissionError:
         return False
     return _proc_start(pid) != start
+
+
+def check_isolation(loaded: Loaded) -> None:
+    """No step runs unless it can be isolated as configured (one line, exit 2)."""
+    isolation.check(loaded, loaded.database_url, any(j.network for j in loaded.jobs.values()))
 
 
 def sync_config_hosts(db: Database, loaded: Loaded) -> None:
@@ -141,8 +200,14 @@ def recover(db: Database, flight: int, me: str, lease_s: float) -> list[str]:
             kill_attempt(s.runner, flight, s.job, s.attempt)
         # Only then is its slot free for another job.
         with db.write() as conn:
-            dbh.release_job_slots(conn, flight, s.job, s.attempt)
+            freed = dbh.release_job_slots(conn, flight, s.job, s.attempt)
             what = "died" if s.dead or s.runner is None else "lost its lease"
+            for host in freed:
+                # What the vanished runner left on the host is unknown: checked before
+                # reuse (until a health-check job exists, the host is `unknown`).
+                dbh.needs_check(
+                    conn, host, f"runner {s.runner} {what} running {flight}.{s.job}", me
+                )
             if s.attempts + 1 >= MAX_ATTEMPTS:
                 dbf.break_job(
                     conn,
@@ -221,6 +286,17 @@ class _Queue:
         return bool(self.ready or self.waiting)
 
 
+@dataclass
+class Shared:
+    """What the flight runners of one worker process share: its id, executors, stop
+    event and group writer. A flight run alone (`flight run`) makes its own."""
+
+    worker: str
+    executors: Executors
+    stopping: asyncio.Event
+    writer: GroupWriter
+
+
 class FlightRunner:
     def __init__(
         self,
@@ -230,24 +306,39 @@ class FlightRunner:
         *,
         progress: Progress | None = None,
         executor: Executor | None = None,
+        shared: Shared | None = None,
     ):
         self.db = db
         self.loaded = loaded
         self.flight = flight
+        # Part of a worker: it started the executors, watches signals and renews its own
+        # lease; this runner ends when nothing of its flight is left for it to start.
+        self.shared = shared
         with db.read() as conn:
             info = dbf.get_flight(conn, flight)
+            # A retest prefers the host each job's failure happened on.
+            self.prefer = dbfarm.failure_hosts(conn, flight)
         if info is None:
             raise FlightRunError(f"flight {flight} does not exist")
         self.info = info
+        executors = shared.executors if shared else Executors(loaded, executor)
+        self.executors = executors
         self.ctx = RunContext(
             db=db,
             loaded=loaded,
-            runner_id=runner_id(),
-            executor=executor or LocalExecutor(),
+            runner_id=shared.worker if shared else runner_id(),
+            executor=executors.local,
             branch=info.branch,
             flight=flight,
             progress=progress or Progress(),
+            executor_for=executors,
         )
+        if shared is not None:
+            self.ctx.stopping = shared.stopping
+            self.ctx.writer = shared.writer
+        # When each ready job was first found with no usable host (for `starved`).
+        self.hostless_since: dict[str, float] = {}
+        self._starve_check = 0.0
         self.tasks: dict[str, asyncio.Task[str]] = {}
         # The attempts this runner holds, by job (their leases are renewed by heartbeats).
         self.runs: dict[str, JobRun] = {}
@@ -268,17 +359,26 @@ class FlightRunner:
 
     async def run(self) -> dict[str, str]:
         """Run every job that is not finished; returns job -> final status."""
+        if self.shared is not None:
+            return await self._run_in_worker()
         # No step runs unless it can be isolated as configured (one line, exit 2).
-        isolation.check(
-            self.loaded, self.loaded.database_url, any(j.network for j in self.loaded.jobs.values())
-        )
+        check_isolation(self.loaded)
         # First: the executor's start-up (a helper process) overlaps what follows.
-        self.ctx.executor.start()
+        self.executors.start()
         try:
             sync_config_hosts(self.db, self.loaded)
+            # One worker in this process: listed by `pushgate workers` like the others.
+            with self.db.write() as conn:
+                dbfarm.register_worker(
+                    conn,
+                    self.ctx.runner_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    self.loaded.cfg.runner.lease_s,
+                )
             self.notes += self._recover()
         except BaseException:
-            await self.ctx.executor.close()
+            await self.executors.close()
             raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -291,7 +391,7 @@ class FlightRunner:
             await self._loop()
         finally:
             hb.cancel()
-            await self.ctx.executor.close()
+            await self.executors.close()
             if self.ctx.writer is not None:
                 self.ctx.writer.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -299,6 +399,22 @@ class FlightRunner:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError):
                     pass
+            try:
+                with self.db.write() as conn:
+                    dbfarm.worker_stopped(conn, self.ctx.runner_id, f"flight {self.flight} run")
+            except Exception:  # noqa: BLE001 - the worker row only informs `pushgate workers`
+                pass
+        return self._finish()
+
+    async def _run_in_worker(self) -> dict[str, str]:
+        hb = asyncio.create_task(self._heartbeat())
+        try:
+            await self._loop()
+        finally:
+            hb.cancel()
+        return self._finish()
+
+    def _finish(self) -> dict[str, str]:
         with self.db.write() as conn:
             # The built tuple is computed by whichever runner blesses the flight,
             # in the same transaction, so history never sees one without the other.
@@ -311,13 +427,17 @@ class FlightRunner:
         """Renew the leases of the attempts we hold; a job whose lease is found lost is
         stopped at once (its task cancelled: its running step is killed)."""
         rc = self.loaded.cfg.runner
+        # Alone in its process, the runner renews its worker row too (in the same commit).
+        me = self.ctx.runner_id if self.shared is None else None
         while True:
             await asyncio.sleep(rc.heartbeat_s)
             runs = [r for r in self.runs.values() if not r.lost]
-            if not runs:
+            if not runs and me is None:
                 continue
 
             def beat(conn: Connection, runs: list[JobRun] = runs) -> list[JobRun]:
+                if me is not None:
+                    dbfarm.worker_beat(conn, me, rc.lease_s)
                 lost = []
                 for r in runs:
                     try:
@@ -347,7 +467,12 @@ class FlightRunner:
                 await self._start_ready(state, hosts)
             # Jobs not finished and not ours to wait for: queued ones, or ones other
             # runners hold (scanned only once nothing is queued: the flight's tail).
-            pending = bool(self._queued(state)) or any(
+            queued = bool(self._queued(state))
+            if self.shared is not None and not self.tasks and not queued:
+                # A worker's runner: nothing left here to start; the worker looks for
+                # more, and whoever ends the flight's last job finishes it.
+                return
+            pending = queued or any(
                 s.status in ACTIVE_JOB_STATUSES and j not in self.tasks for j, s in state.items()
             )
             if not self.tasks and (not pending or self.ctx.stopping.is_set()):
@@ -455,13 +580,45 @@ class FlightRunner:
                 bad.append(j if f == self.flight else f"{f}.{j}")
         return final, bad
 
-    def _free_slots(self, hosts: list[dbh.HostRow]) -> dict[str, int]:
+    def _free_slots(self) -> dict[str, int]:
+        """Free slots of the hosts a job may be allocated now (healthy, not held)."""
         with self.db.read() as conn:
-            held = dbh.held_slots(conn)
-        free: dict[str, int] = {h.host: h.slots for h in hosts}
-        for host, _, _, _ in held:
-            free[host] = free.get(host, 0) - 1
-        return free
+            return dbh.free_slots(conn)
+
+    async def _starve_hostless(self, state: dict[str, _JobState], queue: _Queue) -> None:
+        """A ready job none of whose hosts can be had (no host has its flags, or they are
+        bad, in maintenance or held by a person) starves once it has waited
+        `runner.starve_after_s` so; a job that merely waits for a busy host does not."""
+        now = time.monotonic()
+        if not queue.ready or now - self._starve_check < 1.0:
+            return  # once a second at most: a query of its own
+        self._starve_check = now
+        usable = self._free_slots().keys()
+        wait = self.loaded.cfg.runner.starve_after_s
+        for job in list(queue.ready):
+            st = state[job]
+            if st.status != Status.QUEUED or job in self.tasks:
+                continue
+            if any(h in usable for h in st.eligible or ()):
+                self.hostless_since.pop(job, None)
+                continue
+            since = self.hostless_since.setdefault(job, now)
+            if now - since < wait:
+                continue
+            want = ",".join(sorted(st.flags)) or "-"
+            pinned = st.runvars.get("bisect_host")
+            where = f" and is {pinned}" if pinned else ""
+            if st.eligible:
+                why = (
+                    f"no usable host with flags {want}{where} for {wait:g}s"
+                    " (bad, in maintenance or held)"
+                )
+            else:
+                why = f"no host has flags {want}{where}"
+                if wait:
+                    why += f" (waited {wait:g}s)"
+            await starve_job(self.ctx, job, why)
+            self._set_status(state, job, Status.STARVED)
 
     def _queued(self, state: dict[str, _JobState]) -> _Queue:
         """The queue of the jobs not yet taken, made anew when the state is reloaded."""
@@ -496,7 +653,6 @@ class FlightRunner:
                 self._set_status(state, job, status)
                 continue
             queue.make_ready(job)
-        # A job no host can run starves now, not when its turn for a slot comes.
         fresh, queue.fresh = queue.fresh, []
         for job in fresh:
             st = state[job]
@@ -509,11 +665,13 @@ class FlightRunner:
                 for h in hosts
                 if st.flags <= h.flags and (pinned is None or h.host == pinned)
             ]
-            if not st.eligible:
-                want = ",".join(sorted(st.flags)) or "-"
-                where = f" and is {pinned}" if pinned else ""
-                await starve_job(self.ctx, job, f"no host has flags {want}{where}")
-                self._set_status(state, job, Status.STARVED)
+            prefer = self.prefer.get(job)
+            if prefer in st.eligible:
+                # A retest: the failure's host first, others if it cannot be had.
+                st.eligible.remove(prefer)
+                st.eligible.insert(0, prefer)
+        # A job no host can run starves after runner.starve_after_s (at once with 0).
+        await self._starve_hostless(state, queue)
         # Read the slots lazily: most rounds (a job ended) start one job or none.
         free: dict[str, int] | None = None
         wanted: list[tuple[str, _JobState, list[str]]] = []
@@ -524,7 +682,7 @@ class FlightRunner:
                 continue
             eligible = st.eligible or []
             if free is None:
-                free = self._free_slots(hosts)
+                free = self._free_slots()
             if all(n <= 0 for n in free.values()):
                 break  # no slot anywhere: the rest waits for the next round
             candidates = [h for h in eligible if free.get(h, 0) > 0]

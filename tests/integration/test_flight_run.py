@@ -221,7 +221,9 @@ def test_host_flags_and_pinning(project: Project) -> None:
         "hosts": {
             "localhost": {"slots": 2, "flags": ["arch-amd64"]},
             "second": {"slots": 1, "flags": ["arch-amd64"]},
-        }
+        },
+        # Starved at once, not after the default wait for a host to appear.
+        "runner": {"heartbeat_s": 0.5, "lease_s": 3, "starve_after_s": 0},
     }
     loaded, db = project.load(jobs, extra=extra)
     flight = new_flight(db, loaded, "b")
