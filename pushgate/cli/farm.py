@@ -13,6 +13,7 @@ from rich.text import Text
 
 from pushgate import config as cfgmod
 from pushgate.cli.main import Ctx, _one_line, console, echo, handle_errors, main, pass_ctx
+from pushgate.db.engine import Database
 from pushgate.errors import EXIT_INTERRUPTED
 from pushgate.redact import inert
 
@@ -36,6 +37,14 @@ def _row(table: Table, cells: list[str]) -> None:
     table.add_row(*(Text(inert(c, multiline=False)) for c in cells))
 
 
+def _db(ctx: Ctx) -> Database:
+    """The database, with the config's hosts in it (a new host is listed before any run)."""
+    from pushgate.run.scheduler import sync_config_hosts
+
+    sync_config_hosts(ctx.db, ctx.loaded)
+    return ctx.db
+
+
 def _by(by: str | None) -> str:
     if by is not None:
         return _one_line("--by", by, cfgmod.NAME_MAX)
@@ -47,6 +56,7 @@ def _by(by: str | None) -> str:
 
 @main.group(invoke_without_command=True)
 @click.pass_context
+@handle_errors
 def hosts(cctx: click.Context) -> None:
     """The farm's hosts: state, health, flags, current job and last jobs."""
     if cctx.invoked_subcommand is not None:
@@ -56,7 +66,7 @@ def hosts(cctx: click.Context) -> None:
     ctx = cctx.find_object(Ctx)
     assert ctx is not None
     table = _table("host", "executor", "slots", "state", "health", "flags", "now", "last")
-    for h in handle_errors(farm.hosts_overview)(ctx.db):
+    for h in farm.hosts_overview(_db(ctx)):
         state = h.state
         if h.held_by:
             state += f" by {h.held_by} until {_when(h.held_until)}"
@@ -91,7 +101,7 @@ def hosts_set_health(ctx: Ctx, host: str, state: str, why: str, by: str | None) 
     from pushgate.run import farm
 
     _one_line("--why", why, 1000)
-    farm.set_health(ctx.db, host, state, why, _by(by))
+    farm.set_health(_db(ctx), host, state, why, _by(by))
     echo(f"{host}: {state}")
 
 
@@ -104,7 +114,7 @@ def hosts_history(ctx: Ctx, host: str, limit: int) -> None:
     """HOST's jobs, health changes and holds, newest first."""
     from pushgate.run import farm
 
-    for line in farm.host_history(ctx.db, host, limit):
+    for line in farm.host_history(_db(ctx), host, limit):
         echo(f"{_when(line.at)}  {line.text}")
 
 
@@ -120,7 +130,7 @@ def hosts_allocate(ctx: Ctx, flags: str, duration: str, why: str, by: str | None
     from pushgate.run import farm
 
     _one_line("--why", why, 1000)
-    hold = farm.allocate(ctx.db, flags, farm.parse_duration(duration), _by(by), why)
+    hold = farm.allocate(_db(ctx), flags, farm.parse_duration(duration), _by(by), why)
     busy = f"; waits for {hold.busy} running job(s) to end" if hold.busy else ""
     echo(f"{hold.host}: held until {_when(hold.until)}{busy}")
 
@@ -134,7 +144,7 @@ def hosts_release(ctx: Ctx, host: str, by: str | None) -> None:
     """End a hold of HOST (`hosts allocate`) before its time."""
     from pushgate.run import farm
 
-    farm.release(ctx.db, host, _by(by))
+    farm.release(_db(ctx), host, _by(by))
     echo(f"{host}: released")
 
 
@@ -149,7 +159,7 @@ def queue_cmd(ctx: Ctx) -> None:
     table = _table(
         "flight", "job", "flags", "prio", "waiting since", "waits for", "typical", "runs"
     )
-    for q in farm.queue(ctx.db):
+    for q in farm.queue(_db(ctx)):
         flags = ",".join(q.flags) or "-"
         if q.pinned:
             flags += f" on {q.pinned}"
@@ -190,7 +200,7 @@ def worker_cmd(ctx: Ctx, name: str | None, once: bool, quiet: bool) -> None:
         if not quiet:
             echo(f"{time.strftime('%H:%M:%S')} {line}")
 
-    w = Worker(ctx.db, ctx.loaded, name=name, say=say)
+    w = Worker(_db(ctx), ctx.loaded, name=name, say=say)
     asyncio.run(w.run(once=once))
     if w.shared is not None and w.shared.stopping.is_set():
         sys.exit(EXIT_INTERRUPTED)
@@ -206,7 +216,7 @@ def workers_cmd(ctx: Ctx, all_: bool) -> None:
 
     table = _table("worker", "machine", "pid", "started", "heartbeat", "state", "jobs")
     now = time.time()
-    for w in farm.workers(ctx.db, all_):
+    for w in farm.workers(_db(ctx), all_):
         if w.stopped is not None:
             state = f"stopped {_ago(w.stopped)}: {w.why or '-'}"
         elif w.lease_until < now:
