@@ -17,7 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pushgate.allow import AllowPatternError, parse_allow
 from pushgate.errors import PushgateError
@@ -219,11 +226,30 @@ class BranchConfig(_Model):
 
 
 class HostConfig(_Model):
-    executor: Literal["local"] = "local"
-    slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
+    executor: Literal["local", "ssh"] = "local"
+    # Jobs at once: the CPUs of this machine for a local host, 1 for an ssh host.
+    slots: int = Field(default=1, ge=1, le=1024)
     flags: list[str] = Field(default_factory=list)
     # Environment variables of the steps run on this host.
     env: dict[str, str] = Field(default_factory=dict)
+    # An ssh host (executor = "ssh"): where, as whom, with which key, and the file holding
+    # its host key (checked: a host whose key is not there, or changed, is refused).
+    address: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str | None = None
+    key_file: str | None = None
+    known_hosts: str | None = None
+    # Where the jobs' files go on the host (relative: to the user's home).
+    remote_dir: str = "pushgate-jobs"
+    connect_timeout_s: float = Field(default=15.0, gt=0, le=3600, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_slots(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "slots" not in data:
+            n = 1 if data.get("executor") == "ssh" else (os.cpu_count() or 1)
+            data = {**data, "slots": n}
+        return data
 
 
 class StateConfig(_Model):
@@ -249,6 +275,12 @@ class RunnerConfig(_Model):
     shared: list[str] = Field(default_factory=list)
     # More dirs steps must not see (credentials of your own), besides pushgate's.
     hide: list[str] = Field(default_factory=list)
+    # A job whose host broke it (unreachable, connection lost) is rerun on another suitable
+    # host, at most this many times; a host that broke this many jobs in a row goes `bad`
+    # until the health-check job (a job of the config) passes on it.
+    host_retries: int = Field(default=2, ge=0, le=100)
+    host_bad_after: int = Field(default=3, ge=1, le=1000)
+    health_check_job: str | None = None
 
 
 class ReportConfig(_Model):
@@ -597,6 +629,7 @@ def _cross_check(cfg: Config, path: Path, text: str, origins: dict[str, str]) ->
         if not tree.url.strip():
             raise err(("trees", tname, "url"), "empty url")
     _check_isolation(cfg, path, err)
+    _check_hosts(cfg, path, err)
     if cfg.state.database is not None:
         try:
             check_database_url(cfg.state.database)
@@ -719,6 +752,56 @@ def _check_isolation(cfg: Config, path: Path, err: Callable[..., ConfigError]) -
                 ("runner", "shared", str(i)),
                 f"{d!r} overlaps pushgate's state dir or holds its config",
             )
+
+
+_SSH_KEYS = ("address", "user", "key_file", "known_hosts")
+
+
+def _check_hosts(cfg: Config, path: Path, err: Callable[..., ConfigError]) -> None:
+    """An ssh host names its address, user, key and known_hosts, and the files are there
+    with a key for the host (never trusted on first use); a local one names none of them."""
+    base = path.resolve().parent
+    hc = cfg.runner.health_check_job
+    if hc is not None and hc not in cfg.jobs:
+        raise err(("runner", "health_check_job"), f"job {hc!r} does not exist")
+    for name, h in cfg.hosts.items():
+        if h.executor != "ssh":
+            for k in (*_SSH_KEYS, "remote_dir"):
+                if k in h.model_fields_set:
+                    raise err(("hosts", name, k), 'only for an ssh host (executor = "ssh")')
+            continue
+        for k in _SSH_KEYS:
+            v = getattr(h, k)
+            if not v:
+                raise err(("hosts", name, k), 'required for an ssh host (executor = "ssh")')
+            if v.startswith("-") or not v.isprintable() or (k in ("address", "user") and " " in v):
+                raise err(("hosts", name, k), f"invalid {k} {v!r}")
+        if not h.remote_dir.strip() or not h.remote_dir.isprintable():
+            raise err(("hosts", name, "remote_dir"), f"invalid remote_dir {h.remote_dir!r}")
+        assert h.key_file and h.known_hosts and h.address
+        for k in ("key_file", "known_hosts"):
+            f = base / os.path.expanduser(getattr(h, k))
+            if not os.access(f, os.R_OK) or not f.is_file():
+                raise err(("hosts", name, k), f"cannot read {str(f)!r}")
+        known = base / os.path.expanduser(h.known_hosts)
+        if not _known_host(known, h.address, h.port):
+            raise err(
+                ("hosts", name, "known_hosts"),
+                f"no key for {h.address} port {h.port} in {str(known)!r} (add the host's "
+                "key, e.g. from ssh-keyscan checked against the host's own)",
+            )
+
+
+def _known_host(path: Path, address: str, port: int) -> bool:
+    """Whether a known_hosts file holds a key for the host (as ssh looks it up)."""
+    import asyncssh
+
+    try:
+        keys = asyncssh.read_known_hosts(str(path))
+    except (OSError, ValueError, asyncssh.Error):
+        return False
+    trusted, ca, *_ = keys.match(address, "", port)
+    return bool(trusted or ca)
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

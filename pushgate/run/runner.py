@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 
 from pushgate.config import JobConfig, Loaded, StepConfig
 from pushgate.db import flights as dbf
+from pushgate.db import hosthealth
 from pushgate.db import hosts as dbh
 from pushgate.db.engine import Database
 from pushgate.git import GitError
@@ -38,7 +39,14 @@ from pushgate.paths import (
     mirror,
 )
 from pushgate.run import isolation
-from pushgate.run.executors.base import Executor, Sandbox, StepOutcome, StepRun, stamp
+from pushgate.run.executors.base import (
+    Executor,
+    JobFiles,
+    Sandbox,
+    StepOutcome,
+    StepRun,
+    stamp,
+)
 
 BUILD_CHECK = "build-check(1)"
 T = TypeVar("T")
@@ -263,6 +271,13 @@ class JobRun:
         self._job_env: dict[str, str] | None = None
         # A step of the job was broken by a full disk: it runs no more steps.
         self.full_disk = False
+        # The job's files, for an executor that runs its steps on another machine.
+        self.files: JobFiles | None = None
+        # (kind, why) of the host's failure that broke the job ("lost" or "bad", see
+        # StepOutcome.host_fault): it runs no more steps here and may run on another host.
+        self.host_fault: tuple[str, str] | None = None
+        # Set when the job went back to the queue to run on another host.
+        self.rerun = False
 
     async def run(self) -> str:
         ctx = self.ctx
@@ -308,6 +323,8 @@ class JobRun:
                     # Whatever a step left running goes before its files are collected.
                     if self.sandbox is not None:
                         await ctx.executor_of(self.claim.host).release(self.sandbox)
+                    if self.files is not None:
+                        await self._fetch_files()
             # A thread hop only when there is file work to do.
             kept = await self._artifacts() if self.cfg.artifacts else []
         finally:
@@ -322,6 +339,10 @@ class JobRun:
             outputs["artifacts"] = ",".join(kept)
 
         def end(conn: Connection) -> None:
+            if self.host_fault is not None and self._host_broke(conn):
+                return  # back to the queue, for another host
+            if status == Status.PASS and self.job == ctx.loaded.cfg.runner.health_check_job:
+                hosthealth.health_check_passed(conn, self.claim.host, self.job, ctx.runner_id)
             # Fenced first (LeaseLost rolls the rest back): on PostgreSQL the job's row
             # stays locked to the commit, so no take-over comes between.
             dbf.set_job_status(conn, ctx.flight, self.job, status, final=True, attempt=self.attempt)
@@ -331,8 +352,51 @@ class JobRun:
             self._publish_artifacts()
 
         await ctx.write(end)
+        if self.rerun:
+            return Status.QUEUED
         ctx.progress.job_done(self.job, status)
         return status
+
+    async def _fetch_files(self) -> None:
+        """What the job keeps comes back from its remote host (a failure breaks the job)."""
+        assert self.files is not None
+        why = await self.ctx.executor_of(self.claim.host).job_done(self.files)
+        if why is not None:
+            await self._harness_step("artifacts", Status.BROKEN, why)
+            self.host_fault = self.host_fault or ("lost", why)
+
+    def _host_broke(self, conn: Connection) -> bool:
+        """The job's host broke it: recorded against the host (bad at once if its key
+        changed, or after runner.host_bad_after broken jobs in a row). True when the job
+        goes back to the queue to run on another host (fenced; its steps are dropped),
+        False when it ends here, broken (no retries left, or no other host)."""
+        ctx, rc = self.ctx, self.ctx.loaded.cfg.runner
+        assert self.host_fault is not None
+        kind, why = self.host_fault
+        host = self.claim.host
+        hosthealth.record_break(
+            conn,
+            host,
+            ctx.flight,
+            self.job,
+            self.attempt,
+            why,
+            ctx.runner_id,
+            bad_after=rc.host_bad_after,
+            bad_now=kind == "bad",
+        )
+        flags = frozenset(f for f in self.runvars.get("all_hostflags", "").split(",") if f)
+        if not hosthealth.rerun_possible(conn, ctx.flight, self.job, flags, rc.host_retries):
+            return False
+        dbh.release_slot(conn, self.claim, ctx.flight, self.job)
+        if not dbf.requeue_job(conn, ctx.flight, self.job, self.attempt):
+            raise dbf.LeaseLost(f"{ctx.flight}.{self.job}: attempt {self.attempt} was taken over")
+        self.pending.clear()
+        self.rerun = True
+        log.info(
+            "%s.%s: host %s broke it (%s); rerun on another host", ctx.flight, self.job, host, why
+        )
+        return True
 
     def _new_dirs(self) -> bool:
         """Make the job's work, artifact and log dirs; False if one was there already.
@@ -561,6 +625,8 @@ class JobRun:
                 failed = True
             if self.full_disk:
                 break  # the job ends here, broken (not requeued: the reason stands)
+            if self.host_fault is not None:
+                break  # the host failed: nothing more runs on it
 
     def _finisher(
         self, stepno: int, status: str, reason: str | None
@@ -605,6 +671,7 @@ class JobRun:
             log=log,
             timeout=step.timeout,
             sandbox=self.sandbox,
+            files=self._job_files(),
         )
         try:
             return await ctx.executor_of(self.claim.host).run(req)
@@ -615,7 +682,24 @@ class JobRun:
                 return StepOutcome(None, error=disk_full(ctx, "the step's log", e))
             return StepOutcome(None, error=f"executor failed: {e}")
 
+    def _job_files(self) -> JobFiles:
+        if self.files is None:
+            ctx = self.ctx
+            self.files = JobFiles(
+                key=f"{ctx.flight}/{self.job}@{self.attempt}",
+                workdir=str(self.workdir),
+                artifacts=str(self.artifacts),
+                tmpdir=str(self.tmpdir),
+                inputs=tuple(
+                    dict.fromkeys(str(job_artifacts(ctx.loaded, f, j)) for _, f, j in self.deps)
+                ),
+                keep=tuple(self.cfg.artifacts),
+            )
+        return self.files
+
     def _status(self, outcome: StepOutcome, step: StepConfig) -> tuple[str, str | None]:
+        if outcome.host_fault:
+            self.host_fault = (outcome.host_fault, outcome.error or "the host failed")
         if outcome.error:
             return Status.BROKEN, outcome.error
         if outcome.timed_out:

@@ -30,6 +30,7 @@ from sqlalchemy import Connection
 from pushgate.config import Loaded
 from pushgate.db import farm as dbfarm
 from pushgate.db import flights as dbf
+from pushgate.db import hosthealth
 from pushgate.db import hosts as dbh
 from pushgate.db.engine import Database
 from pushgate.db.history import compute_flight_built
@@ -351,6 +352,8 @@ class FlightRunner:
             jobs = dbf.get_jobs(conn, self.flight)
             deps = dbf.job_deps_of(conn, self.flight)
             dep_status = dbf.job_statuses(conn, {(f, j) for ds in deps.values() for _, f, j in ds})
+            # A job a host broke runs on another host (runner.host_retries).
+            self.broke = hosthealth.hosts_that_broke(conn, self.flight)
         self.dep_status = dep_status
         return {
             j.job: _JobState(j.status, deps.get(j.job, []), _flags(j.runvars), j.runvars)
@@ -521,6 +524,9 @@ class FlightRunner:
     async def _result(self, job: str, task: asyncio.Task[str]) -> str:
         run = self.runs.pop(job)
         if not task.cancelled() and task.exception() is None:
+            if run.rerun:
+                self.broke.setdefault(job, set()).add(run.claim.host)
+                self.notes.append(f"{job}: host {run.claim.host} broke it; rerun on another host")
             return task.result()
         exc = None if task.cancelled() else task.exception()
         if run.lost or isinstance(exc, dbf.LeaseLost):
@@ -663,7 +669,9 @@ class FlightRunner:
             st.eligible = [
                 h.host
                 for h in hosts
-                if st.flags <= h.flags and (pinned is None or h.host == pinned)
+                if st.flags <= h.flags
+                and (pinned is None or h.host == pinned)
+                and h.host not in self.broke.get(job, ())
             ]
             prefer = self.prefer.get(job)
             if prefer in st.eligible:

@@ -28,6 +28,22 @@ class Sandbox:
 
 
 @dataclass(frozen=True)
+class JobFiles:
+    """One attempt's files, for an executor that runs steps on another machine (ssh):
+    sent there before the job's first step, what it keeps fetched back by job_done."""
+
+    key: str
+    workdir: str
+    artifacts: str
+    # Its HOME is tmpdir/home, its TMPDIR tmpdir/tmp.
+    tmpdir: str
+    # Its buildjobs' artifact dirs (read-only inputs).
+    inputs: tuple[str, ...] = ()
+    # The job's artifact globs, relative to workdir.
+    keep: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StepRun:
     """What the runner asks of an executor for one step."""
 
@@ -38,6 +54,8 @@ class StepRun:
     timeout: float
     # None: the step runs as pushgate's own processes do (runner.isolation = "none").
     sandbox: Sandbox | None = None
+    # The job's files (for an executor of a remote host).
+    files: JobFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,10 @@ class StepOutcome:
     timed_out: bool = False
     # A harness problem (could not start the command, host gone): the step is broken.
     error: str | None = None
+    # The error was the host's (unreachable, connection lost): "lost"; or the host must not
+    # be used until a health check passes on it (its host key changed): "bad". The job may
+    # be rerun on another host.
+    host_fault: str | None = None
 
 
 class Executor(Protocol):
@@ -58,6 +80,10 @@ class Executor(Protocol):
 
     async def release(self, sandbox: Sandbox) -> None:
         """The job is done with its sandbox: everything still running in it is killed."""
+
+    async def job_done(self, files: JobFiles) -> str | None:
+        """The job ran its last step: its files come back from a remote host (and go from
+        it). Why they could not (the job is then broken), or None."""
 
     async def close(self) -> None: ...
 

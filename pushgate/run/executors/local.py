@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 
 from pushgate.run.executors import spawner
-from pushgate.run.executors.base import Sandbox, StepOutcome, StepRun, stamp
+from pushgate.run.executors.base import JobFiles, Sandbox, StepOutcome, StepRun, stamp
 from pushgate.run.executors.sandbox import bwrap_argv
 
 # Grace between SIGTERM and SIGKILL when a step times out or is cancelled.
@@ -377,6 +377,9 @@ class LocalExecutor:
             return StepOutcome(watch.returncode)
         finally:
             os.close(log)
+
+    async def job_done(self, files: JobFiles) -> str | None:
+        return None  # the job's files are here already
 
     async def close(self) -> None:
         for sandbox in list(self._sandboxes):

@@ -1,0 +1,91 @@
+"""What hosts do to jobs: a host that breaks a job (unreachable, connection lost, key
+refused) is recorded in its history (host_events, kind `broke`), the job is not given it
+again, and a host that broke `bad_after` jobs in a row, or whose key changed, goes `bad`
+until the health-check job passes on it."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, select
+
+from pushgate.db import hosts as dbh
+from pushgate.db.schema import host_events, hosts
+
+BROKE = "broke"
+
+
+def _key(flight: int, job: str, attempt: int | None) -> str:
+    return f"{flight} {job} {attempt}"
+
+
+def record_break(
+    conn: Connection,
+    host: str,
+    flight: int,
+    job: str,
+    attempt: int,
+    why: str,
+    by: str,
+    *,
+    bad_after: int,
+    bad_now: bool = False,
+) -> bool:
+    """Record that `host` broke this attempt of the job; mark the host bad when bad_now
+    (its key changed) or when its last `bad_after` jobs all broke. True if it went bad."""
+    dbh.add_event(conn, host, BROKE, _key(flight, job, attempt), why, by)
+    if not bad_now:
+        recent = dbh.allocations(conn, host, limit=bad_after)
+        if len(recent) < bad_after:
+            return False
+        broke = {
+            r.value
+            for r in conn.execute(
+                select(host_events.c.value)
+                .where(host_events.c.host == host, host_events.c.kind == BROKE)
+                .order_by(host_events.c.at.desc())
+                .limit(10 * bad_after)
+            )
+        }
+        if not all(_key(a.flight, a.job, a.attempt) in broke for a in recent):
+            return False
+        why = f"broke its last {bad_after} jobs (the last: {why})"
+    health = conn.execute(select(hosts.c.health).where(hosts.c.host == host)).scalar()
+    if health in ("bad", "maintenance"):
+        return False
+    return dbh.set_health(conn, host, "bad", why, by)
+
+
+def hosts_that_broke(conn: Connection, flight: int) -> dict[str, set[str]]:
+    """job -> the hosts that broke an attempt of it in this flight (not to be used again
+    for it)."""
+    out: dict[str, set[str]] = {}
+    prefix = f"{flight} "
+    for host, value in conn.execute(
+        select(host_events.c.host, host_events.c.value).where(
+            host_events.c.kind == BROKE, host_events.c.value.startswith(prefix, autoescape=True)
+        )
+    ):
+        job = value[len(prefix) :].rsplit(" ", 1)[0]
+        out.setdefault(job, set()).add(host)
+    return out
+
+
+def rerun_possible(
+    conn: Connection, flight: int, job: str, flags: frozenset[str], retries: int
+) -> bool:
+    """Whether a job a host broke may run again: it has retries left and another usable
+    host with its flags exists that has not broken it."""
+    avoid = hosts_that_broke(conn, flight).get(job, set())
+    if len(avoid) > retries:
+        return False
+    return any(
+        flags <= h.flags and h.host not in avoid and h.health in dbh.USABLE_HEALTHS
+        for h in dbh.list_hosts(conn)
+    )
+
+
+def health_check_passed(conn: Connection, host: str, job: str, by: str) -> bool:
+    """The health-check job passed on the host: it is good again. True if it changed."""
+    health = conn.execute(select(hosts.c.health).where(hosts.c.host == host)).scalar()
+    if health in (None, "good", "maintenance"):
+        return False
+    return dbh.set_health(conn, host, "good", f"health-check job {job} passed", by)
