@@ -61,10 +61,12 @@ class _Model(BaseModel):
 # Runvars pushgate sets itself: the tuple under test and where it came from, what a job
 # built, its prerequisite builds, its host and artifacts. Set in the config, one would make
 # jobs test something else than the revision the gate then pushes.
-_OWNED_RUNVAR = re.compile(r"^(tree_.*|revision_.*|built_revision_.*|.*buildjob|host|artifacts)$")
+_OWNED_RUNVAR = re.compile(
+    r"^(tree_.*|revision_.*|built_revision_.*|.*buildjob|host|artifacts|isolation)$"
+)
 _OWNED_MSG = (
     "runvar {var!r} is set by pushgate (tree_*, revision_*, built_revision_*, *buildjob, "
-    "host, artifacts) and cannot be set in the config"
+    "host, artifacts, isolation) and cannot be set in the config"
 )
 
 

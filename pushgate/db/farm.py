@@ -225,16 +225,13 @@ class WorkerRow:
 
 def register_worker(conn: Connection, worker: str, machine: str, pid: int, lease_s: float) -> None:
     now = time.time()
-    conn.execute(
-        insert(workers).values(
-            worker=worker,
-            machine=machine,
-            pid=pid,
-            started=now,
-            heartbeat=now,
-            lease_until=now + lease_s,
-        )
-    )
+    values = {"machine": machine, "pid": pid, "started": now, "heartbeat": now}
+    values.update(lease_until=now + lease_s, stopped=None, why=None)
+    # One process runs several flights one after another (the demo, a daemon's cycle):
+    # it registers again under its one name, which starts its record anew.
+    done = conn.execute(update(workers).where(workers.c.worker == worker).values(**values))
+    if done.rowcount == 0:
+        conn.execute(insert(workers).values(worker=worker, **values))
 
 
 def worker_beat(conn: Connection, worker: str, lease_s: float) -> None:

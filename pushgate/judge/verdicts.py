@@ -145,7 +145,10 @@ def judge(db: Database, loaded: Loaded, flight: int, *, now: float | None = None
     v = flight_versions(db, loaded, flight)
     with db.read() as conn:
         finished = dbc.flight_finished(conn, flight)
-        statuses = [j.status for j in dbf.get_jobs(conn, flight)]
+        jobs = dbf.get_jobs(conn, flight)
+    statuses = [j.status for j in jobs]
+    # A job run with runner.isolation = "none" carries the runvar isolation=none.
+    isolated = all(j.runvars.get("isolation") != "none" for j in jobs)
     c = classify_flight(db, loaded, flight, v)
     tree = v.tree
     people, commits, revlog = _git_facts(loaded, tree, v.that.get(tree), v.this.get(tree))
@@ -160,6 +163,7 @@ def judge(db: Database, loaded: Loaded, flight: int, *, now: float | None = None
         people=people,
         commits=commits,
         revision_log=revlog,
+        isolated=isolated,
         jobs_total=len(statuses),
         jobs_finished=sum(s in FINAL_JOB_STATUSES for s in statuses),
     )

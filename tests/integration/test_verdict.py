@@ -131,3 +131,23 @@ def test_retest_max_fraction_zero_gives_no_retest(tmp_path: Path) -> None:
     # The pause holds the repeat of the same tuple back.
     assert run_cycle(db, loaded, "app").action == "idle"
     db.dispose()
+
+
+def test_every_report_says_steps_not_isolated(tmp_path: Path) -> None:
+    p = make_gate_project(tmp_path)
+    cfg = p.cfg_path.read_text()
+    p.cfg_path.write_text(cfg.replace("[runner]\n", '[runner]\nisolation = "none"\n', 1))
+    db, loaded = _open(p)
+    p.commit("one")
+    r = run_cycle(db, loaded, "app")
+    assert r.report is not None and r.report.body.startswith("steps not isolated:")
+    assert r.report.data["isolated"] is False
+    assert "steps not isolated" in _mailed(p, r.flight or 0).get_payload()
+    # With isolation on (the default), the line is absent.
+    p2 = make_gate_project(tmp_path / "on")
+    db2, loaded2 = _open(p2)
+    p2.commit("one")
+    r2 = run_cycle(db2, loaded2, "app")
+    assert r2.report is not None and "not isolated" not in r2.report.body
+    db.dispose()
+    db2.dispose()
