@@ -273,6 +273,9 @@ class RunnerConfig(_Model):
     starve_after_s: float = Field(default=600.0, ge=0, allow_inf_nan=False)
     # "bwrap": each job's steps in a bubblewrap sandbox; "none": unisolated, and said so.
     isolation: Literal["bwrap", "none"] = "bwrap"
+    # A step's log is cut to this many bytes: its head, a line saying what was dropped,
+    # and its last MiB (lines are at most 64 KiB, stamped once a second).
+    log_max_bytes: int = Field(default=1024**3, ge=1024**2, le=1024**4)
     # Dirs every step may read and write (a compiler cache); not pushgate's own.
     shared: list[str] = Field(default_factory=list)
     # More dirs steps must not see (credentials of your own), besides pushgate's.
@@ -766,6 +769,8 @@ def _check_hosts(cfg: Config, path: Path, err: Callable[..., ConfigError]) -> No
     hc = cfg.runner.health_check_job
     if hc is not None and hc not in cfg.jobs:
         raise err(("runner", "health_check_job"), f"job {hc!r} does not exist")
+    if hc is not None and (cfg.jobs[hc].buildjob or cfg.jobs[hc].buildjobs):
+        raise err(("runner", "health_check_job"), f"job {hc!r} runs alone: no buildjob")
     for name, h in cfg.hosts.items():
         if h.executor != "ssh":
             for k in (*_SSH_KEYS, "remote_dir"):

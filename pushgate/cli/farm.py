@@ -97,11 +97,13 @@ def hosts(cctx: click.Context) -> None:
 @pass_ctx
 @handle_errors
 def hosts_set_health(ctx: Ctx, host: str, state: str, why: str, by: str | None) -> None:
-    """Set HOST's health: jobs get only good or unknown hosts."""
+    """Set HOST's health: jobs get only good or unknown hosts (with a health-check job
+    configured, a host set unknown gets only that job until it passes)."""
     from pushgate.run import farm
 
     _one_line("--why", why, 1000)
-    farm.set_health(_db(ctx), host, state, why, _by(by))
+    check = ctx.loaded.cfg.runner.health_check_job is not None
+    farm.set_health(_db(ctx), host, state, why, _by(by), check=check)
     echo(f"{host}: {state}")
 
 

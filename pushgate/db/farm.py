@@ -14,9 +14,17 @@ from pushgate.model import ACTIVE_JOB_STATUSES, Status
 _ACTIVE = [s.value for s in ACTIVE_JOB_STATUSES]
 _HELD = [Status.PREPARING.value, Status.RUNNING.value]
 
-# Queue order (osstest §8.3): lower first. A bisection's probes jump ahead of gate
-# flights; a retest waits from its original flight's start.
-PRIORITIES = {"real-bisect": -30, "real-retest": -10}
+# Queue order (osstest §8.3), by the blessing a flight takes: lower first. A host's
+# health check comes before the host is used again, a bisection's probes jump ahead of
+# gate flights; a retest waits from its original flight's start.
+PRIORITIES = {"health-check": -40, "real-bisect": -30, "real-retest": -10}
+# Runvars pinning a job to one host: a bisection probe's, a health check's.
+PIN_RUNVARS = ("bisect_host", "check_host")
+
+
+def pinned_host(runvars: dict[str, str]) -> str | None:
+    """The host a job must run on, if it is pinned to one."""
+    return next((runvars[n] for n in PIN_RUNVARS if n in runvars), None)
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ def runnable_flights(conn: Connection) -> list[QueuedFlight]:
         select(
             flights.c.flight,
             flights.c.branch,
-            flights.c.intended,
+            flights.c.bless_as,
             flights.c.created,
             parent.c.created.label("parent_created"),
         )
@@ -55,10 +63,10 @@ def runnable_flights(conn: Connection) -> list[QueuedFlight]:
     out = []
     for r in conn.execute(q):
         since = r.created
-        if r.intended == "real-retest" and r.parent_created is not None:
+        if r.bless_as == "real-retest" and r.parent_created is not None:
             since = r.parent_created
         out.append(
-            QueuedFlight(r.flight, r.branch, r.intended, PRIORITIES.get(r.intended, 0), since)
+            QueuedFlight(r.flight, r.branch, r.bless_as, PRIORITIES.get(r.bless_as, 0), since)
         )
     return sorted(out, key=lambda f: f.rank)
 
@@ -122,7 +130,7 @@ def queued_jobs(conn: Connection) -> list[QueuedJob]:
     for r in conn.execute(
         select(runvars.c.flight, runvars.c.job, runvars.c.name, runvars.c.value).where(
             runvars.c.flight.in_(fl),
-            runvars.c.name.in_(["all_hostflags", "bisect_host"]),
+            runvars.c.name.in_(["all_hostflags", *PIN_RUNVARS]),
         )
     ):
         rv.setdefault((r.flight, r.job), {})[r.name] = r.value
@@ -156,7 +164,7 @@ def queued_jobs(conn: Connection) -> list[QueuedJob]:
                 branch=qf.branch,
                 job=j,
                 flags=tuple(x for x in v.get("all_hostflags", "").split(",") if x),
-                pinned=v.get("bisect_host"),
+                pinned=pinned_host(v),
                 priority=qf.priority,
                 since=max(starts.get(f) or qf.since, ended.get((f, j), 0.0)),
                 waiting_for_builds=deps.get((f, j), 0),
@@ -304,9 +312,9 @@ def failure_hosts(conn: Connection, flight: int) -> dict[str, str]:
     """job -> the host it ran on in the flight a retest flight retests (empty otherwise):
     a retest prefers the host the failure happened on."""
     row = conn.execute(
-        select(flights.c.intended, flights.c.parent_flight).where(flights.c.flight == flight)
+        select(flights.c.bless_as, flights.c.parent_flight).where(flights.c.flight == flight)
     ).first()
-    if row is None or row.intended != "real-retest" or row.parent_flight is None:
+    if row is None or row.bless_as != "real-retest" or row.parent_flight is None:
         return {}
     q = select(runvars.c.job, runvars.c.value).where(
         runvars.c.flight == row.parent_flight, runvars.c.name == "host"

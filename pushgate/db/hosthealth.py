@@ -5,10 +5,12 @@ until the health-check job passes on it."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, select, update
 
 from pushgate.db import hosts as dbh
-from pushgate.db.schema import host_events, hosts
+from pushgate.db.schema import flights, host_events, hosts, jobs
 
 BROKE = "broke"
 
@@ -51,7 +53,8 @@ def record_break(
     health = conn.execute(select(hosts.c.health).where(hosts.c.host == host)).scalar()
     if health in ("bad", "maintenance"):
         return False
-    return dbh.set_health(conn, host, "bad", why, by)
+    # Bad until the health-check job passes on it (run by the workers' checker).
+    return dbh.set_health(conn, host, "bad", why, by, check=True)
 
 
 def hosts_that_broke(conn: Connection, flight: int) -> dict[str, set[str]]:
@@ -70,10 +73,18 @@ def hosts_that_broke(conn: Connection, flight: int) -> dict[str, set[str]]:
 
 
 def rerun_possible(
-    conn: Connection, flight: int, job: str, flags: frozenset[str], retries: int
+    conn: Connection,
+    flight: int,
+    job: str,
+    flags: frozenset[str],
+    retries: int,
+    pinned: bool = False,
 ) -> bool:
     """Whether a job a host broke may run again: it has retries left and another usable
-    host with its flags exists that has not broken it."""
+    host with its flags exists that has not broken it (never for a job pinned to its
+    host: a bisection probe, a health check)."""
+    if pinned:
+        return False
     avoid = hosts_that_broke(conn, flight).get(job, set())
     if len(avoid) > retries:
         return False
@@ -85,7 +96,70 @@ def rerun_possible(
 
 def health_check_passed(conn: Connection, host: str, job: str, by: str) -> bool:
     """The health-check job passed on the host: it is good again. True if it changed."""
-    health = conn.execute(select(hosts.c.health).where(hosts.c.host == host)).scalar()
-    if health in (None, "good", "maintenance"):
+    row = conn.execute(select(hosts.c.health, hosts.c.check_due).where(hosts.c.host == host))
+    got = row.first()
+    if got is None or got.health == "maintenance":
+        return False
+    if got.health == "good" and got.check_due is None:
         return False
     return dbh.set_health(conn, host, "good", f"health-check job {job} passed", by)
+
+
+@dataclass(frozen=True)
+class CheckDue:
+    host: str
+    health: str
+    flags: frozenset[str]
+    held: bool
+    # The health-check flight queued for it, and that flight's end (None: unfinished).
+    flight: int | None
+    finished: float | None
+    # The check job's status in that flight.
+    status: str | None
+
+
+def checks_due(conn: Connection, job: str, now: float) -> list[CheckDue]:
+    """Hosts due a health check, with their check flight (if any) and how it went."""
+    out = []
+    for r in conn.execute(select(hosts).where(hosts.c.check_due.is_not(None))):
+        fin = status = None
+        if r.check_flight is not None:
+            fin = conn.execute(
+                select(flights.c.finished).where(flights.c.flight == r.check_flight)
+            ).scalar()
+            status = conn.execute(
+                select(jobs.c.status).where(jobs.c.flight == r.check_flight, jobs.c.job == job)
+            ).scalar()
+        out.append(
+            CheckDue(
+                r.host,
+                r.health,
+                frozenset(f for f in r.flags.split(",") if f),
+                r.held_until is not None and r.held_until >= now,
+                r.check_flight,
+                fin,
+                status,
+            )
+        )
+    return out
+
+
+def set_check_flight(conn: Connection, host: str, flight: int | None, was: int | None) -> bool:
+    """Record the host's health-check flight if it is still `was` (one checker wins)."""
+    cond = hosts.c.check_flight.is_(None) if was is None else hosts.c.check_flight == was
+    res = conn.execute(
+        update(hosts)
+        .where(hosts.c.host == host, hosts.c.check_due.is_not(None), cond)
+        .values(check_flight=flight)
+    )
+    return res.rowcount == 1
+
+
+def check_failed(conn: Connection, host: str, flight: int, status: str, by: str) -> bool:
+    """The health-check flight ended without a pass: the host is bad, and no check is
+    tried again until a person sets its health `unknown`."""
+    q = select(hosts.c.check_flight).where(hosts.c.host == host)
+    if conn.execute(q).scalar() != flight:
+        return False
+    why = f"health-check flight {flight}: {status}, not pass"
+    return dbh.set_health(conn, host, "bad", why, by)

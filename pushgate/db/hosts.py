@@ -129,22 +129,41 @@ def list_hosts(conn: Connection) -> list[HostRow]:
 _FREE = host_slots.c.flight.is_(None)
 # The slot's host may take a job: healthy and not held by a person (checked in the claim's
 # own statement, so a health change or a hold is seen by the next claim, whoever makes it).
+# A host due a health check takes no job but the check (below).
+_NOT_HELD = or_(hosts.c.held_until.is_(None), hosts.c.held_until < bindparam("b_now"))
 _USABLE = exists(
     select(hosts.c.host).where(
         hosts.c.host == host_slots.c.host,
         or_(*(hosts.c.health == h for h in USABLE_HEALTHS)),
-        or_(hosts.c.held_until.is_(None), hosts.c.held_until < bindparam("b_now")),
+        hosts.c.check_due.is_(None),
+        _NOT_HELD,
     )
 )
-_FIND_FREE_CORE = (
-    select(host_slots.c.slot)
-    .where(host_slots.c.host == bindparam("b_host"), _FREE, _USABLE)
-    .order_by(host_slots.c.slot)
-    .limit(1)
+# The health-check job (of a health-check flight, pinned to the host) may also run on a
+# bad host or one due a check: not in maintenance, not held by a person.
+CHECKABLE_HEALTHS = ("good", "unknown", "bad")
+_CHECKABLE = exists(
+    select(hosts.c.host).where(
+        hosts.c.host == host_slots.c.host,
+        or_(*(hosts.c.health == h for h in CHECKABLE_HEALTHS)),
+        _NOT_HELD,
+    )
 )
-_FIND_FREE = DriverStatement(_FIND_FREE_CORE)
-# PostgreSQL: a slot row another claim holds is skipped, not waited for.
-_FIND_FREE_PG = DriverStatement(_FIND_FREE_CORE.with_for_update(skip_locked=True))
+
+
+def _find_free(usable: object) -> tuple[DriverStatement, DriverStatement]:
+    core = (
+        select(host_slots.c.slot)
+        .where(host_slots.c.host == bindparam("b_host"), _FREE, usable)  # type: ignore[arg-type]
+        .order_by(host_slots.c.slot)
+        .limit(1)
+    )
+    # PostgreSQL: a slot row another claim holds is skipped, not waited for.
+    return DriverStatement(core), DriverStatement(core.with_for_update(skip_locked=True))
+
+
+_FIND_FREE, _FIND_FREE_PG = _find_free(_USABLE)
+_FIND_CHECK, _FIND_CHECK_PG = _find_free(_CHECKABLE)
 _TAKE = DriverStatement(
     update(host_slots)
     .where(
@@ -202,10 +221,16 @@ def claim_slot(
     lease_until: float,
     now: float | None = None,
     attempt: int = 0,
+    check: bool = False,
 ) -> Claim | None:
-    """Claim a free slot on the first of `host_names` that has one, for `attempt` of the job."""
+    """Claim a free slot on the first of `host_names` that has one, for `attempt` of the job
+    (`check`: the job of a health-check flight, which may use a bad host)."""
     now = time.time() if now is None else now
-    find = _FIND_FREE_PG if conn.dialect.name == "postgresql" else _FIND_FREE
+    pg = conn.dialect.name == "postgresql"
+    if check:
+        find = _FIND_CHECK_PG if pg else _FIND_CHECK
+    else:
+        find = _FIND_FREE_PG if pg else _FIND_FREE
     for name in host_names:
         found = find.rows(conn, {"b_host": name, "b_now": now})
         if not found:
@@ -305,17 +330,22 @@ def held_slots(conn: Connection) -> list[tuple[str, int, int, str]]:
 
 # Free slots of the usable hosts, by host (a usable host with none free: 0; an unusable
 # host: absent). One statement a scheduling round.
-_FREE_BY_HOST = DriverStatement(
-    select(host_slots.c.host, func.sum(case((_FREE, 1), else_=0)))
-    .where(_USABLE)
-    .group_by(host_slots.c.host)
+_FREE_BY_HOST, _FREE_FOR_CHECK = (
+    DriverStatement(
+        select(host_slots.c.host, func.sum(case((_FREE, 1), else_=0)))
+        .where(usable)
+        .group_by(host_slots.c.host)
+    )
+    for usable in (_USABLE, _CHECKABLE)
 )
 
 
-def free_slots(conn: Connection, now: float | None = None) -> dict[str, int]:
-    """host -> free slots, for the hosts a job may be allocated now."""
+def free_slots(conn: Connection, now: float | None = None, check: bool = False) -> dict[str, int]:
+    """host -> free slots, for the hosts a job may be allocated now (`check`: the hosts
+    a health-check job may use)."""
     now = time.time() if now is None else now
-    return {h: int(n or 0) for h, n in _FREE_BY_HOST.rows(conn, {"b_now": now})}
+    stmt = _FREE_FOR_CHECK if check else _FREE_BY_HOST
+    return {h: int(n or 0) for h, n in stmt.rows(conn, {"b_now": now})}
 
 
 class HostError(Exception):
@@ -330,15 +360,26 @@ def add_event(conn: Connection, host: str, kind: str, value: str, why: str, by: 
     )
 
 
-def set_health(conn: Connection, host: str, health: str, why: str, by: str) -> bool:
-    """Set a host's health (recorded in its history); False if there is no such host."""
+def set_health(
+    conn: Connection, host: str, health: str, why: str, by: str, *, check: bool = False
+) -> bool:
+    """Set a host's health (recorded in its history); False if there is no such host.
+    `check`: the host takes no job but the health check until that passes on it; else
+    any check it was due is dropped."""
     if health not in HEALTHS:
         raise ValueError(health)
     now = time.time()
     res = conn.execute(
         update(hosts)
         .where(hosts.c.host == host)
-        .values(health=health, health_why=why, health_by=by, health_changed=now)
+        .values(
+            health=health,
+            health_why=why,
+            health_by=by,
+            health_changed=now,
+            check_due=now if check else None,
+            check_flight=None,
+        )
     )
     if res.rowcount != 1:
         return False
@@ -346,12 +387,15 @@ def set_health(conn: Connection, host: str, health: str, why: str, by: str) -> b
     return True
 
 
-def needs_check(conn: Connection, host: str, why: str, by: str) -> None:
+def needs_check(conn: Connection, host: str, why: str, by: str, *, check: bool = False) -> None:
     """A host whose job's worker vanished: `unknown` until a health check says otherwise
-    (a bad host or one in maintenance stays so)."""
-    row = conn.execute(select(hosts.c.health).where(hosts.c.host == host)).first()
-    if row is not None and row.health == "good":
-        set_health(conn, host, "unknown", why, by)
+    (a bad host or one in maintenance stays so). `check` (a health-check job is
+    configured): no job but the check is given it until the check passes."""
+    q = select(hosts.c.health, hosts.c.check_due).where(hosts.c.host == host)
+    row = conn.execute(q).first()
+    fresh = row is not None and row.health == "unknown" and row.check_due is None
+    if row is not None and (row.health == "good" or (check and fresh)):
+        set_health(conn, host, "unknown", why, by, check=check)
     else:
         add_event(conn, host, "reaped", row.health if row else "-", why, by)
 

@@ -159,6 +159,10 @@ hosts = Table(
     Column("held_by", String(200)),
     Column("held_until", Float),
     Column("held_why", Text),
+    # A health check is wanted before the host takes jobs again (since then), and the
+    # health-check flight queued for it: only that flight's job may use the host.
+    Column("check_due", Float),
+    Column("check_flight", Integer),
 )
 
 # A host's history besides its jobs: health changes, holds, releases by the reaper.

@@ -84,11 +84,15 @@ def hosts_overview(db: Database, last: int = 3) -> list[HostView]:
     return out
 
 
-def set_health(db: Database, host: str, health: str, why: str, by: str) -> None:
+def set_health(
+    db: Database, host: str, health: str, why: str, by: str, *, check: bool = False
+) -> None:
+    """A person sets a host's health. `check` (a health-check job is configured): a host
+    set `unknown` takes no job but the health check until that passes on it."""
     if health not in dbh.HEALTHS:
         raise FarmError(f"health {health!r}: one of {', '.join(dbh.HEALTHS)}")
     with db.write() as conn:
-        if not dbh.set_health(conn, host, health, why, by):
+        if not dbh.set_health(conn, host, health, why, by, check=check and health == "unknown"):
             raise FarmError(f"no host {host!r} (hosts are made from the config by a run)")
 
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 
 from pushgate.config import JobConfig, Loaded, StepConfig
+from pushgate.db import farm as dbfarm
 from pushgate.db import flights as dbf
 from pushgate.db import hosthealth
 from pushgate.db import hosts as dbh
@@ -343,6 +344,9 @@ class JobRun:
                 return  # back to the queue, for another host
             if status == Status.PASS and self.job == ctx.loaded.cfg.runner.health_check_job:
                 hosthealth.health_check_passed(conn, self.claim.host, self.job, ctx.runner_id)
+            elif self.runvars.get("check_host") == self.claim.host:
+                # The host's health check did not pass: bad, until a person says otherwise.
+                hosthealth.check_failed(conn, self.claim.host, ctx.flight, status, ctx.runner_id)
             # Fenced first (LeaseLost rolls the rest back): on PostgreSQL the job's row
             # stays locked to the commit, so no take-over comes between.
             dbf.set_job_status(conn, ctx.flight, self.job, status, final=True, attempt=self.attempt)
@@ -386,7 +390,10 @@ class JobRun:
             bad_now=kind == "bad",
         )
         flags = frozenset(f for f in self.runvars.get("all_hostflags", "").split(",") if f)
-        if not hosthealth.rerun_possible(conn, ctx.flight, self.job, flags, rc.host_retries):
+        pinned = dbfarm.pinned_host(self.runvars) is not None
+        if not hosthealth.rerun_possible(
+            conn, ctx.flight, self.job, flags, rc.host_retries, pinned=pinned
+        ):
             return False
         dbh.release_slot(conn, self.claim, ctx.flight, self.job)
         if not dbf.requeue_job(conn, ctx.flight, self.job, self.attempt):

@@ -36,7 +36,7 @@ from pushgate.db.engine import Database
 from pushgate.db.history import compute_flight_built
 from pushgate.errors import PushgateError
 from pushgate.model import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, Status
-from pushgate.run import isolation
+from pushgate.run import healthcheck, isolation
 from pushgate.run.executors.base import Executor
 from pushgate.run.executors.local import LocalExecutor, kill_group, kill_orphans
 from pushgate.run.runner import (
@@ -177,9 +177,12 @@ def _on_this_machine(rid: str) -> bool:
     return rid.rsplit(":", 2)[0] == socket.gethostname()
 
 
-def recover(db: Database, flight: int, me: str, lease_s: float) -> list[str]:
+def recover(
+    db: Database, flight: int, me: str, lease_s: float, *, check: bool = False
+) -> list[str]:
     """Take over, then requeue or break, the jobs of dead runners and of runners whose
-    lease ran out; returns what was done, for the log."""
+    lease ran out; returns what was done, for the log. `check`: a health-check job is
+    configured, and their hosts take no other job until it passes on them."""
     done = []
     now = time.time()
     with db.read() as conn:
@@ -205,9 +208,13 @@ def recover(db: Database, flight: int, me: str, lease_s: float) -> list[str]:
             what = "died" if s.dead or s.runner is None else "lost its lease"
             for host in freed:
                 # What the vanished runner left on the host is unknown: checked before
-                # reuse (until a health-check job exists, the host is `unknown`).
+                # reuse (with no health-check job configured, the host is `unknown`).
                 dbh.needs_check(
-                    conn, host, f"runner {s.runner} {what} running {flight}.{s.job}", me
+                    conn,
+                    host,
+                    f"runner {s.runner} {what} running {flight}.{s.job}",
+                    me,
+                    check=check,
                 )
             if s.attempts + 1 >= MAX_ATTEMPTS:
                 dbf.break_job(
@@ -322,6 +329,11 @@ class FlightRunner:
         if info is None:
             raise FlightRunError(f"flight {flight} does not exist")
         self.info = info
+        # A health-check flight: its job may use a bad host, or one due a check.
+        self.check = info.intended == healthcheck.CHECK
+        # Health-check flights this runner (alone in its process) runs beside its own.
+        self.check_runs: dict[int, asyncio.Task[dict[str, str]]] = {}
+        self._last_checks = 0.0
         executors = shared.executors if shared else Executors(loaded, executor)
         self.executors = executors
         self.ctx = RunContext(
@@ -392,8 +404,13 @@ class FlightRunner:
         hb = asyncio.create_task(self._heartbeat())
         try:
             await self._loop()
+            if self.check_runs and not self.ctx.stopping.is_set():
+                # Health checks it started end before their executors close.
+                await asyncio.wait(self.check_runs.values())
         finally:
             hb.cancel()
+            for t in self.check_runs.values():
+                t.cancel()
             await self.executors.close()
             if self.ctx.writer is not None:
                 self.ctx.writer.close()
@@ -467,6 +484,7 @@ class FlightRunner:
         last_recover = time.monotonic()
         while True:
             if not self.ctx.stopping.is_set():
+                await self._health_checks()
                 await self._start_ready(state, hosts)
             # Jobs not finished and not ours to wait for: queued ones, or ones other
             # runners hold (scanned only once nothing is queued: the flight's tail).
@@ -509,7 +527,34 @@ class FlightRunner:
                 state = self._load()
 
     def _recover(self) -> list[str]:
-        return recover(self.db, self.flight, self.ctx.runner_id, self.loaded.cfg.runner.lease_s)
+        rc = self.loaded.cfg.runner
+        check = rc.health_check_job is not None
+        return recover(self.db, self.flight, self.ctx.runner_id, rc.lease_s, check=check)
+
+    async def _health_checks(self) -> None:
+        """Alone in its process (no worker to do it): queue the health checks due, at
+        most once a heartbeat, and run them beside this flight."""
+        if self.shared is not None or self.loaded.cfg.runner.health_check_job is None:
+            return
+        if time.monotonic() - self._last_checks < self.loaded.cfg.runner.heartbeat_s:
+            return
+        self._last_checks = time.monotonic()
+        for f, t in list(self.check_runs.items()):
+            if t.done():
+                del self.check_runs[f]
+                if not t.cancelled() and t.exception() is not None:
+                    self.notes.append(f"health check {f}: runner failed: {t.exception()!r}")
+        queued, notes = await asyncio.to_thread(
+            healthcheck.run_checks, self.db, self.loaded, self.ctx.runner_id
+        )
+        self.notes += notes
+        if self.ctx.writer is None:
+            self.ctx.writer = GroupWriter(self.db)
+        shared = Shared(self.ctx.runner_id, self.executors, self.ctx.stopping, self.ctx.writer)
+        for f in queued:
+            if f not in self.check_runs and f != self.flight:
+                fr = FlightRunner(self.db, self.loaded, f, shared=shared)
+                self.check_runs[f] = asyncio.create_task(fr.run())
 
     def _on_signal(self) -> None:
         """First signal: stop after the current steps. Second: kill them now.
@@ -589,7 +634,7 @@ class FlightRunner:
     def _free_slots(self) -> dict[str, int]:
         """Free slots of the hosts a job may be allocated now (healthy, not held)."""
         with self.db.read() as conn:
-            return dbh.free_slots(conn)
+            return dbh.free_slots(conn, check=self.check)
 
     async def _starve_hostless(self, state: dict[str, _JobState], queue: _Queue) -> None:
         """A ready job none of whose hosts can be had (no host has its flags, or they are
@@ -612,7 +657,7 @@ class FlightRunner:
             if now - since < wait:
                 continue
             want = ",".join(sorted(st.flags)) or "-"
-            pinned = st.runvars.get("bisect_host")
+            pinned = dbfarm.pinned_host(st.runvars)
             where = f" and is {pinned}" if pinned else ""
             if st.eligible:
                 why = (
@@ -664,8 +709,9 @@ class FlightRunner:
             st = state[job]
             if st.status != Status.QUEUED or job in self.tasks:
                 continue
-            # A bisection probe is pinned to the host of the failure it reproduces.
-            pinned = st.runvars.get("bisect_host")
+            # A bisection probe is pinned to the host of the failure it reproduces, a
+            # health check to the host it checks.
+            pinned = dbfarm.pinned_host(st.runvars)
             st.eligible = [
                 h.host
                 for h in hosts
@@ -719,7 +765,9 @@ class FlightRunner:
             attempt = dbf.claim_job(conn, self.flight, job, rid, until)
             if attempt is None:
                 return "taken"
-            got = dbh.claim_slot(conn, hosts, self.flight, job, rid, until, attempt=attempt)
+            got = dbh.claim_slot(
+                conn, hosts, self.flight, job, rid, until, attempt=attempt, check=self.check
+            )
             if got is None:
                 # No rollback inside a group commit: undo the job claim by hand.
                 dbf.unclaim_job(conn, self.flight, job, rid)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pushgate.config import Loaded
 from pushgate.db import farm as dbfarm
 from pushgate.db.engine import Database
+from pushgate.run.healthcheck import run_checks
 from pushgate.run.runner import GroupWriter, Progress
 from pushgate.run.scheduler import (
     Executors,
@@ -38,7 +39,7 @@ from pushgate.run.scheduler import (
 POLL_S = 0.5
 
 
-def reap(db: Database, me: str, lease_s: float) -> list[str]:
+def reap(db: Database, me: str, lease_s: float, *, check: bool = False) -> list[str]:
     """The farm's reaper: workers whose lease ran out are recorded lost, and the held
     jobs of every flight whose lease ran out (or whose runner on this machine is dead)
     are taken over and requeued or broken (scheduler.recover, flight by flight)."""
@@ -50,7 +51,7 @@ def reap(db: Database, me: str, lease_s: float) -> list[str]:
         flights = set(dbfarm.stale_flights(conn, now))
         flights |= {f for r, f in dbfarm.held_runners(conn).items() if r != me and runner_dead(r)}
     for f in sorted(flights):
-        notes += [f"flight {f}: {n}" for n in recover(db, f, me, lease_s)]
+        notes += [f"flight {f}: {n}" for n in recover(db, f, me, lease_s, check=check)]
     return notes
 
 
@@ -143,7 +144,11 @@ class Worker:
                 await self.shared.writer.write(
                     lambda conn: dbfarm.worker_beat(conn, self.id, rc.lease_s)
                 )
-                for n in await asyncio.to_thread(reap, self.db, self.id, rc.lease_s):
+                check = rc.health_check_job is not None
+                notes = await asyncio.to_thread(reap, self.db, self.id, rc.lease_s, check=check)
+                # Hosts due a health check: their check flights, first in the queue.
+                _, checks = await asyncio.to_thread(run_checks, self.db, self.loaded, self.id)
+                for n in notes + checks:
                     self.notes.append(n)
                     self.say(n)
             except Exception as e:  # noqa: BLE001 - the next beat tries again
