@@ -280,13 +280,13 @@ def finish_flight_if_done(conn: Connection, flight: int) -> bool:
     return res.rowcount == 1
 
 
-_CLAIM_JOB = DriverStatement(
+_QUEUED_JOB = (
+    jobs.c.flight == bindparam("f"),
+    jobs.c.job == bindparam("j"),
+    jobs.c.status == Status.QUEUED.value,
+)
+_CLAIM_JOB_CORE = (
     update(jobs)
-    .where(
-        jobs.c.flight == bindparam("f"),
-        jobs.c.job == bindparam("j"),
-        jobs.c.status == Status.QUEUED.value,
-    )
     .values(
         status=Status.PREPARING.value,
         runner=bindparam("b_runner"),
@@ -296,6 +296,13 @@ _CLAIM_JOB = DriverStatement(
     )
     .returning(jobs.c.attempt)
 )
+_CLAIM_JOB = DriverStatement(_CLAIM_JOB_CORE.where(*_QUEUED_JOB))
+# PostgreSQL: a job row another worker's claim has locked is skipped, not waited for
+# (its claim commits or rolls back; this worker goes on to other jobs).
+_LOCKABLE = select(jobs.c.job).where(*_QUEUED_JOB).with_for_update(skip_locked=True)
+_CLAIM_JOB_PG = DriverStatement(
+    _CLAIM_JOB_CORE.where(*_QUEUED_JOB, jobs.c.job.in_(_LOCKABLE.scalar_subquery()))
+)
 
 
 def claim_job(
@@ -303,7 +310,8 @@ def claim_job(
 ) -> int | None:
     """Move a queued job to preparing for this runner: its new attempt (the fencing token
     every later write for the job names), or None if someone else has it."""
-    got = _CLAIM_JOB.rows(
+    stmt = _CLAIM_JOB_PG if conn.dialect.name == "postgresql" else _CLAIM_JOB
+    got = stmt.rows(
         conn, {"f": flight, "j": job, "b_runner": runner, "until": lease_until, "now": time.time()}
     )
     return int(got[0][0]) if got else None
