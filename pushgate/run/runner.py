@@ -679,6 +679,7 @@ class JobRun:
             timeout=step.timeout,
             sandbox=self.sandbox,
             files=self._job_files(),
+            log_max_bytes=ctx.loaded.cfg.runner.log_max_bytes,
         )
         try:
             return await ctx.executor_of(self.claim.host).run(req)

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+# runner.log_max_bytes's default.
+LOG_MAX_BYTES = 1024 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Sandbox:
@@ -56,6 +59,8 @@ class StepRun:
     sandbox: Sandbox | None = None
     # The job's files (for an executor of a remote host).
     files: JobFiles | None = None
+    # The step's log is cut to this size (runner.log_max_bytes): its head and its tail.
+    log_max_bytes: int = LOG_MAX_BYTES
 
 
 @dataclass(frozen=True)

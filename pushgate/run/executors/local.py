@@ -20,13 +20,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from pushgate.run.executors import spawner
+from pushgate.run.executors import leftovers, spawner
 from pushgate.run.executors.base import JobFiles, Sandbox, StepOutcome, StepRun, stamp
 from pushgate.run.executors.sandbox import bwrap_argv
+from pushgate.run.executors.steplog import StepLog
 
 # Grace between SIGTERM and SIGKILL when a step times out or is cancelled.
 KILL_GRACE_S = 2.0
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+# A read of a step's output; at most steplog.LINE_MAX, so a line within one is short.
+READ_SIZE = 65536
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
@@ -60,11 +63,6 @@ def kill_orphans(runner: str, flight: int) -> int:
     return len(groups)
 
 
-def _ts() -> bytes:
-    """A log line's prefix, as bytes."""
-    return (stamp() + " ").encode()
-
-
 class SpawnerDied(RuntimeError):
     pass
 
@@ -79,6 +77,8 @@ class SpawnerClient:
         # The agent's ("ready", 0) or its error; None for the helper.
         self.ready: asyncio.Future[None] | None = None
         self.gone: asyncio.Future[None] | None = None
+        # The sandbox's pid 1, as the host sees it (an agent's).
+        self.init_pid: int | None = None
         if sock is None:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             with theirs:
@@ -98,7 +98,7 @@ class SpawnerClient:
             self.gone = loop.create_future()
         self.sock = sock
         self.next_id = 0
-        self.spawns: dict[int, asyncio.Future[int]] = {}
+        self.spawns: dict[int, asyncio.Future[tuple[int, bool]]] = {}
         self.exit_callbacks: dict[int, Callable[[int | None], None]] = {}
         # Exits reported before anyone asked (a step that ended at once).
         self.exits: dict[int, int] = {}
@@ -115,18 +115,27 @@ class SpawnerClient:
             loop.add_reader(self.sock.fileno(), self._receive)
 
     async def spawn(
-        self, argv: list[str], exe: str | None, cwd: str, env: dict[str, str], out: int
-    ) -> int:
-        """Start argv with `out` as its stdout and stderr; its pid (OSError if it cannot)."""
+        self,
+        argv: list[str],
+        exe: str | None,
+        cwd: str,
+        env: dict[str, str],
+        out: int,
+        cgroup: tuple[int, int] | None = None,
+    ) -> tuple[int, bool]:
+        """Start argv with `out` as its stdout and stderr, in the cgroup whose cgroup.procs
+        is cgroup[0] (cgroup[1]: the helper's own); its pid and whether it is in that
+        cgroup (OSError if it cannot start)."""
         if self.dead:
             raise SpawnerDied("the spawner helper died")
         loop = asyncio.get_running_loop()
         self.attach(loop)
         rid = self.next_id = self.next_id + 1
-        fut: asyncio.Future[int] = loop.create_future()
+        fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
         self.spawns[rid] = fut
+        fds = [out] if cgroup is None else [out, *cgroup]
         try:
-            socket.send_fds(self.sock, [marshal.dumps(("spawn", rid, argv, exe, cwd, env))], [out])
+            socket.send_fds(self.sock, [marshal.dumps(("spawn", rid, argv, exe, cwd, env))], fds)
         except OSError as e:
             del self.spawns[rid]
             raise SpawnerDied(f"cannot reach the spawner helper: {e}") from None
@@ -187,6 +196,7 @@ class SpawnerClient:
             if msg[1] == 0 and self.ready is not None and kind in ("ready", "error"):
                 if not self.ready.done():
                     if kind == "ready":
+                        self.init_pid = msg[2]
                         self.ready.set_result(None)
                     else:
                         self.ready.set_exception(OSError(msg[2], msg[3]))
@@ -203,7 +213,7 @@ class SpawnerClient:
             if fut is None or fut.done():
                 continue
             if kind == "pid":
-                fut.set_result(msg[2])
+                fut.set_result((msg[2], msg[3]))
             else:
                 fut.set_exception(OSError(msg[2], msg[3]))
 
@@ -267,11 +277,22 @@ class LocalExecutor:
         self._spawner: SpawnerClient | None = None
         # The agents of the jobs' sandboxes (one a job, made at its first step).
         self._sandboxes: dict[Sandbox, SpawnerClient] = {}
+        # Step cgroups, or None: leftovers are found by a sweep (see leftovers.py).
+        self._cgroups: leftovers.Cgroups | None = None
+        self._cgroups_tried = False
+        self._marks = 0
 
     def start(self) -> None:
         """Start the spawner helper now rather than at the first step."""
         if self._spawner is None:
             self._spawner = SpawnerClient()
+        self._cgroups_open()
+
+    def _cgroups_open(self) -> leftovers.Cgroups | None:
+        if not self._cgroups_tried:
+            self._cgroups_tried = True
+            self._cgroups = leftovers.Cgroups.make()
+        return self._cgroups
 
     def _executable(self, argv0: str, env: dict[str, str]) -> str | None:
         if "/" in argv0:
@@ -304,21 +325,39 @@ class LocalExecutor:
             raise SpawnerDied("the job's sandbox is gone")
         return client
 
-    async def _spawn(self, req: StepRun, out: int) -> tuple[SpawnerClient, int]:
+    async def _spawn(
+        self, req: StepRun, out: int, env: dict[str, str], cg: tuple[int, int] | None
+    ) -> tuple[SpawnerClient, int, bool]:
         argv0 = req.argv[0]
-        exe = self._executable(argv0, req.env)
+        exe = self._executable(argv0, env)
         client = await self._client(req.sandbox)
+        cwd = str(req.cwd)
         try:
-            pid = await client.spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
+            pid, contained = await client.spawn(req.argv, exe or argv0, cwd, env, out, cg)
         except FileNotFoundError:
             if exe is None:
                 raise
             # The binary found earlier may be gone: search PATH afresh, once (not
             # recursively: a missing cwd fails with the same error every time).
             self._which.clear()
-            exe = self._executable(argv0, req.env)
-            pid = await client.spawn(req.argv, exe or argv0, str(req.cwd), req.env, out)
-        return client, pid
+            exe = self._executable(argv0, env)
+            pid, contained = await client.spawn(req.argv, exe or argv0, cwd, env, out, cg)
+        return client, pid, contained
+
+    def _leftovers(
+        self, client: SpawnerClient, cgroup: str | None, mark: str | None
+    ) -> list[tuple[int, str]]:
+        """Kill what the ended step left running; what that was."""
+        if cgroup is not None:
+            assert self._cgroups is not None
+            return self._cgroups.kill(cgroup)
+        if client.init_pid is not None:
+            # The job's steps run in turn: all in the sandbox but its pid 1 was the step's.
+            return leftovers.sweep(client.init_pid, set(), None)
+        if client.proc is not None and mark is not None:
+            running = set(client.exit_callbacks)
+            return leftovers.sweep(client.proc.pid, running, mark)
+        return []
 
     async def release(self, sandbox: Sandbox) -> None:
         client = self._sandboxes.pop(sandbox, None)
@@ -332,48 +371,77 @@ class LocalExecutor:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(req.log), exist_ok=True)
             log = os.open(req.log, _LOG_FLAGS, 0o644)
+        steplog = StepLog(log, req.log_max_bytes)
         try:
-            os.write(
-                log,
-                _ts() + f"[pushgate] run: {shlex.join(req.argv)} (cwd {req.cwd})\n".encode(),
-            )
+            steplog.note(f"run: {shlex.join(req.argv)} (cwd {req.cwd})")
+            env, mark = req.env, None
+            cgroups = self._cgroups_open()
+            cgroup: str | None = None
+            cg_fds: tuple[int, int] | None = None
+            if cgroups is not None:
+                try:
+                    cgroup, procs = cgroups.new()
+                    cg_fds = (procs, cgroups.home)
+                except OSError:
+                    cgroup = None
+            if cgroup is None and req.sandbox is None:
+                # What a sweep finds the step's orphans by.
+                self._marks += 1
+                mark = f"{os.getpid()}.{self._marks}"
+                env = {**req.env, leftovers.MARK: mark}
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             try:
-                client, pid = await self._spawn(req, out_w)
+                client, pid, contained = await self._spawn(req, out_w, env, cg_fds)
             except (SpawnerDied, OSError) as e:
                 os.close(out_r)
+                if cgroups is not None and cgroup is not None:
+                    cgroups.remove(cgroup)
                 why = e.strerror if isinstance(e, OSError) else e
                 msg = f"cannot start {req.argv[0]!r}: {why}"
-                os.write(log, _ts() + f"[pushgate] {msg}\n".encode())
+                steplog.note(msg)
                 return StepOutcome(None, error=msg)
             finally:
                 os.close(out_w)
-            watch = _Watch(loop, client, pid, out_r, log)
+                if cg_fds is not None:
+                    os.close(cg_fds[0])
+            if cgroups is not None and cgroup is not None and not contained:
+                cgroups.remove(cgroup)
+                cgroup = None
+            watch = _Watch(loop, client, pid, out_r, steplog)
+            end = ""
             try:
-                timed_out = await watch.wait(req.timeout)
-                if timed_out:
+                if await watch.wait(req.timeout):
                     await watch.stop()
-                    os.write(
-                        log,
-                        _ts()
-                        + f"[pushgate] timed out after {req.timeout:g}s; "
-                        "process group killed\n".encode(),
-                    )
-                    return StepOutcome(watch.returncode, timed_out=True)
+                    end = f"timed out after {req.timeout:g}s; process group killed"
             except asyncio.CancelledError:
                 await watch.stop()
-                os.write(log, _ts() + b"[pushgate] interrupted; process group killed\n")
+                end = "interrupted; process group killed"
                 raise
             finally:
+                # The step ends with its command: whatever it left running goes now,
+                # then its output is read to the end.
+                killed = self._leftovers(client, cgroup, mark)
+                if killed:
+                    await leftovers.wait_gone([p for p, _ in killed], cgroups, cgroup)
+                held = not await watch.drain()
                 watch.close()
-            if watch.write_error is not None:
-                raise watch.write_error  # the runner makes the step broken with it
+                steplog.finish()
+                if killed:
+                    steplog.note(leftovers.describe(killed))
+                if held:
+                    steplog.note("output still open after the step ended; not read further")
+                if end:
+                    steplog.note(end)
+            if end:
+                return StepOutcome(watch.returncode, timed_out=True)
+            if steplog.write_error is not None:
+                raise steplog.write_error  # the runner makes the step broken with it
             if watch.lost:
                 msg = "the spawner helper died; the step's exit status is lost"
-                os.write(log, _ts() + f"[pushgate] {msg}\n".encode())
+                steplog.note(msg)
                 kill_group(pid)
                 return StepOutcome(None, error=msg)
-            os.write(log, _ts() + f"[pushgate] exit status {watch.returncode}\n".encode())
+            steplog.note(f"exit status {watch.returncode}")
             return StepOutcome(watch.returncode)
         finally:
             os.close(log)
@@ -387,13 +455,17 @@ class LocalExecutor:
         if self._spawner is not None:
             self._spawner.close()
             self._spawner = None
+        if self._cgroups is not None:
+            self._cgroups.close()
+            self._cgroups = None
+            self._cgroups_tried = False
 
 
 class _Watch:
-    """Pump a step's output into its log with timestamps and notice its exit.
+    """Pump a step's output into its log and notice its exit.
 
-    One future, resolved when the step has exited and its output reached EOF
-    (False) or when the timeout fires first (True).
+    One future, resolved when the step's command has exited and the output it left in
+    the pipe is read (False), or when the timeout fires first (True).
     """
 
     def __init__(
@@ -402,21 +474,19 @@ class _Watch:
         spawner: SpawnerClient,
         pid: int,
         out: int,
-        log: int,
+        log: StepLog,
     ):
         self.loop = loop
         self.spawner = spawner
         self.pid = pid
         self.out = out
         self.log = log
-        self.partial = b""
         self.returncode: int | None = None
         self.lost = False
         self.eof = False
-        # Why the step's output could not be written to its log (the first error).
-        self.write_error: OSError | None = None
         self.done: asyncio.Future[bool] = loop.create_future()
         self.exit_waiter: asyncio.Future[None] | None = None
+        self.eof_waiter: asyncio.Future[None] | None = None
         os.set_blocking(out, False)
         loop.add_reader(out, self._read)
         try:
@@ -438,34 +508,19 @@ class _Watch:
     def _read(self) -> bool:
         """Copy what the pipe holds into the log; False once it is empty for now."""
         try:
-            data = os.read(self.out, 65536)
+            data = os.read(self.out, READ_SIZE)
         except BlockingIOError:
             return False
         except OSError:
             data = b""
         if not data:
             self.loop.remove_reader(self.out)
-            self._write(b"", final=True)
             self.eof = True
-            if self.returncode is not None:
-                self._resolve(False)
+            if self.eof_waiter is not None and not self.eof_waiter.done():
+                self.eof_waiter.set_result(None)
             return False
-        self._write(data)
+        self.log.feed(data)
         return True
-
-    def _write(self, data: bytes, final: bool = False) -> None:
-        lines = (self.partial + data).split(b"\n")
-        self.partial = b"" if final else lines.pop()
-        if final and lines and lines[-1] == b"":
-            lines.pop()
-        if lines and self.write_error is None:
-            ts = _ts()
-            try:
-                os.write(self.log, b"".join(ts + line + b"\n" for line in lines))
-            except OSError as e:
-                # The logs disk is full (or the log is otherwise unwritable): the output
-                # is still read, so the step is not held up, and the error is the step's.
-                self.write_error = e
 
     def _exited(self, code: int | None) -> None:
         if code is None:
@@ -475,10 +530,22 @@ class _Watch:
             self.exit_waiter.set_result(None)
         # The output has usually ended with the process: read it to its end now
         # rather than on another turn of the loop.
-        while not self.eof and not self.lost and self._read():
+        while not self.eof and self._read():
             pass
-        if self.eof or self.lost:
-            self._resolve(False)
+        self._resolve(False)
+
+    async def drain(self) -> bool:
+        """Read the output to its end (the step's leftovers are killed); False if it is
+        still open after a grace."""
+        while not self.eof and self._read():
+            pass
+        if not self.eof:
+            self.eof_waiter = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self.eof_waiter, KILL_GRACE_S)
+            except TimeoutError:
+                pass
+        return self.eof
 
     async def stop(self) -> None:
         """Kill the step's process group: SIGTERM, then SIGKILL after a grace."""
@@ -494,13 +561,11 @@ class _Watch:
                     pass
 
     def close(self) -> None:
-        """Stop watching; output still buffered is flushed to the log."""
+        """Stop watching."""
         try:
             self.loop.remove_reader(self.out)
         except (ValueError, OSError):
             pass
-        if self.partial:
-            self._write(b"", final=True)
         os.close(self.out)
         if self.returncode is None:
             self.spawner.forget(self.pid)

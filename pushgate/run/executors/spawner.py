@@ -9,11 +9,13 @@ attached), the helper posix_spawns the command in a new session and answers
 with its pid, and reports its exit status once it has reaped it.
 
 Messages are marshal-encoded tuples (both ends are the same Python):
-  runner -> helper: ("spawn", id, argv, executable, cwd, env) + one fd
+  runner -> helper: ("spawn", id, argv, executable, cwd, env) + the output fd, and
+                    the step's cgroup.procs and the helper's own (see leftovers.py)
                     | ("sandbox", id, bwrap argv) + one socket (the job's)
-  helper -> runner: ("pid", id, pid) | ("error", id, errno, strerror)
+  helper -> runner: ("pid", id, pid, in its cgroup) | ("error", id, errno, strerror)
                     | ("exit", pid, exit code, or -signal)
-  agent -> runner:  ("ready", 0) | ("error", 0, errno, strerror), then as the helper
+  agent -> runner:  ("ready", 0, the sandbox's pid 1) | ("error", 0, errno, strerror),
+                    then as the helper
 
 A job's sandbox (see sandbox.py): the helper forks an *agent* for the job, which
 starts a bubblewrap sandbox holding nothing but `cat` as its pid 1, joins that
@@ -55,6 +57,10 @@ def _send(sock: socket.socket, msg: tuple) -> None:
 
 # Children whose exit nobody asked about (an agent's bwrap, the helper's agents).
 _quiet: set[int] = set()
+# The steps started, whose exits are reported (not the orphans a subreaper inherits).
+_steps: set[int] = set()
+_PR_SET_CHILD_SUBREAPER = 36
+_subreaper = False
 READY = b"\0pushgate-sandbox-ready\n"
 # Namespaces joined, the mount namespace last (it changes what /proc/PID/ns means).
 NAMESPACES = ("user", "ipc", "net", "pid", "mnt")
@@ -99,8 +105,9 @@ def _read_until(fd: int, want: bytes, timeout: float) -> bytes:
     return data
 
 
-def _enter_sandbox(bwrap: list[str]) -> int:
-    """Start the job's sandbox, join it and drop every privilege; the holder's pid."""
+def _enter_sandbox(bwrap: list[str]) -> tuple[int, int]:
+    """Start the job's sandbox, join it and drop every privilege; the holder's pid and
+    the sandbox's pid 1 (as the host sees it)."""
     libc = _c()
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -161,7 +168,7 @@ def _enter_sandbox(bwrap: list[str]) -> int:
     _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
     _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     # in_w stays open (close-on-exec) for the agent's life: cat's stdin.
-    return holder
+    return holder, child
 
 
 def _agent(main: socket.socket, job: socket.socket, bwrap: list[str]) -> None:
@@ -170,11 +177,11 @@ def _agent(main: socket.socket, job: socket.socket, bwrap: list[str]) -> None:
         main.close()
         signal.set_wakeup_fd(-1)
         try:
-            holder = _enter_sandbox(bwrap)
+            holder, init = _enter_sandbox(bwrap)
         except OSError as e:
             _send(job, ("error", 0, e.errno or 0, e.strerror or str(e)))
             return
-        _send(job, ("ready", 0))
+        _send(job, ("ready", 0, init))
         serve(job)
         # The runner is done with the job. Closing cat's stdin (our exit would too)
         # ends pid 1, and the kernel kills the rest; reap until bwrap is gone (steps
@@ -207,8 +214,21 @@ def _sandbox(main: socket.socket, msg: tuple, fd: int) -> None:
     job.close()
 
 
-def _spawn(sock: socket.socket, msg: tuple, fd: int) -> None:
+def _spawn(sock: socket.socket, msg: tuple, fds: list[int]) -> None:
+    global _subreaper
     _, rid, argv, exe, cwd, env = msg
+    fd = fds[0]
+    moved = False
+    if len(fds) == 3:
+        # Into the step's cgroup just for the spawn: the step and all it forks stay there.
+        try:
+            os.write(fds[1], b"0")
+            moved = True
+        except OSError:
+            pass
+    elif not _subreaper:
+        # No cgroup: the step's orphans become our children, for the runner's sweep.
+        _subreaper = _c().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     try:
         # Single-threaded, so changing directory for the spawn is safe here. Every
         # time, even to the same path: a job's rerun makes its directory anew.
@@ -233,12 +253,19 @@ def _spawn(sock: socket.socket, msg: tuple, fd: int) -> None:
     except OSError as e:
         _send(sock, ("error", rid, e.errno or 0, e.strerror or str(e)))
     else:
-        _send(sock, ("pid", rid, pid))
+        _steps.add(pid)
+        _send(sock, ("pid", rid, pid, moved))
     finally:
-        os.close(fd)
+        if moved:
+            try:
+                os.write(fds[2], b"0")
+            except OSError:
+                pass
+        for f in fds:
+            os.close(f)
 
 
-_FD_SPACE = socket.CMSG_SPACE(4)
+_FD_SPACE = socket.CMSG_SPACE(4 * 3)
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -265,10 +292,11 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
-        if pid in _quiet:
-            _quiet.discard(pid)
-            continue
-        _send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+        if pid in _steps:
+            _steps.discard(pid)
+            _send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+        else:
+            _quiet.discard(pid)  # an agent, a bwrap, or a step's orphan
 
 
 def serve(sock: socket.socket) -> None:
@@ -300,8 +328,8 @@ def serve(sock: socket.socket) -> None:
             if not data:
                 return  # the runner is gone
             msg = marshal.loads(data)
-            if msg[0] == "spawn" and len(fds) == 1:
-                _spawn(sock, msg, fds[0])
+            if msg[0] == "spawn" and len(fds) in (1, 3):
+                _spawn(sock, msg, fds)
             elif msg[0] == "sandbox" and len(fds) == 1:
                 _sandbox(sock, msg, fds[0])
             else:
