@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 from collections.abc import Container
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
@@ -303,6 +303,11 @@ class Shared:
     executors: Executors
     stopping: asyncio.Event
     writer: GroupWriter
+    # Queue order across flights: flight -> (its rank, the hosts its ready jobs wait
+    # for). A runner leaves a host to a better-ranked flight's waiting job.
+    waiting: dict[int, tuple[tuple[int, float, int], frozenset[str]]] = field(
+        default_factory=dict
+    )
 
 
 class FlightRunner:
@@ -329,6 +334,8 @@ class FlightRunner:
         if info is None:
             raise FlightRunError(f"flight {flight} does not exist")
         self.info = info
+        # Its place in the queue (priority, waiting since, flight): set by the worker.
+        self.rank: tuple[int, float, int] = (0, info.created, flight)
         # A health-check flight: its job may use a bad host, or one due a check.
         self.check = info.intended == healthcheck.CHECK
         # Health-check flights this runner (alone in its process) runs beside its own.
@@ -432,6 +439,8 @@ class FlightRunner:
             await self._loop()
         finally:
             hb.cancel()
+            assert self.shared is not None
+            self.shared.waiting.pop(self.flight, None)
         return self._finish()
 
     def _finish(self) -> dict[str, str]:
@@ -729,6 +738,8 @@ class FlightRunner:
         # Read the slots lazily: most rounds (a job ended) start one job or none.
         free: dict[str, int] | None = None
         wanted: list[tuple[str, _JobState, list[str]]] = []
+        # Hosts a better-ranked flight's ready job waits for are left to it.
+        reserved = self._reserved()
         for job in list(queue.ready):
             st = state[job]
             if st.status != Status.QUEUED or job in self.tasks:
@@ -739,11 +750,12 @@ class FlightRunner:
                 free = self._free_slots()
             if all(n <= 0 for n in free.values()):
                 break  # no slot anywhere: the rest waits for the next round
-            candidates = [h for h in eligible if free.get(h, 0) > 0]
+            candidates = [h for h in eligible if free.get(h, 0) > 0 and h not in reserved]
             if not candidates:
                 continue
             free[candidates[0]] -= 1  # tentatively: the claim may land on another candidate
             wanted.append((job, st, candidates))
+        self._publish_wants(state, queue)
         # All claims of this round go to the writer at once: one group commit.
         claims = await asyncio.gather(*(self._claim(job, c) for job, _, c in wanted))
         for (job, st, _), claim in zip(wanted, claims, strict=True):
@@ -755,6 +767,34 @@ class FlightRunner:
             assert isinstance(claim, dbh.Claim)
             run = self.runs[job] = JobRun(self.ctx, job, claim, st.runvars, st.deps)
             self.tasks[job] = asyncio.create_task(run.run())
+        if wanted:
+            self._publish_wants(state, queue)
+
+    def _reserved(self) -> frozenset[str]:
+        """The hosts a better-ranked flight of this worker has a ready job waiting for
+        (priority, then waiting time, across flights: every worker runs every flight with
+        queued jobs, so each sees the better-ranked jobs a host should go to)."""
+        if self.shared is None:
+            return frozenset()
+        out: set[str] = set()
+        for f, (rank, hosts) in self.shared.waiting.items():
+            if f != self.flight and rank < self.rank:
+                out |= hosts
+        return frozenset(out)
+
+    def _publish_wants(self, state: dict[str, _JobState], queue: _Queue) -> None:
+        """Tell the worker's other flights which hosts this flight's ready jobs wait for."""
+        if self.shared is None:
+            return
+        wants: set[str] = set()
+        for job in queue.ready:
+            st = state[job]
+            if st.status == Status.QUEUED and job not in self.tasks:
+                wants.update(st.eligible or ())
+        if wants:
+            self.shared.waiting[self.flight] = (self.rank, frozenset(wants))
+        else:
+            self.shared.waiting.pop(self.flight, None)
 
     async def _claim(self, job: str, hosts: list[str]) -> dbh.Claim | str | None:
         """A slot for the job; "taken" if another runner has the job; None if no slot."""

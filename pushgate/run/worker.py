@@ -173,6 +173,7 @@ class Worker:
                         progress=self._progress(qf.flight),
                         shared=self.shared,
                     )
+                    fr.rank = qf.rank
                     self.runners[qf.flight] = asyncio.create_task(fr.run())
                     self._runner_notes[qf.flight] = fr.notes
             if not self.runners:
