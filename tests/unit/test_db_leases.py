@@ -89,3 +89,22 @@ def test_a_queued_job_is_settled_once(db: Database) -> None:
         assert dbf.claim_job(conn, f, "test", "r1", time.time() + 30) is None
     with db.read() as conn:
         assert dbf.job_statuses(conn, [(f, "test")]) == {(f, "test"): "blocked"}
+
+
+def test_a_claim_skips_a_job_another_claim_has_locked(db: Database) -> None:
+    """PostgreSQL: a worker does not wait for another worker's claim of the same job to
+    commit (FOR UPDATE SKIP LOCKED): it gets None at once and goes on to other jobs."""
+    if not db.url.startswith("postgresql"):
+        pytest.skip("row locks: PostgreSQL only")
+    f = _flight(db)
+    now = time.time()
+    with db.write() as first:
+        assert dbf.claim_job(first, f, "build", "r1", now + 30) is not None
+        with db.write() as second:
+            second.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
+            t0 = time.monotonic()
+            assert dbf.claim_job(second, f, "build", "r2", now + 30) is None
+            assert time.monotonic() - t0 < 1.0
+    with db.read() as conn:
+        runner = conn.execute(select(jobs.c.runner).where(jobs.c.job == "build")).scalar()
+    assert runner == "r1"
