@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
 
+from sqlalchemy.exc import OperationalError
+
 from pushgate.bisect.runner import range_lock
 from pushgate.config import Loaded
 from pushgate.daemon.retention import daily_gc
@@ -243,11 +245,19 @@ class Daemon:
     def run(self) -> int:
         self.install_signals()
         while not self.stopping:
-            self.step()
-            if self.once and self.once_done():
-                break
-            self.wake.clear()
-            self.wake.wait(self.sleep_time())
+            try:
+                self.step()
+                if self.once and self.once_done():
+                    break
+                self.wake.clear()
+                wait = self.sleep_time()
+            except OperationalError as e:
+                # The database went away (a restart, a cut): wait and try again. Every
+                # step is idempotent and the cycles resume from what they committed.
+                log.warning("database unreachable, retrying in %gs: %s", self.poll_s, e.orig)
+                self.wake.clear()
+                wait = self.poll_s
+            self.wake.wait(wait)
         self.shutdown()
         # --once exits as `branch run` does (the most severe of its cycles'); a daemon
         # stopped by a signal, which it was made for, exits 0 unless a cycle failed.
