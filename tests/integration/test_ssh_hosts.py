@@ -256,3 +256,51 @@ def test_changed_host_key_refused_host_marked_bad(
     log = step_log(loaded, db, flight, "j", "s")
     assert re.search(r"host a-rekeyed \(.*\): its host key is not the one in .*refused", log)
     assert h0.known_hosts.read_text() == known  # never trusted silently
+
+
+def test_bad_ssh_host_is_health_checked_before_use(
+    tmp_path: Path, db_url: str, hosts: list[SshHost]
+) -> None:
+    """A bad ssh host gets the health-check job, queued for it automatically, before any
+    other job; passing makes it good. Down, the check breaks and the host stays bad."""
+    from pushgate.run import healthcheck
+    from pushgate.run.scheduler import sync_config_hosts
+
+    h0 = hosts[0]
+    jobs = {
+        "hc": {"trees": [], "hostflags": ["test"], "steps": [{"testid": "c", "command": "id -un"}]},
+        "j": {"trees": [], "hostflags": ["test"], "steps": [{"testid": "t", "command": "true"}]},
+    }
+    project = make_project(tmp_path, db_url)
+    runner = {"heartbeat_s": 0.5, "lease_s": 3, "shared": [str(project.ctl)]}
+    runner.update(health_check_job="hc", starve_after_s=30)
+    extra = {"hosts": {"ssh-a": host_cfg(h0, ["test"])}, "runner": runner}
+    loaded, db = project.load(jobs, branch_jobs=["j"], extra=extra)
+    sync_config_hosts(db, loaded)
+
+    def bad() -> None:
+        with db.write() as conn:
+            hosthealth.record_break(
+                conn, "ssh-a", 0, "x", 0, "lost", "me", bad_after=3, bad_now=True
+            )
+
+    def health() -> tuple[str, str | None]:
+        with db.read() as conn:
+            [h] = dbh.list_hosts(conn)
+        return h.health, h.health_why
+
+    bad()
+    flight = new_flight(db, loaded, "b")
+    statuses, notes = run_flight(db, loaded, flight)
+    assert statuses == {"j": "pass"}, notes
+    assert health() == ("good", "health-check job hc passed")
+    with db.read() as conn:
+        order = [(a.flight, a.job) for a in reversed(dbh.allocations(conn, "ssh-a"))]
+    assert [j for _, j in order] == ["hc", "j"] and order[1][0] == flight
+
+    h0.kill()
+    bad()
+    [check], _ = healthcheck.run_checks(db, loaded, "me")
+    statuses, _ = run_flight(db, loaded, check)
+    assert statuses == {"hc": "broken"}  # pinned: not rerun elsewhere
+    assert health() == ("bad", f"health-check flight {check}: broken, not pass")
