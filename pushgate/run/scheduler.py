@@ -305,9 +305,7 @@ class Shared:
     writer: GroupWriter
     # Queue order across flights: flight -> (its rank, the hosts its ready jobs wait
     # for). A runner leaves a host to a better-ranked flight's waiting job.
-    waiting: dict[int, tuple[tuple[int, float, int], frozenset[str]]] = field(
-        default_factory=dict
-    )
+    waiting: dict[int, tuple[tuple[int, float, int], frozenset[str]]] = field(default_factory=dict)
 
 
 class FlightRunner:
