@@ -163,16 +163,17 @@ class PrivatePG:
         self.running = False
 
     def _as_pg(self, *argv: str, timeout: float = 120) -> None:
-        subprocess.run(
+        p = subprocess.run(
             ["runuser", "-u", "postgres", "--", *argv],
-            check=True,
             capture_output=True,
+            text=True,
             timeout=timeout,
             cwd=self.root,
         )
+        if p.returncode != 0:
+            raise subprocess.SubprocessError(f"{Path(argv[0]).name}: {p.stderr.strip()}")
 
     def init(self) -> None:
-        self.root.mkdir()
         self.sock.mkdir()
         shutil.chown(self.root, "postgres", "postgres")
         shutil.chown(self.sock, "postgres", "postgres")
@@ -465,7 +466,15 @@ class Soak:
                 if not self.committed.is_set():
                     continue
                 self.committed.clear()
-                if self.stop.wait(rng.uniform(0.0, 1.5)):
+                if rng.random() < 0.6:
+                    # Aim inside the cycle: once its flight exists, a moment of it.
+                    deadline = time.monotonic() + 2.0
+                    while self.stage_now() == "between_cycles" and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    delay = rng.uniform(0.0, 0.8)
+                else:
+                    delay = rng.uniform(0.0, 1.5)
+                if self.stop.wait(delay):
                     return
                 with self.lock:
                     self.kill_daemon()
@@ -477,8 +486,11 @@ class Soak:
 
     def stage_now(self) -> str:
         """Where the gate was when killed: the newest cycle's stage (`flight`, `retest`,
-        `push`, `report`...), or `between_cycles` (idle, fetching, making a flight)."""
-        rows = self.q("SELECT stage FROM gate_cycles ORDER BY flight DESC LIMIT 1")
+        `push`, `report`...), `between_cycles` (idle, fetching, making a flight) or `startup`."""
+        try:
+            rows = self.q("SELECT stage FROM gate_cycles ORDER BY flight DESC LIMIT 1")
+        except sa.exc.ProgrammingError:
+            return "startup"  # the daemon has not made the tables yet
         stage = str(rows[0][0]) if rows else "done"
         return "between_cycles" if stage == "done" else stage
 
@@ -657,7 +669,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="pushgate-soak-", dir=args.tmp))
     base.chmod(0o755)
     rng = random.Random(args.seed)
-    pg = PrivatePG(base / "pg")
+    # The cluster's dirs apart, under the system's temp dir: the postgres user must reach
+    # them, and --tmp may be private to root (pytest's tmp_path is).
+    pg = PrivatePG(Path(tempfile.mkdtemp(prefix="pushgate-soak-pg-")))
     s = Soak(base, args.cycles, args.kills, rng, pg)
     chaos: threading.Thread | None = None
     t_start = time.monotonic()
@@ -746,9 +760,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if mounted:
             subprocess.run(["umount", "-l", str(s.logs)], check=False)
         if args.keep:
-            log(f"kept {base}")
+            log(f"kept {base} and {pg.root}")
         else:
             shutil.rmtree(base, ignore_errors=True)
+            shutil.rmtree(pg.root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
