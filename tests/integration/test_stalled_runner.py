@@ -29,7 +29,8 @@ TICKS = (
     'echo "$PUSHGATE_ATTEMPT" > out.txt; '
     'echo "$PUSHGATE_ATTEMPT" > "$PUSHGATE_ARTIFACTS/direct.txt"'
 )
-LINE = re.compile(r" Z (begin|tick) (\d+) ([0-9.]+)$")
+# A log line: stamped "... Z text", or " text" when its second was stamped already.
+LINE = re.compile(r"(?: Z |^ )(begin|tick) (\d+) ([0-9.]+)$")
 
 
 def lines(log: Path) -> list[tuple[str, int, float]]:
