@@ -22,6 +22,9 @@ from pathlib import Path
 
 from pushgate import config as cfgmod
 from pushgate.config import Loaded
+from pushgate.db import cycles as dbc
+from pushgate.db import flights as dbf
+from pushgate.db.engine import Database
 from tests.gitrepo import Repo, make_bare, make_repo, remote_head
 
 CONFIG = """
@@ -232,3 +235,37 @@ def wait_for(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def cycle_flight(
+    db: Database,
+    target: str,
+    expected_old: str | None,
+    jobs: list[dbf.NewJob] | None = None,
+    built: dict[str, dict[str, str]] | None = None,
+) -> int:
+    """A gate cycle's flight of branch `app` made straight in the database (for push tests):
+    `jobs` with their runvars, and `built` output runvars per job."""
+    with db.write() as conn:
+        f = dbf.create_flight(
+            conn,
+            branch="app",
+            intended="real",
+            bless_as="real",
+            revisions={"app": (target, "x", expected_old)},
+            new_jobs=jobs or [],
+        )
+        for job, values in (built or {}).items():
+            dbf.set_runvars(conn, f, job, values)
+        dbc.insert_cycle(
+            conn,
+            flight=f,
+            branch="app",
+            tree="app",
+            mode="normal",
+            target=target,
+            that_revision=expected_old,
+            expected_old=expected_old,
+            reason="test",
+        )
+    return f

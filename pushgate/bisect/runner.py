@@ -608,14 +608,7 @@ def start_for_regressions(
     pairs = list(regressions) if regressions is not None else _regressions(db, loaded, flight)
     out: list[BisectResult] = []
     for job, testid in pairs:
-        with db.read() as conn:
-            last = dbb.latest_for(conn, info.branch, job, testid)
-        if (
-            last is not None
-            and last.status != "running"
-            and last.latest_flight is not None
-            and last.latest_flight >= flight
-        ):
+        if _bisected_past(db, info.branch, job, testid, flight):
             continue  # this failure was bisected already
         try:
             if not run:
@@ -625,6 +618,18 @@ def start_for_regressions(
         except (BisectError, FlightError, GitError) as e:
             (say or _say_nothing)(f"{job} {testid}: cannot bisect: {e}")
     return out
+
+
+def _bisected_past(db: Database, branch: str, job: str, testid: str, flight: int) -> bool:
+    """A finished bisection of (branch, job, testid) already searched up to `flight`."""
+    with db.read() as conn:
+        last = dbb.latest_for(conn, branch, job, testid)
+    return (
+        last is not None
+        and last.status != "running"
+        and last.latest_flight is not None
+        and last.latest_flight >= flight
+    )
 
 
 def _regressions(db: Database, loaded: Loaded, flight: int) -> list[tuple[str, str]]:
@@ -651,14 +656,7 @@ def open_bisections(
     ids: list[int] = []
     notes: list[str] = []
     for job, testid in regressions:
-        with db.read() as conn:
-            last = dbb.latest_for(conn, info.branch, job, testid)
-        if (
-            last is not None
-            and last.status != "running"
-            and last.latest_flight is not None
-            and last.latest_flight >= flight
-        ):
+        if _bisected_past(db, info.branch, job, testid, flight):
             continue  # this failure was bisected already
         try:
             row, _ = open_bisection(db, loaded, info.branch, job, testid, None, None)

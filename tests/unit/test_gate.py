@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 
 from pushgate.config import Loaded
-from pushgate.db import cycles as dbc
-from pushgate.db import flights as dbf
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
 from pushgate.gate.locks import LockBusy, db_lock
 from pushgate.gate.push import block, decide, force, gate_state, push_flight, unblock
 from pushgate.publish.report import push_part
-from tests.gateproject import GateProject, make_gate_project
+from tests.gateproject import GateProject, cycle_flight, make_gate_project
 
 FREE = dbp.GateState("app")
 
@@ -54,27 +52,7 @@ def test_decision_rule(kw: dict[str, object], state: dbp.GateState, push: bool, 
 
 def _cycle_flight(db: Database, loaded: Loaded, target: str, expected_old: str | None) -> int:
     """A finished flight of the gate (no jobs needed to exercise the push)."""
-    with db.write() as conn:
-        f = dbf.create_flight(
-            conn,
-            branch="app",
-            intended="real",
-            bless_as="real",
-            revisions={"app": (target, "x", expected_old)},
-            new_jobs=[],
-        )
-        dbc.insert_cycle(
-            conn,
-            flight=f,
-            branch="app",
-            tree="app",
-            mode="normal",
-            target=target,
-            that_revision=expected_old,
-            expected_old=expected_old,
-            reason="test",
-        )
-    return f
+    return cycle_flight(db, target, expected_old)
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ from click.testing import CliRunner
 from pushgate import config as cfgmod
 from pushgate.cli.main import main
 from pushgate.config import ConfigError
-from pushgate.db import cycles as dbc
 from pushgate.db import flights as dbf
 from pushgate.db.engine import Database
 from pushgate.gate.push import push_flight
 from pushgate.paths import mirror
 from pushgate.publish.report import push_part
-from tests.gateproject import GateProject, make_gate_project
+from tests.gateproject import GateProject, cycle_flight, make_gate_project
 
 CONFIG = """\
 [trees.xen]
@@ -91,28 +90,7 @@ def _flight_with_builds(db: Database, target: str, old: str) -> int:
         dbf.NewJob("test-a", {"revision_app": target}, {"buildjob": (None, "build")}),
         dbf.NewJob("test-b", {}, {"buildjob": (None, "build")}),
     ]
-    with db.write() as conn:
-        f = dbf.create_flight(
-            conn,
-            branch="app",
-            intended="real",
-            bless_as="real",
-            revisions={"app": (target, "x", old)},
-            new_jobs=jobs,
-        )
-        dbf.set_runvars(conn, f, "build", {"built_revision_app": target})
-        dbc.insert_cycle(
-            conn,
-            flight=f,
-            branch="app",
-            tree="app",
-            mode="normal",
-            target=target,
-            that_revision=old,
-            expected_old=old,
-            reason="test",
-        )
-    return f
+    return cycle_flight(db, target, old, jobs, {"build": {"built_revision_app": target}})
 
 
 @pytest.fixture
