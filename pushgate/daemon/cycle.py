@@ -22,7 +22,7 @@ from pushgate.config import Loaded
 from pushgate.db import cycles as dbc
 from pushgate.db import pushes as dbp
 from pushgate.db.engine import Database
-from pushgate.gate.cycle import RunFn, Stopper, advance_gate, open_cycle
+from pushgate.gate.cycle import RunFn, Stopper, advance_gate, cycle_row, open_cycle
 from pushgate.gate.locks import HeldLock, LockLost, db_lock, pause_point
 from pushgate.gate.push import push_line, retry_push
 from pushgate.git import GitError
@@ -173,7 +173,7 @@ def _advance(
         pause_point("mail")
         # The report goes out now, before any bisection of its regressions starts.
         deliver_due(db, mailer)
-        cyc = dbc_row(db, flight)
+        cyc = cycle_row(db, flight)
     if cyc.stage == "bisect":
         if stopper.stop:
             return "stopped"
@@ -190,10 +190,3 @@ def _advance(
         with db.read() as conn:
             res.push = dbp.get_push(conn, flight)
     return "done"
-
-
-def dbc_row(db: Database, flight: int) -> dbc.CycleRow:
-    with db.read() as conn:
-        cyc = dbc.get_cycle(conn, flight)
-    assert cyc is not None
-    return cyc

@@ -236,7 +236,8 @@ def make_retest(db: Database, loaded: Loaded, cyc: dbc.CycleRow, jobs: list[str]
     return retest
 
 
-def _cycle_row(db: Database, flight: int) -> dbc.CycleRow:
+def cycle_row(db: Database, flight: int) -> dbc.CycleRow:
+    """The cycle of a flight the gate made (it must exist)."""
     with db.read() as conn:
         cyc = dbc.get_cycle(conn, flight)
     assert cyc is not None
@@ -260,7 +261,7 @@ def open_cycle(
         if p is not None:
             flight = make_flight(db, loaded, branch, p)
             log.info("%s: flight %s (%s)", branch, flight, p.reason)
-            cyc = _cycle_row(db, flight)
+            cyc = cycle_row(db, flight)
     return cyc
 
 
@@ -303,7 +304,7 @@ def advance_gate(
             make_retest(db, loaded, cyc, jobs, note)
         else:
             _judge(db, loaded, flight, note)
-        cyc = _cycle_row(db, flight)
+        cyc = cycle_row(db, flight)
     if stopper.stop:
         return "stopped", cyc
     if cyc.stage == "retest":
@@ -315,7 +316,7 @@ def advance_gate(
                 return "stopped", cyc
             check()
         _judge(db, loaded, flight)
-        cyc = _cycle_row(db, flight)
+        cyc = cycle_row(db, flight)
     if stopper.stop:
         return "stopped", cyc
     if cyc.stage == "push":
@@ -329,5 +330,5 @@ def advance_gate(
         push_flight(db, loaded, flight, tolerable=vd.classification.tolerable, blessing=blessing)
         with db.write() as conn:
             dbc.set_stage(conn, flight, "report")
-        cyc = _cycle_row(db, flight)
+        cyc = cycle_row(db, flight)
     return "ok", cyc

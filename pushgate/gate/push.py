@@ -180,6 +180,27 @@ def untested_build(conn: Connection, flights: list[int], tree: str, target: str)
     return None
 
 
+def _decide_cycle(
+    db: Database,
+    branch_push: bool,
+    cyc: dbc.CycleRow,
+    blessing: str,
+    tolerable: bool,
+    state: dbp.GateState,
+) -> Decision:
+    """The decision for a gate cycle's flight: §6.1, then only what was tested."""
+    d = decide(
+        branch_push=branch_push,
+        mode=cyc.mode,
+        blessing=blessing,
+        target=cyc.target,
+        expected_old=cyc.expected_old,
+        tolerable=tolerable,
+        state=state,
+    )
+    return _only_tested(db, cyc, d)
+
+
 def _only_tested(db: Database, cyc: dbc.CycleRow, d: Decision) -> Decision:
     """Invariant 1: only the tested tuple is pushed, whatever the verdict or a force."""
     if not d.push:
@@ -210,16 +231,7 @@ def push_flight(
             row = dbp.get_push(conn, flight)
             state = dbp.get_gate(conn, cyc.branch)
         if row is None:
-            d = decide(
-                branch_push=br.push,
-                mode=cyc.mode,
-                blessing=blessing,
-                target=cyc.target,
-                expected_old=cyc.expected_old,
-                tolerable=tolerable,
-                state=state,
-            )
-            d = _only_tested(db, cyc, d)
+            d = _decide_cycle(db, br.push, cyc, blessing, tolerable, state)
             with db.write() as conn:
                 dbp.insert_push(
                     conn,
@@ -299,16 +311,7 @@ def retry_due(db: Database, loaded: Loaded, branch: str) -> Retry | None:
     vd = verdicts.stored(db, cyc.flight)
     if vd is None or not vd.classification.tolerable:
         return None
-    d = decide(
-        branch_push=br.push,
-        mode=cyc.mode,
-        blessing=blessing,
-        target=cyc.target,
-        expected_old=cyc.expected_old,
-        tolerable=True,
-        state=state,
-    )
-    d = _only_tested(db, cyc, d)
+    d = _decide_cycle(db, br.push, cyc, blessing, True, state)
     if not d.push:
         return None
     by = state.by if d.why.startswith("forced") else None
