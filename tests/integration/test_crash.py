@@ -75,8 +75,9 @@ def test_kill_9_mid_step_then_resume(project: Project, tmp_path: Path) -> None:
             ],
         },
     }
-    # Unisolated: a sandboxed step dies with its runner (next test); this one is left
-    # behind, for the next run to find and kill.
+    # Unisolated, and the runner killed with its helper and the job's agent (as by the
+    # OOM killer): the step is left behind, for the next run to find and kill. (Killed
+    # alone, the runner's agents kill its steps: the next test.)
     extra = {"runner": {"heartbeat_s": 0.5, "lease_s": 3, "isolation": "none"}}
     cfg = project.config(jobs, extra=extra)
     loaded, db = project.load(jobs, extra=extra)
@@ -87,10 +88,12 @@ def test_kill_9_mid_step_then_resume(project: Project, tmp_path: Path) -> None:
     with db.read() as conn:
         before = {(s.job, s.stepno): s for s in dbf.get_steps(conn, flight)}
     assert before[("test", 3)].status == "running"
+    for pid in helpers(proc.pid):
+        os.kill(pid, signal.SIGKILL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     orphan = int(hang.read_text())
-    assert alive(orphan)  # kill -9 of the runner leaves the step's process behind
+    assert alive(orphan)  # kill -9 of them all leaves the step's process behind
 
     proc = start_run(cfg, flight)
     _, err = proc.communicate(timeout=60)
@@ -121,6 +124,22 @@ def test_kill_9_mid_step_then_resume(project: Project, tmp_path: Path) -> None:
     assert held == []
 
 
+def helpers(pid: int) -> list[int]:
+    """The spawner helper and agents under a runner."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            for child in map(int, f.read().split()):
+                try:
+                    with open(f"/proc/{child}/cmdline", "rb") as c:
+                        if b"spawner.py" in c.read():
+                            out.append(child)
+                except OSError:
+                    continue
+                out += helpers(child)
+    return out
+
+
 def step_pids(flight: int, job: str) -> list[int]:
     """The processes of a job's steps, found by their environment as kill_orphans does."""
     want = {f"PUSHGATE_FLIGHT={flight}".encode(), f"PUSHGATE_JOB={job}".encode()}
@@ -135,20 +154,23 @@ def step_pids(flight: int, job: str) -> list[int]:
     return pids
 
 
-def test_kill_9_of_the_runner_takes_its_sandboxed_steps_along(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_kill_9_of_the_runner_takes_its_steps_along(tmp_path: Path, isolation: str) -> None:
     project = make_project(tmp_path, f"sqlite:///{tmp_path}/pg.db")
     mark = project.ctl / "started"
     jobs = {"j": {"trees": [], "steps": [{"testid": "hang", "command": f"touch {mark}; sleep 60"}]}}
-    cfg = project.config(jobs)
-    loaded, db = project.load(jobs)
+    extra = {"runner": {"isolation": isolation, "shared": [str(project.ctl)]}}
+    cfg = project.config(jobs, extra=extra)
+    loaded, db = project.load(jobs, extra=extra)
     flight = new_flight(db, loaded, "b")
     proc = start_run(cfg, flight)
     wait_for(mark)
     assert step_pids(flight, "j")  # the step's shell and its sleep
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    # Its helper and the job's agent see the runner's socket close: the sandbox's pid 1
-    # ends and the kernel kills everything in it, with no later run needed.
+    # The job's agent sees the runner's socket close: it kills the job's processes (in a
+    # sandbox, it is the pid 1 whose end makes the kernel kill everything in it), with no
+    # later run needed.
     deadline = time.monotonic() + 5
     while step_pids(flight, "j") and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -163,6 +163,13 @@ def test_helper_death_breaks_the_running_step_and_the_next_step_runs(tmp_path: P
     assert "spawner helper died" in (tmp_path / "a.log").read_text()
     assert second.exit_code == 0  # type: ignore[attr-defined]
     assert not alive(helper)
+    # Its step went too (killed by the runner: the helper that would have is gone).
+    for _ in range(100):
+        if subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True).returncode == 1:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the dead helper's step lives on")
 
 
 def test_helper_exits_when_the_executor_closes(tmp_path: Path) -> None:

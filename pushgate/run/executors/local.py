@@ -20,9 +20,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from pushgate.run.executors import leftovers, spawner
+from pushgate.run.executors import spawner
 from pushgate.run.executors.base import JobFiles, Sandbox, StepOutcome, StepRun, stamp
-from pushgate.run.executors.sandbox import bwrap_argv
+from pushgate.run.executors.sandbox import HOST, base_argv, job_spec
 from pushgate.run.executors.steplog import StepLog
 
 # Grace between SIGTERM and SIGKILL when a step times out or is cancelled.
@@ -63,6 +63,10 @@ def kill_orphans(runner: str, flight: int) -> int:
     return len(groups)
 
 
+# What a step left running and was killed when it ended: pid and command line.
+Killed = list[tuple[int, str]]
+
+
 class SpawnerDied(RuntimeError):
     pass
 
@@ -77,8 +81,6 @@ class SpawnerClient:
         # The agent's ("ready", 0) or its error; None for the helper.
         self.ready: asyncio.Future[None] | None = None
         self.gone: asyncio.Future[None] | None = None
-        # The sandbox's pid 1, as the host sees it (an agent's).
-        self.init_pid: int | None = None
         if sock is None:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             with theirs:
@@ -98,10 +100,10 @@ class SpawnerClient:
             self.gone = loop.create_future()
         self.sock = sock
         self.next_id = 0
-        self.spawns: dict[int, asyncio.Future[tuple[int, bool]]] = {}
-        self.exit_callbacks: dict[int, Callable[[int | None], None]] = {}
+        self.spawns: dict[int, asyncio.Future[int]] = {}
+        self.exit_callbacks: dict[int, Callable[[int | None, Killed], None]] = {}
         # Exits reported before anyone asked (a step that ended at once).
-        self.exits: dict[int, int] = {}
+        self.exits: dict[int, tuple[int, Killed]] = {}
         self.dead = False
         if self.ready is not None:
             self.attach(asyncio.get_running_loop())
@@ -115,46 +117,52 @@ class SpawnerClient:
             loop.add_reader(self.sock.fileno(), self._receive)
 
     async def spawn(
-        self,
-        argv: list[str],
-        exe: str | None,
-        cwd: str,
-        env: dict[str, str],
-        out: int,
-        cgroup: tuple[int, int] | None = None,
-    ) -> tuple[int, bool]:
-        """Start argv with `out` as its stdout and stderr, in the cgroup whose cgroup.procs
-        is cgroup[0] (cgroup[1]: the helper's own); its pid and whether it is in that
-        cgroup (OSError if it cannot start)."""
+        self, argv: list[str], exe: str | None, cwd: str, env: dict[str, str], out: int
+    ) -> int:
+        """Start argv with `out` as its stdout and stderr; its pid (OSError if it cannot
+        start)."""
         if self.dead:
             raise SpawnerDied("the spawner helper died")
         loop = asyncio.get_running_loop()
         self.attach(loop)
         rid = self.next_id = self.next_id + 1
-        fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        fut: asyncio.Future[int] = loop.create_future()
         self.spawns[rid] = fut
-        fds = [out] if cgroup is None else [out, *cgroup]
         try:
-            socket.send_fds(self.sock, [marshal.dumps(("spawn", rid, argv, exe, cwd, env))], fds)
+            socket.send_fds(self.sock, [marshal.dumps(("spawn", rid, argv, exe, cwd, env))], [out])
         except OSError as e:
             del self.spawns[rid]
             raise SpawnerDied(f"cannot reach the spawner helper: {e}") from None
         return await fut
 
-    def sandbox(self, bwrap: list[str]) -> SpawnerClient:
-        """Have the helper fork an agent that makes a sandbox with bwrap's arguments and
-        starts steps inside it; its client (await .ready before spawning)."""
+    def sandbox(self, bwrap: list[str], host: str, spec: tuple) -> SpawnerClient:
+        """Have the helper's zygote for the runner's sandbox (bwrap's arguments) fork an
+        agent that makes the job's namespaces (spec) in it and starts steps inside them;
+        its client (await .ready before spawning)."""
+        return self._ask_agent(("sandbox", 0, bwrap, host, spec))
+
+    def _ask_agent(self, msg: tuple) -> SpawnerClient:
         if self.dead:
             raise SpawnerDied("the spawner helper died")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             try:
-                msg = marshal.dumps(("sandbox", 0, bwrap))
-                socket.send_fds(self.sock, [msg], [theirs.fileno()])
+                socket.send_fds(self.sock, [marshal.dumps(msg)], [theirs.fileno()])
             except OSError as e:
                 ours.close()
                 raise SpawnerDied(f"cannot reach the spawner helper: {e}") from None
         return SpawnerClient(ours)
+
+    def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        """Signal a step's process group: through its agent, which knows it (in a
+        sandbox its pid is of the sandbox's own namespace)."""
+        if self.ready is None:
+            kill_group(pid, sig)
+        elif not self.dead:
+            try:
+                self.sock.send(marshal.dumps(("kill", 0, pid, int(sig))))
+            except OSError:
+                pass
 
     async def shut(self, timeout: float = 10.0) -> None:
         """An agent's end: it kills what still runs in its sandbox, then exits."""
@@ -166,11 +174,11 @@ class SpawnerClient:
                 pass
         self.close()
 
-    def on_exit(self, pid: int, callback: Callable[[int | None], None]) -> None:
-        """Call callback(exit code, -signal if killed) once pid has been reaped,
-        or callback(None) if the helper died first."""
+    def on_exit(self, pid: int, callback: Callable[[int | None, Killed], None]) -> None:
+        """Call callback(exit code, -signal if killed; what the step left running and was
+        killed) once pid has been reaped, or callback(None, []) if the helper died first."""
         if pid in self.exits:
-            callback(self.exits.pop(pid))
+            callback(*self.exits.pop(pid))
         elif self.dead:
             raise SpawnerDied("the spawner helper died")
         else:
@@ -196,24 +204,24 @@ class SpawnerClient:
             if msg[1] == 0 and self.ready is not None and kind in ("ready", "error"):
                 if not self.ready.done():
                     if kind == "ready":
-                        self.init_pid = msg[2]
                         self.ready.set_result(None)
                     else:
                         self.ready.set_exception(OSError(msg[2], msg[3]))
                 continue
             if kind == "exit":
-                _, pid, code = msg
+                _, pid, code, killed = msg
+                left = [(p, c) for p, c in killed]
                 cb = self.exit_callbacks.pop(pid, None)
                 if cb is None:
-                    self.exits[pid] = code
+                    self.exits[pid] = (code, left)
                 else:
-                    cb(code)
+                    cb(code, left)
                 continue
             fut = self.spawns.pop(msg[1], None)
             if fut is None or fut.done():
                 continue
             if kind == "pid":
-                fut.set_result((msg[2], msg[3]))
+                fut.set_result(msg[2])
             else:
                 fut.set_exception(OSError(msg[2], msg[3]))
 
@@ -234,7 +242,7 @@ class SpawnerClient:
                 fut.set_exception(err)
         self.spawns.clear()
         for cb in self.exit_callbacks.values():
-            cb(None)
+            cb(None, [])
         self.exit_callbacks.clear()
 
     def close(self) -> None:
@@ -261,10 +269,12 @@ class SpawnerClient:
 
 
 class LocalExecutor:
-    """Steps as processes on this machine, started and reaped by the spawner helper.
+    """Steps as processes on this machine, started and reaped by a job's agent.
 
-    Output is read from a non-blocking pipe on the event loop and the exit
-    comes as a message from the helper: no watcher thread per child, no
+    Each job has an agent, forked by the spawner helper (or, in a sandbox, by the
+    zygote of the runner's sandbox): it starts the job's steps in turn, reports their
+    exits, and kills what a step left running when it ends (see spawner.py). Output is
+    read from a non-blocking pipe on the event loop: no watcher thread per child, no
     asyncio transport, no fork in the runner.
     """
 
@@ -275,24 +285,13 @@ class LocalExecutor:
         # tries execve in each PATH directory in turn, while the helper waits.
         self._which: dict[tuple[str, str], str | None] = {}
         self._spawner: SpawnerClient | None = None
-        # The agents of the jobs' sandboxes (one a job, made at its first step).
-        self._sandboxes: dict[Sandbox, SpawnerClient] = {}
-        # Step cgroups, or None: leftovers are found by a sweep (see leftovers.py).
-        self._cgroups: leftovers.Cgroups | None = None
-        self._cgroups_tried = False
-        self._marks = 0
+        # The agents of the jobs' sandboxes (made at a job's first step).
+        self._agents: dict[Sandbox, SpawnerClient] = {}
 
     def start(self) -> None:
         """Start the spawner helper now rather than at the first step."""
         if self._spawner is None:
             self._spawner = SpawnerClient()
-        self._cgroups_open()
-
-    def _cgroups_open(self) -> leftovers.Cgroups | None:
-        if not self._cgroups_tried:
-            self._cgroups_tried = True
-            self._cgroups = leftovers.Cgroups.make()
-        return self._cgroups
 
     def _executable(self, argv0: str, env: dict[str, str]) -> str | None:
         if "/" in argv0:
@@ -310,30 +309,34 @@ class LocalExecutor:
         return self._spawner
 
     async def _client(self, sandbox: Sandbox | None) -> SpawnerClient:
-        """Who starts the step: the helper, or the agent of the job's sandbox."""
+        """Who starts the step: the helper, or the agent of the job's sandbox (made at the
+        job's first step)."""
         if sandbox is None:
             return self.spawner()
-        client = self._sandboxes.get(sandbox)
+        client = self._agents.get(sandbox)
         if client is None:
-            client = self._sandboxes[sandbox] = self.spawner().sandbox(bwrap_argv(sandbox))
+            client = self.spawner().sandbox(base_argv(sandbox), HOST, job_spec(sandbox))
+            self._agents[sandbox] = client
             assert client.ready is not None
             try:
                 await client.ready
             except OSError as e:
                 raise OSError(e.errno, f"cannot make the job's sandbox: {e.strerror}") from None
         elif client.dead:
-            raise SpawnerDied("the job's sandbox is gone")
+            # (Killed: its sandbox with it.) The job goes on in a new one.
+            del self._agents[sandbox]
+            return await self._client(sandbox)
         return client
 
     async def _spawn(
-        self, req: StepRun, out: int, env: dict[str, str], cg: tuple[int, int] | None
-    ) -> tuple[SpawnerClient, int, bool]:
+        self, req: StepRun, out: int, env: dict[str, str]
+    ) -> tuple[SpawnerClient, int]:
         argv0 = req.argv[0]
         exe = self._executable(argv0, env)
         client = await self._client(req.sandbox)
         cwd = str(req.cwd)
         try:
-            pid, contained = await client.spawn(req.argv, exe or argv0, cwd, env, out, cg)
+            pid = await client.spawn(req.argv, exe or argv0, cwd, env, out)
         except FileNotFoundError:
             if exe is None:
                 raise
@@ -341,26 +344,11 @@ class LocalExecutor:
             # recursively: a missing cwd fails with the same error every time).
             self._which.clear()
             exe = self._executable(argv0, env)
-            pid, contained = await client.spawn(req.argv, exe or argv0, cwd, env, out, cg)
-        return client, pid, contained
-
-    def _leftovers(
-        self, client: SpawnerClient, cgroup: str | None, mark: str | None
-    ) -> list[tuple[int, str]]:
-        """Kill what the ended step left running; what that was."""
-        if cgroup is not None:
-            assert self._cgroups is not None
-            return self._cgroups.kill(cgroup)
-        if client.init_pid is not None:
-            # The job's steps run in turn: all in the sandbox but its pid 1 was the step's.
-            return leftovers.sweep(client.init_pid, set(), None)
-        if client.proc is not None and mark is not None:
-            running = set(client.exit_callbacks)
-            return leftovers.sweep(client.proc.pid, running, mark)
-        return []
+            pid = await client.spawn(req.argv, exe or argv0, cwd, env, out)
+        return client, pid
 
     async def release(self, sandbox: Sandbox) -> None:
-        client = self._sandboxes.pop(sandbox, None)
+        client = self._agents.pop(sandbox, None)
         if client is not None:
             await client.shut()
 
@@ -374,39 +362,17 @@ class LocalExecutor:
         steplog = StepLog(log, req.log_max_bytes)
         try:
             steplog.note(f"run: {shlex.join(req.argv)} (cwd {req.cwd})")
-            env, mark = req.env, None
-            cgroups = self._cgroups_open()
-            cgroup: str | None = None
-            cg_fds: tuple[int, int] | None = None
-            if cgroups is not None:
-                try:
-                    cgroup, procs = cgroups.new()
-                    cg_fds = (procs, cgroups.home)
-                except OSError:
-                    cgroup = None
-            if cgroup is None and req.sandbox is None:
-                # What a sweep finds the step's orphans by.
-                self._marks += 1
-                mark = f"{os.getpid()}.{self._marks}"
-                env = {**req.env, leftovers.MARK: mark}
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             try:
-                client, pid, contained = await self._spawn(req, out_w, env, cg_fds)
+                client, pid = await self._spawn(req, out_w, req.env)
             except (SpawnerDied, OSError) as e:
                 os.close(out_r)
-                if cgroups is not None and cgroup is not None:
-                    cgroups.remove(cgroup)
                 why = e.strerror if isinstance(e, OSError) else e
                 msg = f"cannot start {req.argv[0]!r}: {why}"
                 steplog.note(msg)
                 return StepOutcome(None, error=msg)
             finally:
                 os.close(out_w)
-                if cg_fds is not None:
-                    os.close(cg_fds[0])
-            if cgroups is not None and cgroup is not None and not contained:
-                cgroups.remove(cgroup)
-                cgroup = None
             watch = _Watch(loop, client, pid, out_r, steplog)
             end = ""
             try:
@@ -418,16 +384,15 @@ class LocalExecutor:
                 end = "interrupted; process group killed"
                 raise
             finally:
-                # The step ends with its command: whatever it left running goes now,
-                # then its output is read to the end.
-                killed = self._leftovers(client, cgroup, mark)
-                if killed:
-                    await leftovers.wait_gone([p for p, _ in killed], cgroups, cgroup)
+                # The step ended with its command, and whatever it left running with it
+                # (killed by the helper or its agent as it reaped the step): its output
+                # is read to the end.
+                killed = watch.killed
                 held = not await watch.drain()
                 watch.close()
                 steplog.finish()
                 if killed:
-                    steplog.note(leftovers.describe(killed))
+                    steplog.note(describe(killed))
                 if held:
                     steplog.note("output still open after the step ended; not read further")
                 if end:
@@ -437,9 +402,10 @@ class LocalExecutor:
             if steplog.write_error is not None:
                 raise steplog.write_error  # the runner makes the step broken with it
             if watch.lost:
-                msg = "the spawner helper died; the step's exit status is lost"
+                who = "the spawner helper" if client.ready is None else "the job's sandbox"
+                msg = f"{who} died; the step's exit status is lost"
                 steplog.note(msg)
-                kill_group(pid)
+                client.kill(pid)
                 return StepOutcome(None, error=msg)
             steplog.note(f"exit status {watch.returncode}")
             return StepOutcome(watch.returncode)
@@ -450,15 +416,18 @@ class LocalExecutor:
         return None  # the job's files are here already
 
     async def close(self) -> None:
-        for sandbox in list(self._sandboxes):
+        for sandbox in list(self._agents):
             await self.release(sandbox)
         if self._spawner is not None:
             self._spawner.close()
             self._spawner = None
-        if self._cgroups is not None:
-            self._cgroups.close()
-            self._cgroups = None
-            self._cgroups_tried = False
+
+
+def describe(found: list[tuple[int, str]]) -> str:
+    """The log line's text for the processes killed."""
+    shown = ", ".join(f"{pid} ({cmd})" for pid, cmd in found[:10])
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return f"killed {len(found)} process(es) the step left running: {shown}{more}"
 
 
 class _Watch:
@@ -482,6 +451,7 @@ class _Watch:
         self.out = out
         self.log = log
         self.returncode: int | None = None
+        self.killed: Killed = []
         self.lost = False
         self.eof = False
         self.done: asyncio.Future[bool] = loop.create_future()
@@ -492,7 +462,7 @@ class _Watch:
         try:
             spawner.on_exit(pid, self._exited)
         except SpawnerDied:
-            self._exited(None)
+            self._exited(None, [])
 
     async def wait(self, timeout: float) -> bool:
         timer = self.loop.call_later(timeout, self._resolve, True)
@@ -522,10 +492,11 @@ class _Watch:
         self.log.feed(data)
         return True
 
-    def _exited(self, code: int | None) -> None:
+    def _exited(self, code: int | None, killed: Killed) -> None:
         if code is None:
             self.lost = True
         self.returncode = code
+        self.killed = killed
         if self.exit_waiter is not None and not self.exit_waiter.done():
             self.exit_waiter.set_result(None)
         # The output has usually ended with the process: read it to its end now
@@ -552,7 +523,7 @@ class _Watch:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             # SIGKILL even after the leader exited: children that ignored
             # SIGTERM, or outlived the leader, go too.
-            kill_group(self.pid, sig)
+            self.spawner.kill(self.pid, sig)
             if self.returncode is None and not self.lost:
                 self.exit_waiter = self.loop.create_future()
                 try:

@@ -7,17 +7,19 @@ another user. A dedicated unprivileged user would keep steps from writing
 pushgate's files but not from reading world-readable ones (the config, the
 mirrors), from reaching a PostgreSQL with trust authentication, or from killing
 each other; a hand-made set of namespaces would repeat bwrap's work with less
-review. The sandbox is made once a job, not once a step (see spawner.py): bwrap
-costs a few milliseconds, steps of `true` a fraction of one.
+review. bwrap makes one sandbox a runner (base_argv); each job gets its own mount,
+IPC, PID and network namespaces inside it from the spawner's zygote (spawner.py):
+a bwrap a job would cost several times what a step of `true` costs the harness.
 
-What a step sees (bwrap_argv): the whole file system read-only; an empty tmpfs over
-pushgate's state dir, config dir, the runner's home, /run (daemon sockets: a
-PostgreSQL socket with trust authentication is as good as a password) and every
-configured place of pushgate's (logs, artifacts, mirrors, work dirs, the database,
-the mbox, `runner.hide`); /dev/null over credential files; then its own work,
+What a step sees: the whole file system read-only; an empty tmpfs over pushgate's
+state dir, config dir, the runner's home, /run (daemon sockets: a PostgreSQL socket
+with trust authentication is as good as a password) and every configured place of
+pushgate's (logs, artifacts, mirrors, work dirs, the database, the mbox,
+`runner.hide`), read-only; /dev/null over credential files; then its own work,
 artifact and temporary dirs bound back read-write, its buildjobs' artifact dirs
-read-only; a private /tmp, /dev and /proc; its own PID and IPC namespaces
-and, unless the job asks for the network, a network namespace with loopback only.
+read-only; its own /tmp, /dev/shm and /proc; its own PID and IPC namespaces and,
+unless the job asks for the network, a network namespace with loopback only (one
+of the runner's, lent to one job at a time).
 """
 
 from __future__ import annotations
@@ -51,37 +53,49 @@ def _outermost(paths: list[str]) -> list[str]:
     return out
 
 
-def bwrap_argv(sb: Sandbox) -> list[str]:
-    """bwrap's command line for a job's sandbox, up to its command (which the
-    spawner's agent adds with its own --info-fd, --as-pid-1 and --die-with-parent)."""
-    bwrap = bwrap_path() or "bwrap"
-    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+# Where the runner's sandbox sees the host's root (read-write), for the job agents to bind
+# their dirs from; each job's mount namespace unmounts it before any step runs.
+HOST = "/run/pushgate-host"
+
+
+def hidden_mounts(sb: Sandbox) -> list[str]:
+    """The dirs an empty tmpfs hides in every job's sandbox (read-only in the jobs)."""
     hidden = ["/run"]
     if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
         hidden.append("/var/run")
-    hidden += _outermost([h for h in sb.hidden if h not in SYSTEM_DIRS])
-    argv += ["--tmpfs", "/tmp"]
-    for d in hidden:
+    return hidden + _outermost([h for h in sb.hidden if h not in SYSTEM_DIRS])
+
+
+def base_argv(sb: Sandbox) -> list[str]:
+    """bwrap's command line for a runner's sandbox, up to its command: what every job of
+    the runner shares (the spawner's zygote joins it and makes each job's own namespaces
+    in it, see spawner.py): the root read-only, /dev, a /proc, tmpfs over pushgate's
+    places, /dev/null over its credential files, and the host's root under HOST."""
+    bwrap = bwrap_path() or "bwrap"
+    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for d in hidden_mounts(sb):
         argv += ["--tmpfs", d]
     for f in sb.hidden_files:
         argv += ["--ro-bind-try", "/dev/null", f]
-    for d in sb.writable:
-        argv += ["--bind", d, d]
-    for d in sb.readonly:
-        argv += ["--ro-bind", d, d]
-    # Read-only once the binds inside them are made: nothing written there could
-    # even look as if it had reached pushgate's dirs.
-    for d in hidden:
-        argv += ["--remount-ro", d]
-    # No UTS namespace: without capabilities a step cannot change the host name anyway.
-    argv += ["--unshare-pid", "--unshare-ipc"]
-    if not sb.network:
-        argv.append("--unshare-net")
-    elif os.path.realpath("/etc/resolv.conf").startswith("/run/"):
-        # The host's resolver configuration lives under the hidden /run.
-        target = os.path.realpath("/etc/resolv.conf")
-        argv += ["--ro-bind-try", target, target]
-    return argv
+    # A pid namespace for the /proc above: a job's own /proc needs one that is fully
+    # visible beside it when there is a user namespace (not root).
+    argv += ["--bind", "/", HOST, "--unshare-pid"]
+    # Jobs off the network get a network namespace each, with loopback only, made by the
+    # zygote in its own (which needs one of the sandbox's to come back to).
+    return argv if sb.network else [*argv, "--unshare-net"]
+
+
+def job_spec(sb: Sandbox) -> tuple[list[str], list[str], bool, list[str]]:
+    """What a job's namespaces add to its runner's sandbox: (dirs bound read-write, dirs
+    bound read-only, whether it keeps the host's network, tmpfs made read-only). Real
+    paths: the agent binds them from HOST, where a symlink would lead elsewhere."""
+    real = os.path.realpath
+    return (
+        [real(d) for d in sb.writable],
+        [real(d) for d in sb.readonly],
+        sb.network,
+        hidden_mounts(sb),
+    )
 
 
 def probe(sb: Sandbox) -> str | None:
@@ -90,7 +104,7 @@ def probe(sb: Sandbox) -> str | None:
         return "bwrap (bubblewrap) is not installed"
     try:
         out = subprocess.run(
-            [*bwrap_argv(sb), "--", "/bin/true"],
+            [*base_argv(sb), "--unshare-net", "--unshare-ipc", "--", "/bin/true"],
             capture_output=True,
             text=True,
             timeout=30,

@@ -9,29 +9,41 @@ attached), the helper posix_spawns the command in a new session and answers
 with its pid, and reports its exit status once it has reaped it.
 
 Messages are marshal-encoded tuples (both ends are the same Python):
-  runner -> helper: ("spawn", id, argv, executable, cwd, env) + the output fd, and
-                    the step's cgroup.procs and the helper's own (see leftovers.py)
-                    | ("sandbox", id, bwrap argv) + one socket (the job's)
-  helper -> runner: ("pid", id, pid, in its cgroup) | ("error", id, errno, strerror)
-                    | ("exit", pid, exit code, or -signal)
-  agent -> runner:  ("ready", 0, the sandbox's pid 1) | ("error", 0, errno, strerror),
-                    then as the helper
+  runner -> helper: ("spawn", id, argv, executable, cwd, env) + the output fd
+                    | ("sandbox", 0, bwrap argv, host root's place, job spec) + the
+                    job's socket | ("kill", 0, pgid, signal)
+  helper -> runner: ("pid", id, pid) | ("error", id, errno, strerror)
+                    | ("exit", pid, exit code or -signal, [(pid, command) killed])
+  agent -> runner:  ("ready", 0) | ("error", 0, errno, strerror), then as the helper
 
-A job's sandbox (see sandbox.py): the helper forks an *agent* for the job, which
-starts a bubblewrap sandbox holding nothing but `cat` as its pid 1, joins that
-sandbox's namespaces, drops every privilege, and then serves the job's spawn
-requests on the job's own socket exactly as the helper does. One bwrap a job,
-not one a step: bwrap costs ~2.5 ms of namespace set-up and tear-down, several
-times what a step of `true` costs the harness; joining costs ~0.2 ms, and a
-fork of the helper no Python start-up. When the runner shuts the job's socket
-the agent closes cat's stdin: pid 1 exits, the kernel kills whatever still
-runs in the sandbox, and the agent exits once it has reaped it all.
+What a step leaves running dies when it ends: the helper is a child subreaper, so a
+step's orphans (a `setsid` or double-forked daemon too) become its children; as it
+reaps a step it kills those carrying the step's mark (MARK in their environment) with
+their descendants, and names them in the exit message, for the step's log.
+
+A job's sandbox (see sandbox.py) costs three processes a runner and one a job. The
+helper forks a process that starts the runner's sandbox (bwrap, holding `cat` as its
+pid 1: the root read-only, pushgate's places hidden, the host's root under HOST),
+joins it, and forks the *zygote* inside it. For each job the zygote forks an *agent*
+as the init of a new pid namespace; the agent makes the job's own mount and IPC
+namespaces (its dirs bound in from HOST, which it then unmounts; its own /tmp,
+/dev/shm and /proc), joins a network namespace of the zygote's (loopback only,
+lent to one job at a time), drops every privilege, and serves the job's steps on the
+job's own socket as the helper does. As their init it inherits whatever a step
+leaves, and kills it all as it reaps the step. When the runner shuts the job's
+socket the agent exits and the kernel kills whatever still runs in its namespace.
+
+Why not one bwrap a job: bwrap's new mount namespace with /dev and /proc, and a new
+network namespace, cost ~7 ms of CPU a job (and a network namespace's clean-up runs
+behind in the kernel, slowing what follows); the agent's own namespaces cost ~1.5 ms.
+The helper, the zygote and the agents do without Python's collector (gc.freeze): in a
+fork it would copy every page it scans.
 
 The helper only uses the standard library (and imports little: its start-up
-is on a flight's critical path) and is run with `python -I -S`;
-it exits when the runner's end of the socket closes (the runner died or
-closed it), leaving running steps alone: a later run finds and kills those
-through their environment, as for steps of a runner that was killed.
+is on a flight's critical path) and is run with `python -I -S`. It exits when the
+runner's end of the socket closes (the runner died or closed it), killing the
+steps it started; each agent does the same with its job's socket. Steps whose
+helper was killed outright are found by a later run through their environment.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 MAX_MESSAGE = 1 << 20
 DEVNULL = "/dev/null"
@@ -61,9 +74,14 @@ _quiet: set[int] = set()
 _steps: set[int] = set()
 _PR_SET_CHILD_SUBREAPER = 36
 _subreaper = False
+# The variable that marks an unisolated step's processes (what it leaves is ours as a
+# subreaper, among other jobs' steps), and each running step's.
+MARK = "PUSHGATE_STEP_ID"
+_nmarks = 0
+_marks: dict[int, bytes] = {}
+# Whether we are a job's agent in its sandbox (the init of its pid namespace).
+_in_sandbox = False
 READY = b"\0pushgate-sandbox-ready\n"
-# Namespaces joined, the mount namespace last (it changes what /proc/PID/ns means).
-NAMESPACES = ("user", "ipc", "net", "pid", "mnt")
 _PR_CAPBSET_DROP, _PR_SET_SECUREBITS, _PR_CAP_AMBIENT, _PR_SET_NO_NEW_PRIVS = 24, 28, 47, 38
 # SECBIT_NOROOT, NO_SETUID_FIXUP and NO_CAP_AMBIENT_RAISE, each locked, and
 # KEEP_CAPS_LOCKED: uid 0 gains no capability by exec or setuid ever again.
@@ -105,10 +123,10 @@ def _read_until(fd: int, want: bytes, timeout: float) -> bytes:
     return data
 
 
-def _enter_sandbox(bwrap: list[str]) -> tuple[int, int]:
-    """Start the job's sandbox, join it and drop every privilege; the holder's pid and
-    the sandbox's pid 1 (as the host sees it)."""
-    libc = _c()
+def _start_base(bwrap: list[str]) -> int:
+    """Start a runner's sandbox (bwrap holding `cat`) and join its user and mount
+    namespaces, keeping every privilege there, and its pid namespace for our children;
+    bwrap's pid."""
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -132,7 +150,6 @@ def _enter_sandbox(bwrap: list[str]) -> tuple[int, int]:
     finally:
         for fd in (in_r, out_w, info_w):
             os.close(fd)
-    _quiet.add(holder)
     # cat echoes this once it runs: the sandbox is complete. bwrap's own complaint
     # (it writes to the same pipe) comes instead when it cannot make it.
     os.write(in_w, READY)
@@ -147,14 +164,23 @@ def _enter_sandbox(bwrap: list[str]) -> tuple[int, int]:
         child = int(info.split('"child-pid":', 1)[1].split(",", 1)[0].split("}", 1)[0])
     except (IndexError, ValueError):
         raise OSError(0, f"bwrap said no child pid: {info!r}") from None
+    libc = _c()
     fds = []
-    for ns in NAMESPACES:
+    # The mount namespace last: it changes what /proc means.
+    for ns in ("user", "pid", "mnt"):
         if os.readlink(f"/proc/{child}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"):
             fds.append((ns, os.open(f"/proc/{child}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)))
     for ns, fd in fds:
         _check(libc.setns(fd, 0), f"setns {ns}")
         os.close(fd)
     os.chdir("/")
+    # in_w stays open (close-on-exec) for the sandbox's life: cat's stdin.
+    return holder
+
+
+def _drop_privileges() -> None:
+    """No capability now or after any exec, in any namespace: steps run without any."""
+    libc = _c()
     _check(libc.prctl(_PR_SET_SECUREBITS, _SECUREBITS, 0, 0, 0), "securebits")
     cap = 0
     while libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
@@ -167,68 +193,415 @@ def _enter_sandbox(bwrap: list[str]) -> tuple[int, int]:
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
     _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    # in_w stays open (close-on-exec) for the agent's life: cat's stdin.
-    return holder, child
 
 
-def _agent(main: socket.socket, job: socket.socket, bwrap: list[str]) -> None:
-    """The forked agent of one job: make and join its sandbox, then serve its steps."""
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x20000, 0x8000000, 0x20000000, 1 << 30
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT = 1, 2, 4, 8, 32
+_MS_BIND, _MS_REC, _MS_SLAVE = 4096, 16384, 1 << 19
+# statvfs's f_flag bits that are a mount's own flags (the same values as MS_*).
+_KEPT_FLAGS = 2 | 4 | 8 | 1024 | 2048 | 4096  # nosuid nodev noexec noatime nodiratime relatime
+_MNT_DETACH = 2
+
+
+def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None) -> None:
+    def enc(x: str | None) -> bytes | None:
+        return None if x is None else x.encode()
+
+    if _c().mount(enc(src), enc(dst), enc(fstype), flags, enc(data)) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount on {dst}: {os.strerror(err)}")
+
+
+def _read_only(path: str) -> None:
+    flags = os.statvfs(path).f_flag & _KEPT_FLAGS
+    _mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | flags, None)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+# Each job has its own of these (empty tmpfs): what the runner's sandbox has there is
+# covered, and a job's dirs there are made in its own.
+PRIVATE = ("/tmp", "/dev/shm")
+
+
+def _private(path: str) -> bool:
+    return any(_under(path, p) for p in PRIVATE)
+
+
+def _job_namespaces(host: str, spec: tuple, net: int) -> None:
+    """Make the job's namespaces (the agent is the init of its new pid namespace already):
+    mount and IPC, and join the network namespace `net` (-1: the sandbox's); its dirs
+    bound in from `host` (the zygote made their mount points), its own /tmp, /dev/shm and
+    /proc, pushgate's places read-only, and the host's root gone."""
+    writable, readonly, network, hidden = spec
+    libc = _c()
+    _check(libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC), "unshare")
+    if net >= 0:
+        _check(libc.setns(net, _CLONE_NEWNET), "setns net")
+        os.close(net)
+    # Nothing mounted here reaches the runner's sandbox, nor its other jobs.
+    _mount(None, "/", None, _MS_REC | _MS_SLAVE, None)
+    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
+    for d in PRIVATE:
+        if os.path.isdir(d):
+            _mount("tmpfs", d, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777")
+    # The runner's /dev is its jobs' (device nodes work on a read-only mount).
+    _read_only("/dev")
+    for d in [*writable, *readonly]:
+        if _private(d):
+            os.makedirs(d, exist_ok=True)
+        _mount(host + d, d, None, _MS_BIND | _MS_REC, None)
+    for d in readonly:
+        _read_only(d)
+    for h in hidden:
+        if not _private(h):
+            _read_only(h)
+    _check(libc.umount2(host.encode(), _MNT_DETACH), "unmounting the host's root")
+    if not os.path.isdir(host) or os.listdir(host):
+        raise OSError(0, "the host's root is still in reach")
+
+
+def _loopback_up() -> None:
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, req))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))  # SIOCSIFFLAGS, UP
+
+
+def _agent(job: socket.socket, host: str, spec: tuple, net: int) -> None:
+    """The forked agent of one job, the init of its pid namespace: make its other
+    namespaces, then serve its steps. Its exit ends the job's sandbox: the kernel
+    kills whatever still runs in it."""
     try:
-        main.close()
         signal.set_wakeup_fd(-1)
         try:
-            holder, init = _enter_sandbox(bwrap)
+            _job_namespaces(host, spec, net)
+            _drop_privileges()
         except OSError as e:
             _send(job, ("error", 0, e.errno or 0, e.strerror or str(e)))
             return
-        _send(job, ("ready", 0, init))
+        except Exception as e:  # a bug of ours: said, not a silent death
+            _send(job, ("error", 0, 0, f"{type(e).__name__}: {e}"))
+            return
+        global _in_sandbox
+        _in_sandbox = True
+        _send(job, ("ready", 0))
         serve(job)
-        # The runner is done with the job. Closing cat's stdin (our exit would too)
-        # ends pid 1, and the kernel kills the rest; reap until bwrap is gone (steps
-        # are our children, and pid 1 waits for them to be reaped).
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in range(3, 1024):
-            if fd != job.fileno():
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        while True:
-            try:
-                if os.waitpid(-1, 0)[0] == holder:
-                    break
-            except ChildProcessError:
-                break
     finally:
         os._exit(0)
 
 
+def _mount_points(spec: tuple) -> list[str]:
+    """Make the mount points of a job's dirs that are missing from the runner's sandbox
+    (inside its tmpfs over pushgate's places; a job makes those under its own /tmp); the
+    dirs made. OSError naming the dir if one cannot be bound."""
+    writable, readonly, _, _ = spec
+    made: list[str] = []
+    for d in [*writable, *readonly]:
+        if _private(d):
+            continue
+        missing = []
+        p = d
+        while not os.path.isdir(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        for m in reversed(missing):
+            try:
+                os.mkdir(m)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot bind {d}: {e.strerror}") from None
+            made.append(m)
+    return made
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _zygote(zsock: socket.socket, host: str) -> None:
+    """Fork an agent for each job asked for, as the init of a new pid namespace (the
+    zygote's own is reset after each fork); remove the mount points a job needed once its
+    agent is gone."""
+    libc = _c()
+    zygote = os.getpid()
+    import gc
+
+    gc.freeze()  # (disabled since the helper started; what came since, frozen too)
+    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    poller = select.poll()
+    poller.register(zsock, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    agents: dict[int, list[str]] = {}
+    # Network namespaces for jobs off the network, each lent to one job at a time: one
+    # made and destroyed a job costs the kernel more than the rest of the sandbox, and
+    # its clean-up runs behind, slowing what comes after.
+    own_net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    nets: list[int] = []
+    lent: dict[int, int] = {}
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                _drain(wake_r)
+                while True:
+                    try:
+                        pid, _ = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    if pid in lent:  # its processes are gone: the next job's, clean
+                        nets.append(lent.pop(pid))
+                    for m in reversed(agents.pop(pid, [])):
+                        try:
+                            os.rmdir(m)
+                        except OSError:
+                            break
+                continue
+            try:
+                data, fds = _receive(zsock)
+            except InterruptedError:
+                continue
+            if not data:
+                return  # the helper is gone
+            if len(fds) != 1:
+                for f in fds:
+                    os.close(f)
+                continue
+            job = socket.socket(fileno=fds[0])
+            spec = marshal.loads(data)[2]
+            net = -1
+            try:
+                made = _mount_points(spec)
+                if not spec[2]:
+                    net = nets.pop() if nets else _new_net(own_net)
+                _check(libc.unshare(_CLONE_NEWPID), "unshare pid")
+                try:
+                    pid = os.fork()
+                finally:
+                    # The next fork lands in our own pid namespace again.
+                    if os.getpid() == zygote:
+                        _check(libc.setns(own_pid_ns, _CLONE_NEWPID), "setns pid")
+                if pid == 0:
+                    zsock.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    os.close(own_pid_ns)
+                    os.close(own_net)
+                    for other in (*nets, *lent.values()):
+                        os.close(other)
+                    _agent(job, host, spec, net)
+            except OSError as e:
+                _send(job, ("error", 0, e.errno or 0, e.strerror or str(e)))
+                job.close()
+                if net >= 0:
+                    nets.append(net)
+                if "setns" in (e.strerror or ""):
+                    return  # our forks would land in the wrong place: another zygote
+                continue
+            agents[pid] = made
+            if net >= 0:
+                lent[pid] = net
+            job.close()
+
+
+def _new_net(own: int) -> int:
+    """A new network namespace with its loopback up (the zygote goes back to its own)."""
+    libc = _c()
+    _check(libc.unshare(_CLONE_NEWNET), "unshare net")
+    try:
+        _loopback_up()
+        return os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        _check(libc.setns(own, _CLONE_NEWNET), "setns net")
+
+
+def _base(zsock: socket.socket, bwrap: list[str], host: str) -> None:
+    """A runner's sandbox, forked from the helper: start it and join it, then fork the
+    zygote inside it and wait (bwrap dies with us); once it cannot, say why to each job."""
+    try:
+        signal.set_wakeup_fd(-1)
+        try:
+            holder = _start_base(bwrap)
+        except OSError as e:
+            while True:
+                data, fds = _receive(zsock)
+                if not data:
+                    return
+                for f in fds:
+                    with socket.socket(fileno=f) as job:
+                        _send(job, ("error", 0, e.errno or 0, e.strerror or str(e)))
+                return  # the helper makes another for the next job
+        zygote = os.fork()
+        if zygote == 0:
+            _zygote(zsock, host)
+            os._exit(0)
+        zsock.close()
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+            if pid == holder:  # the sandbox is gone, and its jobs with it
+                os.kill(zygote, signal.SIGKILL)
+                return
+            if pid == zygote:
+                return
+    finally:
+        os._exit(0)
+
+
+# A runner's sandboxes (their bwrap command line -> its socket to the zygote).
+_zygotes: dict[bytes, socket.socket] = {}
+
+
 def _sandbox(main: socket.socket, msg: tuple, fd: int) -> None:
+    """A job's sandbox: its request goes to the zygote of its runner's sandbox (made at
+    the first), which forks the job's agent; the agent answers on the job's socket."""
+    # Loaded once, before the forks, and before the sandbox hides where they live (the
+    # interpreter may be under the home dir).
     _c()
-    job = socket.socket(fileno=fd)
-    pid = os.fork()
-    if pid == 0:
-        _agent(main, job, msg[2])
-    _quiet.add(pid)
-    job.close()
+    import fcntl  # noqa: F401
+    import struct  # noqa: F401
+
+    _, _, bwrap, host, spec = msg
+    key = marshal.dumps(bwrap)
+    try:
+        for _attempt in (1, 2):
+            z = _zygotes.get(key)
+            if z is None:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                pid = os.fork()
+                if pid == 0:
+                    # Nothing of the helper's: the job's socket comes as the others do.
+                    main.close()
+                    ours.close()
+                    os.close(fd)
+                    for other in _zygotes.values():
+                        other.close()
+                    _base(theirs, bwrap, host)
+                theirs.close()
+                _quiet.add(pid)
+                z = _zygotes[key] = ours
+            try:
+                socket.send_fds(z, [marshal.dumps(("job", 0, spec))], [fd])
+                return
+            except OSError:  # that zygote died: another
+                z.close()
+                del _zygotes[key]
+    finally:
+        os.close(fd)
 
 
-def _spawn(sock: socket.socket, msg: tuple, fds: list[int]) -> None:
+def _sweep(mark: bytes | None = None) -> list[tuple[int, str]]:
+    """Kill what an ended step left under us: the children we (a subreaper, or in a
+    sandbox the init of the job's pid namespace) inherited from it, with their
+    descendants, but for running steps; for the helper, only those carrying the step's
+    mark. Again until a round finds nothing new (a process with SIGKILL pending forks no
+    more, and what was forking is ours the next time round); then wait (2 s at most)
+    until it is dead. What was killed: pid (in the sandbox) and command line."""
+    found: list[tuple[int, str]] = []
+    killed: set[int] = set()
+    for _ in range(50):
+        mine = [c for c in _children(os.getpid()) if c not in _steps]  # (1 in a sandbox)
+        if mark is not None:
+            mine = [c for c in mine if c in killed or _marked(c, mark)]
+        new = [p for c in mine for p in _tree(c) if p not in killed]
+        if not new:
+            break
+        for p in new:
+            found.append((p, _command(p)))
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        killed.update(new)
+    until = time.monotonic() + 2
+    while killed and time.monotonic() < until:
+        killed = {p for p in killed if _alive(p)}
+        if killed:
+            time.sleep(0.002)
+    return found
+
+
+def _marked(pid: int, mark: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return mark in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants, but zombies (dead already)."""
+    out = [pid] if _alive(pid) else []
+    for c in _children(pid):
+        out += _tree(c)
+    return out
+
+
+def _command(pid: int) -> str:
+    try:
+        argv = b""
+        for _ in range(2):  # (empty for a moment while it execs)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read(200).rstrip(b"\0").replace(b"\0", b" ")
+            if argv:
+                break
+            time.sleep(0.001)
+        if not argv:  # a kernel thread, or a zombie: its name
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                argv = f.read().strip()
+    except OSError:
+        return "?"
+    return argv.decode(errors="replace")[:100] or "?"
+
+
+def _spawn(sock: socket.socket, msg: tuple, fd: int) -> None:
     global _subreaper
     _, rid, argv, exe, cwd, env = msg
-    fd = fds[0]
-    moved = False
-    if len(fds) == 3:
-        # Into the step's cgroup just for the spawn: the step and all it forks stay there.
-        try:
-            os.write(fds[1], b"0")
-            moved = True
-        except OSError:
-            pass
-    elif not _subreaper:
-        # No cgroup: the step's orphans become our children, for the runner's sweep.
-        _subreaper = _c().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    mark = None
+    if not _in_sandbox:
+        # Unisolated: what the step leaves running becomes our child (a subreaper), and
+        # is told from other jobs' by the mark in its environment.
+        if not _subreaper:
+            _subreaper = _c().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        global _nmarks
+        _nmarks += 1
+        mark = f"{MARK}={os.getpid()}.{_nmarks}"
+        env = {**env, MARK: mark.split("=", 1)[1]}
     try:
         # Single-threaded, so changing directory for the spawn is safe here. Every
         # time, even to the same path: a job's rerun makes its directory anew.
@@ -254,18 +627,14 @@ def _spawn(sock: socket.socket, msg: tuple, fds: list[int]) -> None:
         _send(sock, ("error", rid, e.errno or 0, e.strerror or str(e)))
     else:
         _steps.add(pid)
-        _send(sock, ("pid", rid, pid, moved))
+        if mark is not None:
+            _marks[pid] = mark.encode()
+        _send(sock, ("pid", rid, pid))
     finally:
-        if moved:
-            try:
-                os.write(fds[2], b"0")
-            except OSError:
-                pass
-        for f in fds:
-            os.close(f)
+        os.close(fd)
 
 
-_FD_SPACE = socket.CMSG_SPACE(4 * 3)
+_FD_SPACE = socket.CMSG_SPACE(4)
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -294,7 +663,9 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid in _steps:
             _steps.discard(pid)
-            _send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+            # The step ends with its command: what it left running goes now.
+            killed = _sweep(_marks.pop(pid, None))
+            _send(sock, ("exit", pid, os.waitstatus_to_exitcode(status), killed))
         else:
             _quiet.discard(pid)  # an agent, a bwrap, or a step's orphan
 
@@ -326,18 +697,41 @@ def serve(sock: socket.socket) -> None:
             except InterruptedError:
                 continue
             if not data:
-                return  # the runner is gone
+                # The runner is done, or gone: what it started goes too (in a sandbox, as
+                # its init exits).
+                for pid in _steps:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                _steps.clear()
+                if _subreaper:
+                    _sweep()
+                return
             msg = marshal.loads(data)
-            if msg[0] == "spawn" and len(fds) in (1, 3):
-                _spawn(sock, msg, fds)
-            elif msg[0] == "sandbox" and len(fds) == 1:
+            if msg[0] == "spawn" and len(fds) == 1:
+                _spawn(sock, msg, fds[0])
+            elif msg[0] == "sandbox" and len(fds) == 1 and len(msg) == 5:
                 _sandbox(sock, msg, fds[0])
+            elif msg[0] == "kill" and not fds:
+                # An agent's steps have pids of its namespace: the runner cannot kill them.
+                try:
+                    os.killpg(msg[2], msg[3])
+                except OSError:
+                    pass
             else:
                 for f in fds:
                     os.close(f)
 
 
 if __name__ == "__main__":
+    # Agents and zygotes are forks of the helper: Python's collector writes to every
+    # object it scans, which in a fork copies the pages it shares with us. The helper
+    # makes no cycles, so it does without.
+    import gc
+
+    gc.disable()
+    gc.freeze()
     fd = int(sys.argv[1])
     # Passed to us inheritable: steps must not inherit it (a step holding it
     # would keep the runner from seeing this helper die).
