@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -190,3 +191,82 @@ def test_a_sandbox_that_cannot_be_made_breaks_the_step_with_the_reason(tmp_path:
     [out] = steps(sb, d["work"], log, "true")
     assert out.exit_code is None and out.error is not None
     assert "cannot make the job's sandbox" in out.error and "missing" in out.error
+
+
+LISTENER = """
+import os, socket, sys, time
+tcp = socket.socket(); tcp.bind(("127.0.0.1", 47613)); tcp.listen()
+unix = socket.socket(socket.AF_UNIX); unix.bind("\\0pushgate-test-abstract"); unix.listen()
+open("ready", "w").close()
+while not os.path.exists("done"):
+    time.sleep(0.02)
+"""
+
+PROBE = """
+import os, socket
+for name, fam, addr in [
+    ("tcp", socket.AF_INET, ("127.0.0.1", 47613)),
+    ("abstract", socket.AF_UNIX, "\\0pushgate-test-abstract"),
+]:
+    s = socket.socket(fam)
+    try:
+        s.connect(addr)
+        print("REACHED", name)
+    except OSError:
+        print("refused", name)
+for f in ("/tmp/mine", "/dev/shm/mine"):
+    print("SEES" if os.path.exists(f) else "absent", f)
+print("pids", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
+"""
+
+
+def test_jobs_of_one_runner_cannot_reach_each_other(tmp_path: Path) -> None:
+    """Two jobs' sandboxes at once on one executor (one runner's sandbox): neither sees
+    the other's /tmp, /dev/shm, processes, loopback or abstract sockets."""
+    d = layout(tmp_path)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    sb_a = sandbox(d, tmp_path)
+    sb_b = Sandbox(
+        key="k",
+        writable=(str(d["other"]),),
+        readonly=(),
+        hidden=sb_a.hidden,
+        hidden_files=sb_a.hidden_files,
+    )
+    listener = "echo A > /tmp/mine; echo A > /dev/shm/mine; exec python3 -c " + shlex.quote(
+        LISTENER
+    )
+
+    async def go() -> None:
+        ex = LocalExecutor()
+        try:
+            a = asyncio.create_task(
+                ex.run(StepRun(["/bin/sh", "-c", listener], ENV, d["work"], log_a, 30, sb_a))
+            )
+            for _ in range(500):
+                if (d["work"] / "ready").exists() or a.done():
+                    break
+                await asyncio.sleep(0.02)
+            assert (d["work"] / "ready").exists(), log_a.read_text()
+            probe = StepRun(["python3", "-c", PROBE], ENV, d["other"], log_b, 30, sb_b)
+            assert (await ex.run(probe)).exit_code == 0, log_b.read_text()
+            (d["work"] / "done").touch()
+            assert (await a).exit_code == 0, log_a.read_text()
+        finally:
+            await ex.close()
+
+    asyncio.run(go())
+    text = log_b.read_text()
+    assert "refused tcp" in text and "refused abstract" in text, text
+    assert "absent /tmp/mine" in text and "absent /dev/shm/mine" in text, text
+    pids = eval(text.split("pids ", 1)[1].splitlines()[0])
+    assert len(pids) <= 2, text  # its agent (1) and itself: nothing of job a's
+
+
+def test_the_host_root_the_agents_bind_from_is_gone(tmp_path: Path) -> None:
+    d = layout(tmp_path)
+    log = tmp_path / "step.log"
+    script = "ls -A /run/pushgate-host; echo entries=$(ls -A /run/pushgate-host | wc -l)"
+    [out] = steps(sandbox(d, tmp_path), d["work"], log, script)
+    assert out.exit_code == 0, log.read_text()
+    assert "entries=0" in log.read_text()
