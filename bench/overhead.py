@@ -1,8 +1,9 @@
 """Harness overhead: a flight of J jobs x S steps on 8 local slots vs `make -j8`.
 
 Prints both wall times and their ratio, with steps isolated (the default: one
-bubblewrap sandbox a job) and without (runner.isolation = "none"), measured in
-the same run, then the same flight with `sleep 0.05` steps (isolated) as a share
+bubblewrap sandbox a runner, namespaces of its own a job) and without
+(runner.isolation = "none"), measured in the same run, with the CPU they cost (the
+runner's, and the whole machine's), then the same flight with `sleep 0.05` steps (isolated) as a share
 of the ideal wall time (J*S*0.05/8). The last line is JSON.
 
     python bench/overhead.py [--jobs 200] [--steps 5] [--slots 8] [--db URL]
@@ -94,12 +95,21 @@ SLOW_CREATE_US = 150
 SLOW_KERNEL_MS = 0.2
 
 
-def _cpu() -> tuple[float, float, float]:
-    """CPU seconds so far of this process, of its reaped children, and of this
-    process in the kernel (where creating files goes)."""
+def _cpu() -> tuple[float, float, float, float]:
+    """CPU seconds so far of this process, of its reaped children, of this process in
+    the kernel (where creating files goes), and of the whole machine (the sandboxes'
+    agents are not our reaped children, and the kernel's own work for namespaces runs
+    in its threads)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime, me.ru_stime
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime, me.ru_stime, _busy()
+
+
+def _busy() -> float:
+    """CPU seconds the machine has been busy (all CPUs, /proc/stat; not idle or iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def time_flight(
@@ -109,7 +119,7 @@ def time_flight(
     slots: int,
     cmd: list[str],
     db_url: str | None,
-    cpu: list[tuple[float, float, float]] | None = None,
+    cpu: list[tuple[float, float, float, float]] | None = None,
     isolation: str = "bwrap",
 ) -> float:
     # A new state dir per run: deleting the last run's thousands of files just
@@ -128,10 +138,10 @@ def time_flight(
     statuses, _ = run_flight(db, loaded, flight)
     wall = time.perf_counter() - t0
     if cpu is not None:
-        # The runner's own CPU, and that of its children: the spawner helper
-        # and, through it, the steps' commands.
+        # The runner's own CPU, that of its children (the spawner helper and, through it,
+        # unisolated steps' commands), and the machine's.
         cpu1 = _cpu()
-        cpu.append((cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], cpu1[2] - cpu0[2]))
+        cpu.append((cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], cpu1[2] - cpu0[2], cpu1[3] - cpu0[3]))
     assert all(s == "pass" for s in statuses.values()), statuses
     db.dispose()
     return wall
@@ -143,7 +153,7 @@ def time_make(
     steps: int,
     slots: int,
     cmd: list[str],
-    cpu: list[float] | None = None,
+    cpu: list[tuple[float, float]] | None = None,
 ) -> float:
     mk = base / "Makefile"
     targets = [f"j{j}s{s}" for j in range(jobs) for s in range(steps)]
@@ -154,12 +164,13 @@ def time_make(
             rules.append(f"j{j}s{s}:{dep}\n\t@{' '.join(cmd)}")
     rules.insert(0, ".PHONY: all " + " ".join(targets))
     mk.write_text("\n".join(rules) + "\n")
-    cpu0 = _cpu()[1]
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     subprocess.run(["make", "-s", f"-j{slots}", "-f", str(mk), "all"], cwd=base, check=True)
     wall = time.perf_counter() - t0
     if cpu is not None:
-        cpu.append(_cpu()[1] - cpu0)
+        cpu1 = _cpu()
+        cpu.append((cpu1[1] - cpu0[1], cpu1[3] - cpu0[3]))
     return wall
 
 
@@ -211,9 +222,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path(a.tmp).resolve(), prefix=".bench-overhead-") as tmp:
         base = Path(tmp)
         create_us = file_create_us(base)
-        make_cpu: list[float] = []
-        flight_cpu: list[tuple[float, float, float]] = []
-        none_cpu: list[tuple[float, float, float]] = []
+        make_cpu: list[tuple[float, float]] = []
+        flight_cpu: list[tuple[float, float, float, float]] = []
+        none_cpu: list[tuple[float, float, float, float]] = []
         make_repo(base / "repo")
         for _ in range(a.repeat):
             runs["make"].append(time_make(base, a.jobs, a.steps, a.slots, ["true"], make_cpu))
@@ -241,7 +252,10 @@ def main() -> None:
     runner_sys = statistics.median(c[2] for c in flight_cpu) / n * 1000
     none_runner_cpu = statistics.median(c[0] for c in none_cpu) / n * 1000
     none_child_cpu = statistics.median(c[1] for c in none_cpu) / n * 1000
-    make_cpu_ms = statistics.median(make_cpu) / n * 1000
+    make_cpu_ms = statistics.median(c[0] for c in make_cpu) / n * 1000
+    busy_make = statistics.median(c[1] for c in make_cpu) / n * 1000
+    busy_iso = statistics.median(c[3] for c in flight_cpu) / n * 1000
+    busy_none = statistics.median(c[3] for c in none_cpu) / n * 1000
     print(
         f"state in {Path(a.tmp).resolve()}: creating a file there takes {create_us:.0f} us "
         f"before the runs, {create_us_after:.0f} us after"
@@ -258,7 +272,7 @@ def main() -> None:
     print(f"{a.jobs} jobs x {a.steps} steps of `true` on {a.slots} slots:")
     print(f"  make -j{a.slots}:  {make_s:.3f} s")
     print(
-        f"  pushgate, steps isolated (one sandbox a job): {flight_s:.3f} s  "
+        f"  pushgate, steps isolated (namespaces a job): {flight_s:.3f} s  "
         f"({flight_s / n * 1000:.2f} ms per step), ratio {flight_s / make_s:.2f}"
     )
     print(
@@ -272,10 +286,13 @@ def main() -> None:
         f"{', '.join(f'{x:.2f}' for x in runs['flight_none'])})"
     )
     print(
-        f"  CPU per step: pushgate's runner {runner_cpu:.3f} ms ({runner_sys:.3f} in the "
-        f"kernel), its helper, sandboxes and the commands {child_cpu:.3f} ms (unisolated: "
-        f"{none_runner_cpu:.3f} and {none_child_cpu:.3f} ms); make and the commands "
-        f"{make_cpu_ms:.3f} ms"
+        f"  CPU per step: pushgate's runner {runner_cpu:.3f} ms isolated ({runner_sys:.3f} in "
+        f"the kernel), {none_runner_cpu:.3f} ms unisolated; unisolated, its helper and the "
+        f"commands {none_child_cpu:.3f} ms; make and the commands {make_cpu_ms:.3f} ms"
+    )
+    print(
+        f"  the whole machine's CPU per step (all of it, the kernel's threads too): make "
+        f"{busy_make:.3f} ms, isolated {busy_iso:.3f} ms, unisolated {busy_none:.3f} ms"
     )
     print(
         f"{a.jobs} jobs x {a.steps} steps of `sleep 0.05`: {sleep_s:.3f} s, ideal {ideal:.3f} s, "
@@ -307,6 +324,10 @@ def main() -> None:
                 "runner_cpu_ms_per_step": round(runner_cpu, 3),
                 "runner_sys_cpu_ms_per_step": round(runner_sys, 3),
                 "children_cpu_ms_per_step": round(child_cpu, 3),
+                "unisolated_children_cpu_ms_per_step": round(none_child_cpu, 3),
+                "machine_cpu_ms_per_step_make": round(busy_make, 3),
+                "machine_cpu_ms_per_step_isolated": round(busy_iso, 3),
+                "machine_cpu_ms_per_step_unisolated": round(busy_none, 3),
                 "make_cpu_ms_per_step": round(make_cpu_ms, 3),
                 "file_create_us": round(create_us, 1),
                 "file_create_us_after": round(create_us_after, 1),

@@ -41,7 +41,10 @@ def test_overhead_bench_runs_a_flight_and_make(tmp_path: Path) -> None:
         "ratio_vs_make_unisolated",
         "sleep_efficiency",
         "runner_cpu_ms_per_step",
-        "children_cpu_ms_per_step",
+        "unisolated_children_cpu_ms_per_step",
+        "machine_cpu_ms_per_step_make",
+        "machine_cpu_ms_per_step_isolated",
+        "machine_cpu_ms_per_step_unisolated",
         "file_create_us",
     ):
         assert figures[key] > 0, key
