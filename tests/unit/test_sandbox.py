@@ -263,10 +263,17 @@ def test_jobs_of_one_runner_cannot_reach_each_other(tmp_path: Path) -> None:
     assert len(pids) <= 2, text  # its agent (1) and itself: nothing of job a's
 
 
-def test_the_host_root_the_agents_bind_from_is_gone(tmp_path: Path) -> None:
+def test_the_host_places_the_agents_bind_from_are_gone(tmp_path: Path) -> None:
+    """The runner's sandbox sees the host's hidden places under HOST, read-write, for its
+    agents to bind a job's dirs from: a job's mount namespace has none of them."""
     d = layout(tmp_path)
     log = tmp_path / "step.log"
-    script = "ls -A /run/pushgate-host; echo entries=$(ls -A /run/pushgate-host | wc -l)"
+    script = (
+        "echo places=$(ls -A /run/pushgate-host | wc -l);"
+        " echo inside=$(find /run/pushgate-host -mindepth 2 | wc -l)"
+    )
     [out] = steps(sandbox(d, tmp_path), d["work"], log, script)
     assert out.exit_code == 0, log.read_text()
-    assert "entries=0" in log.read_text()
+    text = log.read_text()
+    assert "places=0" not in text  # (the state dir, the config dir, /run, /tmp...)
+    assert "inside=0" in text, text

@@ -53,49 +53,94 @@ def _outermost(paths: list[str]) -> list[str]:
     return out
 
 
-# Where the runner's sandbox sees the host's root (read-write), for the job agents to bind
-# their dirs from; each job's mount namespace unmounts it before any step runs.
+# Where the runner's sandbox sees, read-write, the host's places that a job's dirs may be
+# in (HOST/0, HOST/1...), for the job agents to bind them from; each job's mount
+# namespace unmounts them before any step runs.
 HOST = "/run/pushgate-host"
+# Each job has its own of these (empty tmpfs, see spawner.PRIVATE).
+PRIVATE = ("/tmp", "/dev/shm")
 
 
 def hidden_mounts(sb: Sandbox) -> list[str]:
     """The dirs an empty tmpfs hides in every job's sandbox (read-only in the jobs)."""
-    hidden = ["/run"]
+    return list(_hidden_mounts(sb.hidden))
+
+
+@functools.lru_cache(maxsize=16)
+def _hidden_mounts(hidden: tuple[str, ...]) -> tuple[str, ...]:
+    out = ["/run"]
     if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
-        hidden.append("/var/run")
-    return hidden + _outermost([h for h in sb.hidden if h not in SYSTEM_DIRS])
+        out.append("/var/run")
+    return tuple(out + _outermost([h for h in hidden if h not in SYSTEM_DIRS]))
+
+
+def _roots(sb: Sandbox) -> tuple[str, ...]:
+    """The host's places a job's dirs are bound from: what the sandbox hides or has its
+    own of (elsewhere a job's dir is in the sandbox's view as it is on the host)."""
+    return tuple(_outermost([*hidden_mounts(sb), *PRIVATE]))
 
 
 def base_argv(sb: Sandbox) -> list[str]:
     """bwrap's command line for a runner's sandbox, up to its command: what every job of
     the runner shares (the spawner's zygote joins it and makes each job's own namespaces
     in it, see spawner.py): the root read-only, /dev, a /proc, tmpfs over pushgate's
-    places, /dev/null over its credential files, and the host's root under HOST."""
+    places, /dev/null over its credential files, and the roots under HOST."""
+    return list(_base_argv(sb.hidden, sb.hidden_files, sb.network))
+
+
+@functools.lru_cache(maxsize=16)
+def _base_argv(hidden: tuple[str, ...], files: tuple[str, ...], network: bool) -> tuple[str, ...]:
     bwrap = bwrap_path() or "bwrap"
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for d in hidden_mounts(sb):
+    for d in _hidden_mounts(hidden):
         argv += ["--tmpfs", d]
-    for f in sb.hidden_files:
+    for f in files:
         argv += ["--ro-bind-try", "/dev/null", f]
+    roots = _outermost([*_hidden_mounts(hidden), *PRIVATE])
+    for i, r in enumerate(roots):
+        argv += ["--bind-try", r, f"{HOST}/{i}"]
     # A pid namespace for the /proc above: a job's own /proc needs one that is fully
     # visible beside it when there is a user namespace (not root).
-    argv += ["--bind", "/", HOST, "--unshare-pid"]
+    argv.append("--unshare-pid")
     # Jobs off the network get a network namespace each, with loopback only, made by the
     # zygote in its own (which needs one of the sandbox's to come back to).
-    return argv if sb.network else [*argv, "--unshare-net"]
+    return tuple(argv if network else [*argv, "--unshare-net"])
 
 
-def job_spec(sb: Sandbox) -> tuple[list[str], list[str], bool, list[str]]:
+def job_spec(sb: Sandbox) -> tuple[list[tuple[str, str]], list[tuple[str, str]], bool, list[str]]:
     """What a job's namespaces add to its runner's sandbox: (dirs bound read-write, dirs
-    bound read-only, whether it keeps the host's network, tmpfs made read-only). Real
-    paths: the agent binds them from HOST, where a symlink would lead elsewhere."""
-    real = os.path.realpath
+    bound read-only, each as (where the agent finds it, where the job sees it); whether
+    it keeps the host's network; tmpfs made read-only). Real paths: a symlink would lead
+    elsewhere in the sandbox than on the host."""
+    roots = _roots(sb)
+
+    def source(d: str) -> tuple[str, str]:
+        d = _real(d)
+        for i, r in enumerate(roots):
+            if d == r or d.startswith(r.rstrip("/") + "/"):
+                return f"{HOST}/{i}{d[len(r.rstrip('/')) :]}", d
+        return d, d  # as it is in the sandbox's view
+
     return (
-        [real(d) for d in sb.writable],
-        [real(d) for d in sb.readonly],
+        [source(d) for d in sb.writable],
+        [source(d) for d in sb.readonly],
         sb.network,
         hidden_mounts(sb),
     )
+
+
+def _real(d: str) -> str:
+    """realpath, its parent's cached (a job's own dir, made by the runner, is no link)."""
+    parent, name = os.path.split(d.rstrip("/") or "/")
+    if not name or name in (".", ".."):
+        return os.path.realpath(d)
+    real = _real_parent(parent)
+    return real.rstrip("/") + "/" + name if not os.path.islink(d) else os.path.realpath(d)
+
+
+@functools.lru_cache(maxsize=256)
+def _real_parent(parent: str) -> str:
+    return os.path.realpath(parent)
 
 
 def probe(sb: Sandbox) -> str | None:

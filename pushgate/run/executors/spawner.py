@@ -100,6 +100,11 @@ def _c():  # type: ignore[no-untyped-def]
     return _libc
 
 
+def _name(name: bytes) -> None:
+    """What ps and top call this process (comm, 15 bytes at most)."""
+    _c().prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+
+
 def _check(ret: int, what: str) -> None:
     if ret != 0:
         import ctypes
@@ -251,18 +256,26 @@ def _job_namespaces(host: str, spec: tuple, net: int) -> None:
             _mount("tmpfs", d, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777")
     # The runner's /dev is its jobs' (device nodes work on a read-only mount).
     _read_only("/dev")
-    for d in [*writable, *readonly]:
+    for src, d in [*writable, *readonly]:
         if _private(d):
             os.makedirs(d, exist_ok=True)
-        _mount(host + d, d, None, _MS_BIND | _MS_REC, None)
-    for d in readonly:
+        if not os.path.isdir(src):
+            raise OSError(2, f"cannot bind {d}: no such directory")
+        _mount(src, d, None, _MS_BIND | _MS_REC, None)
+        if src == d and (src, d) in writable:
+            # In the sandbox's view as it is: bound from the read-only root, and so
+            # read-only until remounted.
+            flags = os.statvfs(d).f_flag & _KEPT_FLAGS
+            _mount(None, d, None, _MS_REMOUNT | _MS_BIND | flags, None)
+    for _, d in readonly:
         _read_only(d)
     for h in hidden:
         if not _private(h):
             _read_only(h)
-    _check(libc.umount2(host.encode(), _MNT_DETACH), "unmounting the host's root")
-    if not os.path.isdir(host) or os.listdir(host):
-        raise OSError(0, "the host's root is still in reach")
+    for root in os.listdir(host):
+        _check(libc.umount2(f"{host}/{root}".encode(), _MNT_DETACH), "unmounting the host's")
+    if any(os.listdir(f"{host}/{root}") for root in os.listdir(host)):
+        raise OSError(0, "the host's places are still in reach")
 
 
 def _loopback_up() -> None:
@@ -281,6 +294,7 @@ def _agent(job: socket.socket, host: str, spec: tuple, net: int) -> None:
     kills whatever still runs in it."""
     try:
         signal.set_wakeup_fd(-1)
+        _name(b"pushgate-agent")
         try:
             _job_namespaces(host, spec, net)
             _drop_privileges()
@@ -304,7 +318,7 @@ def _mount_points(spec: tuple) -> list[str]:
     dirs made. OSError naming the dir if one cannot be bound."""
     writable, readonly, _, _ = spec
     made: list[str] = []
-    for d in [*writable, *readonly]:
+    for _, d in [*writable, *readonly]:
         if _private(d):
             continue
         missing = []
@@ -334,6 +348,7 @@ def _zygote(zsock: socket.socket, host: str) -> None:
     zygote's own is reset after each fork); remove the mount points a job needed once its
     agent is gone."""
     libc = _c()
+    _name(b"pushgate-zygote")
     zygote = os.getpid()
     import gc
 
@@ -434,6 +449,7 @@ def _base(zsock: socket.socket, bwrap: list[str], host: str) -> None:
     zygote inside it and wait (bwrap dies with us); once it cannot, say why to each job."""
     try:
         signal.set_wakeup_fd(-1)
+        _name(b"pushgate-sandbox")
         try:
             holder = _start_base(bwrap)
         except OSError as e:
@@ -733,6 +749,7 @@ if __name__ == "__main__":
     gc.disable()
     gc.freeze()
     fd = int(sys.argv[1])
+    _name(b"pushgate-helper")
     # Passed to us inheritable: steps must not inherit it (a step holding it
     # would keep the runner from seeing this helper die).
     os.set_inheritable(fd, False)
