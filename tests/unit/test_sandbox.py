@@ -111,6 +111,10 @@ def test_no_privilege_no_network_no_other_process(tmp_path: Path) -> None:
         echo "interfaces $(tail -n +3 /proc/net/dev | wc -l)"
         kill -0 {os.getpid()} && echo "SEES""RUNNER"
         mount -t tmpfs none {d["work"]} && echo "MOUN""TED"
+        for f in /proc/1/fd/*; do readlink $f && echo "AGENT""FDS"; done
+        cat /proc/1/environ && echo "AGENT""ENV"
+        python3 -c 'import ctypes; l = ctypes.CDLL(None); print("PTRACE", l.ptrace(16, 1, 0, 0))'
+        kill -9 1; kill -0 1 && echo "agent lives"
         echo "PIDS=$(ls /proc | grep -c '^[0-9]')"
     """
     [out] = steps(sandbox(d, tmp_path), d["work"], log, script)
@@ -120,6 +124,9 @@ def test_no_privilege_no_network_no_other_process(tmp_path: Path) -> None:
         assert f"{cap}:\t0000000000000000" in text
     assert "interfaces 1" in text  # loopback only
     assert "SEESRUNNER" not in text and "MOUNTED" not in text
+    # Its job's agent (pid 1, the end of the runner's socket) is out of its reach.
+    assert "AGENTFDS" not in text and "AGENTENV" not in text, text
+    assert "PTRACE -1" in text and "agent lives" in text, text
     pids = int(text.split("PIDS=")[-1].split()[0])
     assert pids <= 6  # cat (pid 1), the shell, ls, grep: nothing of the host's
 

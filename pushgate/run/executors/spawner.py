@@ -298,6 +298,9 @@ def _agent(job: socket.socket, host: str, spec: tuple, net: int) -> None:
         try:
             _job_namespaces(host, spec, net)
             _drop_privileges()
+            # The job's steps share our uid and (no) capabilities: without this they could
+            # ptrace us, or reach our socket to the runner through /proc/1/fd.
+            _check(_c().prctl(4, 0, 0, 0, 0), "not dumpable")  # PR_SET_DUMPABLE
         except OSError as e:
             _send(job, ("error", 0, e.errno or 0, e.strerror or str(e)))
             return
