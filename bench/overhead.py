@@ -3,8 +3,8 @@
 Prints both wall times and their ratio, with steps isolated (the default: one
 bubblewrap sandbox a runner, namespaces of its own a job) and without
 (runner.isolation = "none"), measured in the same run, with the CPU they cost (the
-runner's, and the whole machine's), then the same flight with `sleep 0.05` steps (isolated) as a share
-of the ideal wall time (J*S*0.05/8). The last line is JSON.
+runner's, and the whole machine's), then the same flight with `sleep 0.05` steps
+(isolated) as a share of the ideal wall time (J*S*0.05/8). The last line is JSON.
 
     python bench/overhead.py [--jobs 200] [--steps 5] [--slots 8] [--db URL]
                              [--repeat 3] [--tmp DIR]

@@ -7,6 +7,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -284,3 +286,62 @@ def test_the_host_places_the_agents_bind_from_are_gone(tmp_path: Path) -> None:
     text = log.read_text()
     assert "places=0" not in text  # (the state dir, the config dir, /run, /tmp...)
     assert "inside=0" in text, text
+
+
+def named(name: str) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == name:
+                    out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.parametrize("victim", ["pushgate-zygote", "pushgate-agent", "pushgate-helper"])
+def test_kill_9_of_the_sandbox_machinery_breaks_the_step_and_the_job_goes_on(
+    tmp_path: Path, victim: str
+) -> None:
+    d = layout(tmp_path)
+    log = tmp_path / "step.log"
+    sb = sandbox(d, tmp_path)
+
+    async def go() -> tuple[StepOutcome, StepOutcome, int]:
+        ex = LocalExecutor()
+        try:
+            slow = asyncio.create_task(
+                ex.run(StepRun(["/bin/sh", "-c", "sleep 59.31"], ENV, d["work"], log, 30, sb))
+            )
+            await asyncio.sleep(1.0)
+            helper = ex.spawner().proc
+            assert helper is not None
+            [pid] = [p for p in named(victim) if p == helper.pid or is_under(p, helper.pid)]
+            os.kill(pid, signal.SIGKILL)
+            first = await asyncio.wait_for(slow, 10)
+            second = await ex.run(
+                StepRun(["/bin/sh", "-c", "echo next"], ENV, d["work"], log, 10, sb)
+            )
+            return first, second, pid
+        finally:
+            await ex.close()
+
+    first, second, pid = asyncio.run(go())
+    assert first.exit_code is None and first.error and "died" in first.error, first
+    assert second.exit_code == 0, log.read_text()
+    assert " next" in log.read_text()
+    # Nothing of the first step lives on.
+    assert subprocess.run(["pgrep", "-f", "sleep 59.31"], capture_output=True).returncode == 1
+
+
+def is_under(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False

@@ -132,6 +132,7 @@ class SpawnerClient:
             socket.send_fds(self.sock, [marshal.dumps(("spawn", rid, argv, exe, cwd, env))], [out])
         except OSError as e:
             del self.spawns[rid]
+            self._died()  # (before its end of the socket was read)
             raise SpawnerDied(f"cannot reach the spawner helper: {e}") from None
         return await fut
 
@@ -150,6 +151,7 @@ class SpawnerClient:
                 socket.send_fds(self.sock, [marshal.dumps(msg)], [theirs.fileno()])
             except OSError as e:
                 ours.close()
+                self._died()  # (before its end of the socket was read)
                 raise SpawnerDied(f"cannot reach the spawner helper: {e}") from None
         return SpawnerClient(ours)
 
@@ -315,7 +317,11 @@ class LocalExecutor:
             return self.spawner()
         client = self._agents.get(sandbox)
         if client is None:
-            client = self.spawner().sandbox(base_argv(sandbox), HOST, job_spec(sandbox))
+            argv, spec = base_argv(sandbox), job_spec(sandbox)
+            try:
+                client = self.spawner().sandbox(argv, HOST, spec)
+            except SpawnerDied:  # the helper died since it was last asked: a new one
+                client = self.spawner().sandbox(argv, HOST, spec)
             self._agents[sandbox] = client
             assert client.ready is not None
             try:
