@@ -345,3 +345,76 @@ def is_under(pid: int, ancestor: int) -> bool:
         if pid == ancestor:
             return True
     return False
+
+
+UNPRIVILEGED = """
+import asyncio, json, sys
+from pathlib import Path
+from pushgate.run.executors.base import Sandbox, StepRun
+from pushgate.run.executors.local import LocalExecutor
+
+tmp = Path(sys.argv[1])
+work, state = tmp / "state" / "work", tmp / "state"
+sb = Sandbox("t", (str(work),), (), (str(state),), ())
+script = (
+    "id -u; grep CapEff /proc/self/status; cat ../secret || echo HIDDEN; echo mine > mine;"
+    " ls /proc | grep -c '^[0-9]'; sleep 61.93 & echo left"
+)
+
+async def go():
+    ex = LocalExecutor()
+    try:
+        out = await ex.run(StepRun(["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"}, work,
+                                   tmp / "step.log", 20, sb))
+        return out.exit_code, out.error
+    finally:
+        await ex.close()
+
+print(json.dumps(asyncio.run(go())))
+"""
+
+
+def test_an_unprivileged_runner_sandboxes_its_steps(tmp_path: Path) -> None:
+    """pushgate run as a user without privileges (bwrap then makes a user namespace, and
+    nests the sandbox's process in another): the same sandbox, the same leftovers killed.
+    As root, the test runs it as nobody."""
+    import json
+    import sys
+
+    (tmp_path / "state" / "work").mkdir(parents=True)
+    (tmp_path / "state" / "secret").write_text("SECRET")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is not installed")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        for p in [tmp_path, *tmp_path.rglob("*")]:
+            os.chown(p, 65534, 65534)
+        tmp_path.chmod(0o755)
+        try:
+            subprocess.run(
+                [*prefix, sys.executable, "-c", "import pushgate"],
+                check=True,
+                capture_output=True,
+                env={"PYTHONPATH": str(Path.cwd())},
+            )
+        except subprocess.CalledProcessError:
+            pytest.skip("nobody cannot run this interpreter or read the project")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    run = subprocess.run(
+        [*prefix, sys.executable, "-c", UNPRIVILEGED, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    code, error = json.loads(run.stdout.splitlines()[-1])
+    log = (tmp_path / "step.log").read_text()
+    if error and "bwrap" in error and "not permitted" in error.lower():
+        pytest.skip(f"no unprivileged user namespaces here: {error}")
+    assert error is None and code == 0, (error, log)
+    assert "CapEff:\t0000000000000000" in log and "HIDDEN" in log and "SECRET" not in log
+    assert (tmp_path / "state" / "work" / "mine").read_text() == "mine\n"
+    assert re.search(r"killed 1 process\(es\) .*sleep 61\.93", log), log
+    assert subprocess.run(["pgrep", "-f", "sleep 61.93"], capture_output=True).returncode == 1

@@ -169,12 +169,25 @@ def _start_base(bwrap: list[str]) -> int:
         child = int(info.split('"child-pid":', 1)[1].split(",", 1)[0].split("}", 1)[0])
     except (IndexError, ValueError):
         raise OSError(0, f"bwrap said no child pid: {info!r}") from None
+    import fcntl
+
     libc = _c()
     fds = []
-    # The mount namespace last: it changes what /proc means.
-    for ns in ("user", "pid", "mnt"):
-        if os.readlink(f"/proc/{child}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"):
-            fds.append((ns, os.open(f"/proc/{child}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)))
+    # The user namespace that owns the sandbox's (not the child's own: run unprivileged,
+    # bwrap moves it into one nested in that, where it can undo nothing); the mount
+    # namespace last: it changes what /proc means.
+    pid_ns = os.open(f"/proc/{child}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    owner = fcntl.ioctl(pid_ns, 0xB701)  # NS_GET_USERNS
+    if os.readlink(f"/proc/self/fd/{owner}") != os.readlink("/proc/self/ns/user"):
+        fds.append(("user", owner))
+    else:
+        os.close(owner)
+    fds.append(("pid", pid_ns))
+    # Its network namespace, when it has one: the zygote makes the jobs' in it, and comes
+    # back to it.
+    if os.readlink(f"/proc/{child}/ns/net") != os.readlink("/proc/self/ns/net"):
+        fds.append(("net", os.open(f"/proc/{child}/ns/net", os.O_RDONLY | os.O_CLOEXEC)))
+    fds.append(("mnt", os.open(f"/proc/{child}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)))
     for ns, fd in fds:
         _check(libc.setns(fd, 0), f"setns {ns}")
         os.close(fd)
@@ -412,7 +425,7 @@ def _zygote(zsock: socket.socket, host: str) -> None:
                 finally:
                     # The next fork lands in our own pid namespace again.
                     if os.getpid() == zygote:
-                        _check(libc.setns(own_pid_ns, _CLONE_NEWPID), "setns pid")
+                        _check(libc.setns(own_pid_ns, _CLONE_NEWPID), "setns back")
                 if pid == 0:
                     zsock.close()
                     os.close(wake_r)
