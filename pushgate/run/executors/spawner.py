@@ -55,6 +55,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 MAX_MESSAGE = 1 << 20
 DEVNULL = "/dev/null"
@@ -387,13 +388,7 @@ def _zygote(zsock: socket.socket, host: str) -> None:
         for fd, _ in poller.poll():
             if fd == wake_r:
                 _drain(wake_r)
-                while True:
-                    try:
-                        pid, _ = os.waitpid(-1, os.WNOHANG)
-                    except ChildProcessError:
-                        break
-                    if pid == 0:
-                        break
+                for pid, _ in _reaped():
                     if pid in lent:  # its processes are gone: the next job's, clean
                         nets.append(lent.pop(pid))
                     for m in reversed(agents.pop(pid, [])):
@@ -685,7 +680,8 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def _reap(sock: socket.socket) -> None:
+def _reaped() -> Iterator[tuple[int, int]]:
+    """The children that have ended, reaped: (pid, wait status)."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -693,6 +689,11 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
+        yield pid, status
+
+
+def _reap(sock: socket.socket) -> None:
+    for pid, status in _reaped():
         if pid in _steps:
             _steps.discard(pid)
             # The step ends with its command: what it left running goes now.
