@@ -377,7 +377,8 @@ def _zygote(zsock: socket.socket, host: str) -> None:
     poller = select.poll()
     poller.register(zsock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
-    agents: dict[int, list[str]] = {}
+    # A job's agent -> the mount points made for it, and the dirs it binds.
+    agents: dict[int, tuple[list[str], list[str]]] = {}
     # Network namespaces for jobs off the network, each lent to one job at a time: one
     # made and destroyed a job costs the kernel more than the rest of the sandbox, and
     # its clean-up runs behind, slowing what comes after.
@@ -391,7 +392,13 @@ def _zygote(zsock: socket.socket, host: str) -> None:
                 for pid, _ in _reaped():
                     if pid in lent:  # its processes are gone: the next job's, clean
                         nets.append(lent.pop(pid))
-                    for m in reversed(agents.pop(pid, [])):
+                    made, _ = agents.pop(pid, ([], []))
+                    # Not one another job binds (a job's new sandbox, after its agent
+                    # was killed, binds the same dirs).
+                    used = [d for _, dirs in agents.values() for d in dirs]
+                    for m in reversed(made):
+                        if any(_under(d, m) for d in used):
+                            break
                         try:
                             os.rmdir(m)
                         except OSError:
@@ -438,7 +445,7 @@ def _zygote(zsock: socket.socket, host: str) -> None:
                 if "setns" in (e.strerror or ""):
                     return  # our forks would land in the wrong place: another zygote
                 continue
-            agents[pid] = made
+            agents[pid] = (made, [d for _, d in [*spec[0], *spec[1]]])
             if net >= 0:
                 lent[pid] = net
             job.close()
