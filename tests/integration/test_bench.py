@@ -42,13 +42,13 @@ def test_overhead_bench_runs_a_flight_and_make(tmp_path: Path) -> None:
         "sleep_efficiency",
         "runner_cpu_ms_per_step",
         "unisolated_children_cpu_ms_per_step",
-        "machine_cpu_ms_per_step_make",
-        "machine_cpu_ms_per_step_isolated",
-        "machine_cpu_ms_per_step_unisolated",
         "file_create_us",
     ):
         assert figures[key] > 0, key
     assert figures["runner_sys_cpu_ms_per_step"] >= 0
+    # In /proc/stat's ticks (10 ms): a flight of 6 steps may take less than one.
+    for kind in ("make", "isolated", "unisolated"):
+        assert figures[f"machine_cpu_ms_per_step_{kind}"] >= 0
     # Every sleep took 50 ms: a flight of 3 x 2 on 8 slots cannot beat 0.1 s.
     assert figures["sleep_flight_s"] >= 0.1
     # Its state went where it was told, and was cleaned up.
