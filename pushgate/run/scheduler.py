@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
@@ -39,7 +39,7 @@ from pushgate.errors import PushgateError
 from pushgate.model import ACTIVE_JOB_STATUSES, FINAL_JOB_STATUSES, Status
 from pushgate.run import healthcheck, isolation
 from pushgate.run.executors.base import Executor
-from pushgate.run.executors.local import LocalExecutor, kill_group, kill_orphans
+from pushgate.run.executors.local import LocalExecutor, kill_marked, kill_orphans
 from pushgate.run.runner import (
     GroupWriter,
     Interrupted,
@@ -151,27 +151,29 @@ def sync_config_hosts(db: Database, loaded: Loaded) -> None:
 
 
 def kill_attempt(runner: str, flight: int, job: str, attempt: int) -> int:
-    """Kill the process groups of one attempt's steps on this machine (found, like
-    kill_orphans's, by the PUSHGATE_* variables of their environment)."""
-    want = {
-        f"PUSHGATE_RUNNER={runner}".encode(),
-        f"PUSHGATE_FLIGHT={flight}".encode(),
-        f"PUSHGATE_JOB={job}".encode(),
-        f"PUSHGATE_ATTEMPT={attempt}".encode(),
-    }
-    groups = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    """Kill the process groups of one attempt's steps on this machine."""
+    return kill_marked(
+        {
+            "PUSHGATE_RUNNER": runner,
+            "PUSHGATE_FLIGHT": str(flight),
+            "PUSHGATE_JOB": job,
+            "PUSHGATE_ATTEMPT": str(attempt),
+        }
+    )
+
+
+def on_stop_signals(handler: Callable[[], None] | None) -> None:
+    """Call handler on SIGINT and SIGTERM (where the running loop can take signals);
+    None: no more."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if want <= set(f.read().split(b"\0")):
-                    groups.add(os.getpgid(int(entry)))
-        except (OSError, ProcessLookupError):
-            continue
-    for g in groups:
-        kill_group(g)
-    return len(groups)
+            if handler is None:
+                loop.remove_signal_handler(sig)
+            else:
+                loop.add_signal_handler(sig, handler)
+        except (NotImplementedError, RuntimeError):
+            pass
 
 
 def _on_this_machine(rid: str) -> bool:
@@ -401,12 +403,7 @@ class FlightRunner:
         except BaseException:
             await self.executors.close()
             raise
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._on_signal)
-            except (NotImplementedError, RuntimeError):
-                pass
+        on_stop_signals(self._on_signal)
         hb = asyncio.create_task(self._heartbeat())
         try:
             await self._loop()
@@ -420,11 +417,7 @@ class FlightRunner:
             await self.executors.close()
             if self.ctx.writer is not None:
                 self.ctx.writer.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    loop.remove_signal_handler(sig)
-                except (NotImplementedError, RuntimeError):
-                    pass
+            on_stop_signals(None)
             try:
                 with self.db.write() as conn:
                     dbfarm.worker_stopped(conn, self.ctx.runner_id, f"flight {self.flight} run")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from pushgate.run.scheduler import (
     FlightRunner,
     Shared,
     check_isolation,
+    on_stop_signals,
     recover,
     runner_dead,
     runner_id,
@@ -100,12 +100,7 @@ class Worker:
             await executors.close()
             raise
         self.say(f"worker {self.id} started")
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._on_signal)
-            except (NotImplementedError, RuntimeError):
-                pass
+        on_stop_signals(self._on_signal)
         beat = asyncio.create_task(self._beat())
         why = "stopped"
         try:
@@ -117,11 +112,7 @@ class Worker:
                 t.cancel()
             await executors.close()
             self.shared.writer.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    loop.remove_signal_handler(sig)
-                except (NotImplementedError, RuntimeError):
-                    pass
+            on_stop_signals(None)
             with self.db.write() as conn:
                 dbfarm.worker_stopped(conn, self.id, why)
             self.say(f"worker {self.id} {why}")

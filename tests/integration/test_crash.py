@@ -15,6 +15,7 @@ from pushgate.db import flights as dbf
 from pushgate.db.hosts import held_slots
 from pushgate.run.plan import new_flight
 from tests.flightkit import Project, make_project
+from tests.procs import alive
 
 
 def start_run(cfg: Path, flight: int) -> subprocess.Popen[bytes]:
@@ -31,16 +32,6 @@ def wait_for(path: Path, timeout: float = 30) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"{path} never appeared")
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is as good as dead.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from pushgate.run.executors.base import Sandbox, StepOutcome, StepRun
 from pushgate.run.executors.local import LocalExecutor
 from pushgate.run.executors.sandbox import bwrap_path
 from pushgate.run.executors.steplog import LINE_MAX
+from tests.procs import alive
 
 ENV = {"PATH": "/usr/bin:/bin"}
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} Z "
@@ -134,14 +135,6 @@ def run_steps(tmp_path: Path, isolation: str, *scripts: str) -> list[StepOutcome
             await ex.close()
 
     return asyncio.run(go())
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize("isolation", MODES)

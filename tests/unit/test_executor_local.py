@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pushgate.run.executors.base import StepRun
 from pushgate.run.executors.local import LocalExecutor, kill_orphans
+from tests.procs import alive
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} Z"
 
@@ -26,14 +27,6 @@ def run(req: StepRun):  # type: ignore[no-untyped-def]
             await ex.close()
 
     return asyncio.run(go())
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_output_is_timestamped_line_by_line(tmp_path: Path) -> None:
@@ -145,7 +138,9 @@ def test_helper_death_breaks_the_running_step_and_the_next_step_runs(tmp_path: P
         ex = LocalExecutor()
         try:
             slow = asyncio.create_task(
-                ex.run(StepRun(["sleep", "30"], dict(os.environ), tmp_path, tmp_path / "a.log", 60))
+                ex.run(
+                    StepRun(["sleep", "30.713"], dict(os.environ), tmp_path, tmp_path / "a.log", 60)
+                )
             )
             await asyncio.sleep(0.5)
             helper = ex.spawner().proc.pid
@@ -165,7 +160,7 @@ def test_helper_death_breaks_the_running_step_and_the_next_step_runs(tmp_path: P
     assert not alive(helper)
     # Its step went too (killed by the runner: the helper that would have is gone).
     for _ in range(100):
-        if subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True).returncode == 1:
+        if subprocess.run(["pgrep", "-f", r"^sleep 30\.713$"], capture_output=True).returncode == 1:
             break
         time.sleep(0.02)
     else:

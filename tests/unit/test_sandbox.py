@@ -307,12 +307,14 @@ def test_kill_9_of_the_sandbox_machinery_breaks_the_step_and_the_job_goes_on(
     d = layout(tmp_path)
     log = tmp_path / "step.log"
     sb = sandbox(d, tmp_path)
+    # Its own duration: the other parameters run beside it under xdist.
+    sleep = f"sleep 59.{os.getpid() % 1000:03d}"
 
     async def go() -> tuple[StepOutcome, StepOutcome, int]:
         ex = LocalExecutor()
         try:
             slow = asyncio.create_task(
-                ex.run(StepRun(["/bin/sh", "-c", "sleep 59.31"], ENV, d["work"], log, 30, sb))
+                ex.run(StepRun(["/bin/sh", "-c", sleep], ENV, d["work"], log, 30, sb))
             )
             await asyncio.sleep(1.0)
             helper = ex.spawner().proc
@@ -332,7 +334,7 @@ def test_kill_9_of_the_sandbox_machinery_breaks_the_step_and_the_job_goes_on(
     assert second.exit_code == 0, log.read_text()
     assert " next" in log.read_text()
     # Nothing of the first step lives on.
-    assert subprocess.run(["pgrep", "-f", "sleep 59.31"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", sleep], capture_output=True).returncode == 1
 
 
 def is_under(pid: int, ancestor: int) -> bool:

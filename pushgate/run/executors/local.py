@@ -40,27 +40,30 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
         return False
 
 
-def kill_orphans(runner: str, flight: int) -> int:
-    """Kill the process groups of steps a dead runner left behind on this machine.
-
-    Steps carry PUSHGATE_RUNNER and PUSHGATE_FLIGHT in their environment, so
-    they are found in /proc without any write on the hot path.
-    """
-    want = {b"PUSHGATE_RUNNER=" + runner.encode(), b"PUSHGATE_FLIGHT=" + str(flight).encode()}
+def kill_marked(env: dict[str, str]) -> int:
+    """Kill the process groups of the processes on this machine whose environment holds
+    all of `env`: steps carry PUSHGATE_RUNNER, _FLIGHT, _JOB and _ATTEMPT, so those of a
+    dead runner or a lost attempt are found in /proc without any write on the hot path;
+    how many groups."""
+    want = {f"{k}={v}".encode() for k, v in env.items()}
     groups = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                env = set(f.read().split(b"\0"))
-            if want <= env:
-                groups.add(os.getpgid(int(entry)))
+                if want <= set(f.read().split(b"\0")):
+                    groups.add(os.getpgid(int(entry)))
         except (OSError, ProcessLookupError):
             continue
     for g in groups:
         kill_group(g)
     return len(groups)
+
+
+def kill_orphans(runner: str, flight: int) -> int:
+    """Kill the process groups of steps a dead runner left behind on this machine."""
+    return kill_marked({"PUSHGATE_RUNNER": runner, "PUSHGATE_FLIGHT": str(flight)})
 
 
 # What a step left running and was killed when it ended: pid and command line.
@@ -550,4 +553,4 @@ class _Watch:
             self.done.cancel()
 
 
-__all__ = ["LocalExecutor", "kill_group", "kill_orphans", "stamp"]
+__all__ = ["LocalExecutor", "kill_group", "kill_marked", "kill_orphans", "stamp"]

@@ -55,7 +55,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 MAX_MESSAGE = 1 << 20
 DEVNULL = "/dev/null"
@@ -69,8 +69,6 @@ def _send(sock: socket.socket, msg: tuple) -> None:
     sock.send(marshal.dumps(msg))
 
 
-# Children whose exit nobody asked about (an agent's bwrap, the helper's agents).
-_quiet: set[int] = set()
 # The steps started, whose exits are reported (not the orphans a subreaper inherits).
 _steps: set[int] = set()
 _PR_SET_CHILD_SUBREAPER = 36
@@ -324,7 +322,7 @@ def _agent(job: socket.socket, host: str, spec: tuple, net: int) -> None:
         global _in_sandbox
         _in_sandbox = True
         _send(job, ("ready", 0))
-        serve(job)
+        _one_line(serve, job)
     finally:
         os._exit(0)
 
@@ -352,6 +350,16 @@ def _mount_points(spec: tuple) -> list[str]:
     return made
 
 
+def _one_line(fn: Callable[..., None], *args: object) -> None:
+    """fn(*args); a bug of ours is one line on stderr, not a traceback (the process then
+    ends: its job's steps are broken, the next job gets a new one)."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001
+        where = fn.__name__.strip("_")
+        os.write(2, f"pushgate: sandbox {where}: {type(e).__name__}: {e}\n".encode())
+
+
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
@@ -371,12 +379,7 @@ def _zygote(zsock: socket.socket, host: str) -> None:
 
     gc.freeze()  # (disabled since the helper started; what came since, frozen too)
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    poller = select.poll()
-    poller.register(zsock, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
+    poller, wake_r, wake_w = _poller(zsock)
     # A job's agent -> the mount points made for it, and the dirs it binds.
     agents: dict[int, tuple[list[str], list[str]]] = {}
     # Network namespaces for jobs off the network, each lent to one job at a time: one
@@ -481,7 +484,7 @@ def _base(zsock: socket.socket, bwrap: list[str], host: str) -> None:
                 return  # the helper makes another for the next job
         zygote = os.fork()
         if zygote == 0:
-            _zygote(zsock, host)
+            _one_line(_zygote, zsock, host)
             os._exit(0)
         zsock.close()
         while True:
@@ -528,7 +531,6 @@ def _sandbox(main: socket.socket, msg: tuple, fd: int) -> None:
                         other.close()
                     _base(theirs, bwrap, host)
                 theirs.close()
-                _quiet.add(pid)
                 z = _zygotes[key] = ours
             try:
                 socket.send_fds(z, [marshal.dumps(("job", 0, spec))], [fd])
@@ -701,35 +703,36 @@ def _reaped() -> Iterator[tuple[int, int]]:
 
 def _reap(sock: socket.socket) -> None:
     for pid, status in _reaped():
+        # (Not a step: a sandbox's process, or a step's orphan.)
         if pid in _steps:
             _steps.discard(pid)
             # The step ends with its command: what it left running goes now.
             killed = _sweep(_marks.pop(pid, None))
             _send(sock, ("exit", pid, os.waitstatus_to_exitcode(status), killed))
-        else:
-            _quiet.discard(pid)  # an agent, a bwrap, or a step's orphan
 
 
-def serve(sock: socket.socket) -> None:
+def _poller(sock: socket.socket) -> tuple[select.poll, int, int]:
+    """A poll of sock and of a pipe that SIGCHLD wakes: (poll, the pipe's two ends)."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     # A handler (not SIG_IGN, which would stop children from being waitable)
     # so that SIGCHLD writes to the wakeup pipe.
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    for sig in IGNORED:
-        signal.signal(sig, signal.SIG_IGN)
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
+    return poller, wake_r, wake_w
+
+
+def serve(sock: socket.socket) -> None:
+    poller, wake_r, _ = _poller(sock)
+    for sig in IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
     os.chdir("/")
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
+                _drain(wake_r)
                 _reap(sock)
                 continue
             try:
