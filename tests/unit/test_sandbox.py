@@ -19,6 +19,7 @@ import pytest
 from pushgate.run.executors.base import Sandbox, StepOutcome, StepRun
 from pushgate.run.executors.local import LocalExecutor
 from pushgate.run.executors.sandbox import bwrap_path
+from tests.procs import alive as procs_alive
 
 pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bwrap is not installed")
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -272,6 +273,78 @@ def test_jobs_of_one_runner_cannot_reach_each_other(tmp_path: Path) -> None:
     assert len(pids) <= 2, text  # its agent (1) and itself: nothing of job a's
 
 
+def test_a_job_after_another_on_the_same_agent_finds_nothing_of_it(tmp_path: Path) -> None:
+    """Agents serve one job after another: the next job has the same agent (its pid
+    namespace) but new mount and IPC namespaces, and finds nothing of the last one's: not
+    its /tmp, /dev/shm or SysV IPC, nor a process it left behind (a `setsid` child of a
+    step still running as the job ended, which no step's end killed)."""
+    d = layout(tmp_path)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    sb_a = sandbox(d, tmp_path)
+    sb_b = Sandbox(
+        key="k",
+        writable=(str(d["other"]),),
+        readonly=(),
+        hidden=sb_a.hidden,
+        hidden_files=sb_a.hidden_files,
+    )
+    sleep = f"sleep 63.{os.getpid() % 1000:03d}"
+    ns = "echo pid $(readlink /proc/self/ns/pid)"
+    leave = (
+        f"{ns}; echo A > /tmp/mine; echo A > /dev/shm/mine; ipcmk -M 4096;"
+        f" setsid {sleep} & touch {d['work']}/started; exec sleep 100"
+    )
+    probe = (
+        f"{ns}; ls /tmp/mine /dev/shm/mine; echo shm $(ipcs -m | grep -c '^0x');"
+        " echo procs $(ls /proc | grep -c '^[0-9]')"
+    )
+
+    async def go() -> None:
+        ex = LocalExecutor()
+        try:
+            a = asyncio.create_task(
+                ex.run(StepRun(["/bin/sh", "-c", leave], ENV, d["work"], log_a, 30, sb_a))
+            )
+            for _ in range(500):
+                if (d["work"] / "started").exists() or a.done():
+                    break
+                await asyncio.sleep(0.02)
+            assert (d["work"] / "started").exists(), log_a.read_text()
+            # The job ends while its step runs: the step's process group is killed, and
+            # the setsid child, not in it, is left to the agent.
+            await ex.release(sb_a)
+            assert (await a).exit_code is None
+            assert not alive_cmdline(sleep), "left behind after its job"
+            run_b = StepRun(["/bin/sh", "-c", probe], ENV, d["other"], log_b, 30, sb_b)
+            assert (await ex.run(run_b)).exit_code == 0, log_b.read_text()
+            await ex.release(sb_b)
+        finally:
+            await ex.close()
+
+    asyncio.run(go())
+    a, b = log_a.read_text(), log_b.read_text()
+    ns_a, ns_b = (re.search(r"pid (\S+)", t) for t in (a, b))
+    assert ns_a and ns_b, (a, b)
+    # (Only the pid namespace lives through both: a mount or IPC namespace's number is
+    # free again, and may be the next one's, once it is gone.)
+    assert ns_a[1] == ns_b[1], "the second job had an agent of its own: nothing tested"
+    assert b.count("No such file") == 2 and "shm 0" in b, b
+    procs = int(b.rsplit("procs ", 1)[1].split()[0])
+    assert procs <= 5, b  # its agent, the shell and its subshell, ls, grep
+
+
+def alive_cmdline(command: str) -> bool:
+    want = command.replace(" ", "\0").encode() + b"\0"
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == want and procs_alive(int(pid)):
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def test_the_host_places_the_agents_bind_from_are_gone(tmp_path: Path) -> None:
     """The runner's sandbox sees the host's hidden places under HOST, read-write, for its
     agents to bind a job's dirs from: a job's mount namespace has none of them."""
@@ -386,6 +459,8 @@ def test_an_unprivileged_runner_sandboxes_its_steps(tmp_path: Path) -> None:
     (tmp_path / "state" / "work").mkdir(parents=True)
     (tmp_path / "state" / "secret").write_text("SECRET")
     prefix: list[str] = []
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    python = sys.executable
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("setpriv (util-linux) is not installed")
@@ -393,18 +468,26 @@ def test_an_unprivileged_runner_sandboxes_its_steps(tmp_path: Path) -> None:
         for p in [tmp_path, *tmp_path.rglob("*")]:
             os.chown(p, 65534, 65534)
         tmp_path.chmod(0o755)
-        try:
-            subprocess.run(
-                [*prefix, sys.executable, "-c", "import pushgate"],
-                check=True,
-                capture_output=True,
-                env={"PYTHONPATH": str(Path.cwd())},
-            )
-        except subprocess.CalledProcessError:
-            pytest.skip("nobody cannot run this interpreter or read the project")
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        # An interpreter nobody can run and start its helper with (this one may live in
+        # root's home), and that reads the executor's modules (the system's may do).
+        for python in (
+            sys.executable,
+            f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}",
+        ):
+            probe = "import subprocess, sys, pushgate.run.executors.local;"
+            probe += " subprocess.run([sys.executable, '-I', '-S', '-c', ''], check=True)"
+            if (
+                os.path.exists(python)
+                and subprocess.run(
+                    [*prefix, python, "-c", probe], capture_output=True, env=env
+                ).returncode
+                == 0
+            ):
+                break
+        else:
+            pytest.skip("nobody cannot run this interpreter, or read the project")
     run = subprocess.run(
-        [*prefix, sys.executable, "-c", UNPRIVILEGED, str(tmp_path)],
+        [*prefix, python, "-c", UNPRIVILEGED, str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,

@@ -15,35 +15,45 @@ Messages are marshal-encoded tuples (both ends are the same Python):
   helper -> runner: ("pid", id, pid) | ("error", id, errno, strerror)
                     | ("exit", pid, exit code or -signal, [(pid, command) killed])
   agent -> runner:  ("ready", 0) | ("error", 0, errno, strerror), then as the helper
+  zygote -> agent:  ("job", 0, job spec) + the job's socket;  agent -> zygote: ("free",)
 
 What a step leaves running dies when it ends: the helper is a child subreaper, so a
 step's orphans (a `setsid` or double-forked daemon too) become its children; as it
 reaps a step it kills those carrying the step's mark (MARK in their environment) with
 their descendants, and names them in the exit message, for the step's log.
 
-A job's sandbox (see sandbox.py) costs three processes a runner and one a job. The
-helper forks a process that starts the runner's sandbox (bwrap, holding `cat` as its
-pid 1: the root read-only, pushgate's places hidden, the host's root under HOST),
-joins it, and forks the *zygote* inside it. For each job the zygote forks an *agent*
-as the init of a new pid namespace; the agent makes the job's own mount and IPC
-namespaces (its dirs bound in from HOST, which it then unmounts; its own /tmp,
-/dev/shm and /proc), joins a network namespace of the zygote's (loopback only,
-lent to one job at a time), drops every privilege, and serves the job's steps on the
-job's own socket as the helper does. As their init it inherits whatever a step
-leaves, and kills it all as it reaps the step. When the runner shuts the job's
-socket the agent exits and the kernel kills whatever still runs in its namespace.
+A job's sandbox (see sandbox.py) costs three processes a runner, and an agent for each
+job running at once. The helper forks a process that starts the runner's sandbox (bwrap,
+holding `cat` as its pid 1: the root read-only, pushgate's places hidden, the host's
+root under HOST), joins it, and forks the *zygote* inside it. The zygote hands each job
+to an idle *agent*, or forks a new one as the init of a new pid namespace. An agent
+joins a network namespace of the zygote's (loopback only, lent to it for its life) and
+makes a template mount namespace (its own /proc, /dev and pushgate's places read-only);
+then for each job, a copy of it and an IPC namespace, both new, with the job's dirs
+bound in from HOST (which it then unmounts), and its own /tmp and /dev/shm. It keeps
+only CAP_SYS_ADMIN and CAP_SYS_CHROOT, which no exec passes on, is not dumpable, and
+serves the job's steps on the job's own socket as the helper does. As their init it
+inherits whatever a step leaves, and kills it all as it reaps the step. When the runner
+shuts the job's socket, the agent kills everything left in its pid namespace, goes back
+to its template (the job's mount namespace goes with it), tells the zygote it is free,
+and closes the job's socket: the runner sees the job's end once nothing of it is left.
 
-Why not one bwrap a job: bwrap's new mount namespace with /dev and /proc, and a new
-network namespace, cost ~7 ms of CPU a job (and a network namespace's clean-up runs
-behind in the kernel, slowing what follows); the agent's own namespaces cost ~1.5 ms.
+Why agents serve job after job: a Python process forked, a pid namespace, a /proc
+and dropping privileges cost ~5 ms of CPU a job (measured), about as much as the
+job's five `true` steps; a job's mount and IPC namespaces, ~1 ms. Why not one bwrap a
+job: bwrap's new mount namespace with /dev and /proc, and a new network namespace,
+cost ~7 ms of CPU a job (and a network namespace's clean-up runs behind in the kernel,
+slowing what follows).
+
 The helper, the zygote and the agents do without Python's collector (gc.freeze): in a
 fork it would copy every page it scans.
 
 The helper only uses the standard library (and imports little: its start-up
 is on a flight's critical path) and is run with `python -I -S`. It exits when the
 runner's end of the socket closes (the runner died or closed it), killing the
-steps it started; each agent does the same with its job's socket. Steps whose
-helper was killed outright are found by a later run through their environment.
+steps it started; each agent ends its job the same way, and exits when the zygote
+is gone. Steps whose helper was killed outright are found by a later run through
+their environment.
 """
 
 from __future__ import annotations
@@ -195,8 +205,17 @@ def _start_base(bwrap: list[str]) -> int:
     return holder
 
 
-def _drop_privileges() -> None:
-    """No capability now or after any exec, in any namespace: steps run without any."""
+# What an agent keeps to make each job's namespaces: in the sandbox's user namespace (the
+# host's when pushgate runs as root), and never passed on by exec (see _limit_privileges).
+_CAP_SYS_CHROOT, _CAP_SYS_ADMIN = 18, 21
+_AGENT_CAPS = (1 << _CAP_SYS_CHROOT) | (1 << _CAP_SYS_ADMIN)
+
+
+def _limit_privileges() -> None:
+    """No capability after any exec, in any namespace: steps run without any. The agent
+    itself keeps CAP_SYS_ADMIN and CAP_SYS_CHROOT (mount namespaces for its next jobs),
+    out of its steps' reach: ptrace of a process with capabilities its tracer lacks, or of
+    one not dumpable, needs CAP_SYS_PTRACE, which is gone."""
     libc = _c()
     _check(libc.prctl(_PR_SET_SECUREBITS, _SECUREBITS, 0, 0, 0), "securebits")
     cap = 0
@@ -208,8 +227,13 @@ def _drop_privileges() -> None:
     import ctypes
 
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
+    # (effective, permitted, inheritable) for caps 0-31, then 32-63: none inheritable.
+    data = (ctypes.c_uint32 * 6)(_AGENT_CAPS, _AGENT_CAPS, 0, 0, 0, 0)
+    _check(libc.capset(header, data), "capset")
     _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    # The job's steps share our uid: without this they could reach our socket to the
+    # runner through /proc/1/fd.
+    _check(libc.prctl(4, 0, 0, 0, 0), "not dumpable")  # PR_SET_DUMPABLE
 
 
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x20000, 0x8000000, 0x20000000, 1 << 30
@@ -249,25 +273,39 @@ def _private(path: str) -> bool:
     return any(_under(path, p) for p in PRIVATE)
 
 
-def _job_namespaces(host: str, spec: tuple, net: int) -> None:
-    """Make the job's namespaces (the agent is the init of its new pid namespace already):
-    mount and IPC, and join the network namespace `net` (-1: the sandbox's); its dirs
-    bound in from `host` (the zygote made their mount points), its own /tmp, /dev/shm and
-    /proc, pushgate's places read-only, and the host's root gone."""
-    writable, readonly, network, hidden = spec
+def _template(spec: tuple, net: int) -> int:
+    """The agent's own namespaces, made once (it is the init of its new pid namespace
+    already): join the network namespace `net` (-1: the sandbox's), and a mount namespace
+    with its own /proc, /dev and pushgate's places read-only, from which each job's is
+    copied; an fd of that one."""
+    hidden = spec[3]
     libc = _c()
-    _check(libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC), "unshare")
     if net >= 0:
         _check(libc.setns(net, _CLONE_NEWNET), "setns net")
         os.close(net)
+    _check(libc.unshare(_CLONE_NEWNS), "unshare")
     # Nothing mounted here reaches the runner's sandbox, nor its other jobs.
     _mount(None, "/", None, _MS_REC | _MS_SLAVE, None)
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
+    # The runner's /dev is its jobs' (device nodes work on a read-only mount).
+    _read_only("/dev")
+    for h in hidden:
+        if not _private(h):
+            _read_only(h)
+    return os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _job_namespaces(host: str, spec: tuple, template: int) -> None:
+    """A job's mount and IPC namespaces, new: a copy of the agent's template with the
+    job's dirs bound in from `host` (the zygote made their mount points), its own /tmp
+    and /dev/shm, and the host's places gone."""
+    writable, readonly, _, _ = spec
+    libc = _c()
+    _check(libc.setns(template, _CLONE_NEWNS), "setns mnt")
+    _check(libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC), "unshare")
     for d in PRIVATE:
         if os.path.isdir(d):
             _mount("tmpfs", d, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777")
-    # The runner's /dev is its jobs' (device nodes work on a read-only mount).
-    _read_only("/dev")
     for src, d in [*writable, *readonly]:
         if _private(d):
             os.makedirs(d, exist_ok=True)
@@ -281,9 +319,6 @@ def _job_namespaces(host: str, spec: tuple, net: int) -> None:
             _mount(None, d, None, _MS_REMOUNT | _MS_BIND | flags, None)
     for _, d in readonly:
         _read_only(d)
-    for h in hidden:
-        if not _private(h):
-            _read_only(h)
     for root in os.listdir(host):
         _check(libc.umount2(f"{host}/{root}".encode(), _MNT_DETACH), "unmounting the host's")
     if any(os.listdir(f"{host}/{root}") for root in os.listdir(host)):
@@ -300,31 +335,83 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))  # SIOCSIFFLAGS, UP
 
 
-def _agent(job: socket.socket, host: str, spec: tuple, net: int) -> None:
-    """The forked agent of one job, the init of its pid namespace: make its other
-    namespaces, then serve its steps. Its exit ends the job's sandbox: the kernel
-    kills whatever still runs in it."""
+def _agent(ctl: socket.socket, host: str, spec: tuple, net: int) -> None:
+    """An agent, forked by the zygote as the init of a new pid namespace: make its
+    namespaces, then serve the jobs the zygote hands it on `ctl`, one at a time, each in
+    mount and IPC namespaces of its own. A job ends when the runner shuts its socket:
+    everything left in the pid namespace is killed, the job's namespaces go, and the
+    zygote hears ("free",). Its exit kills whatever still runs in its namespace."""
     try:
         signal.set_wakeup_fd(-1)
         _name(b"pushgate-agent")
         try:
-            _job_namespaces(host, spec, net)
-            _drop_privileges()
-            # The job's steps share our uid and (no) capabilities: without this they could
-            # ptrace us, or reach our socket to the runner through /proc/1/fd.
-            _check(_c().prctl(4, 0, 0, 0, 0), "not dumpable")  # PR_SET_DUMPABLE
+            template = _template(spec, net)
+            _limit_privileges()
         except OSError as e:
-            _send(job, ("error", 0, e.errno or 0, e.strerror or str(e)))
+            _refuse_jobs(ctl, e.errno or 0, e.strerror or str(e))
             return
         except Exception as e:  # a bug of ours: said, not a silent death
-            _send(job, ("error", 0, 0, f"{type(e).__name__}: {e}"))
+            _refuse_jobs(ctl, 0, f"{type(e).__name__}: {e}")
             return
         global _in_sandbox
         _in_sandbox = True
-        _send(job, ("ready", 0))
-        _one_line(serve, job)
+        wake = _wake_pipe()
+        while True:
+            data, fds = _receive(ctl)
+            if not data:
+                return  # the zygote is gone
+            if len(fds) != 1:
+                for f in fds:
+                    os.close(f)
+                continue
+            job = socket.socket(fileno=fds[0])
+            try:
+                _job_namespaces(host, marshal.loads(data)[2], template)
+            except OSError as e:
+                _send(job, ("error", 0, e.errno or 0, e.strerror or str(e)))
+            except Exception as e:  # a bug of ours
+                _send(job, ("error", 0, 0, f"{type(e).__name__}: {e}"))
+                return
+            else:
+                _send(job, ("ready", 0))
+                if not _one_line(serve, job, wake) or not _end_job():
+                    return  # the kernel kills what is left as we exit
+            # Back to the template: the job's mount namespace, with nothing left in it,
+            # goes at once (its mount points may be removed then). The zygote hears it
+            # before the runner sees the job's end, and so before its next job.
+            _check(_c().setns(template, _CLONE_NEWNS), "setns mnt")
+            _send(ctl, ("free",))
+            job.close()
     finally:
         os._exit(0)
+
+
+def _refuse_jobs(ctl: socket.socket, errno: int, why: str) -> None:
+    """An agent that could not make its namespaces says why to the job it was made for."""
+    data, fds = _receive(ctl)
+    for f in fds:
+        with socket.socket(fileno=f) as job:
+            _send(job, ("error", 0, errno, why))
+
+
+def _end_job(timeout: float = 5.0) -> bool:
+    """Kill everything in our pid namespace but us, and reap it; False if something
+    outlived the timeout (stuck in the kernel: the agent then exits, and its namespace
+    with it)."""
+    until = time.monotonic() + timeout
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)  # from a pid namespace's init: all of its own
+        except ProcessLookupError:
+            pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return True
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.001)
 
 
 def _mount_points(spec: tuple) -> list[str]:
@@ -350,14 +437,16 @@ def _mount_points(spec: tuple) -> list[str]:
     return made
 
 
-def _one_line(fn: Callable[..., None], *args: object) -> None:
+def _one_line(fn: Callable[..., None], *args: object) -> bool:
     """fn(*args); a bug of ours is one line on stderr, not a traceback (the process then
-    ends: its job's steps are broken, the next job gets a new one)."""
+    ends: its job's steps are broken, the next job gets a new one). False after a bug."""
     try:
         fn(*args)
     except Exception as e:  # noqa: BLE001
         where = fn.__name__.strip("_")
         os.write(2, f"pushgate: sandbox {where}: {type(e).__name__}: {e}\n".encode())
+        return False
+    return True
 
 
 def _drain(fd: int) -> None:
@@ -368,10 +457,24 @@ def _drain(fd: int) -> None:
         pass
 
 
+class _Agent:
+    """The zygote's record of one of its agents."""
+
+    __slots__ = ("ctl", "key", "net", "made", "dirs")
+
+    def __init__(self, ctl: socket.socket, key: bytes, net: int) -> None:
+        self.ctl = ctl  # our end of its control socket: jobs out, ("free",) in
+        self.key = key  # the template it was made with (network, places made read-only)
+        self.net = net  # the network namespace lent to it for its life, or -1
+        # Its job's mount points that the zygote made, and the dirs the job binds.
+        self.made: list[str] = []
+        self.dirs: list[str] = []
+
+
 def _zygote(zsock: socket.socket, host: str) -> None:
-    """Fork an agent for each job asked for, as the init of a new pid namespace (the
-    zygote's own is reset after each fork); remove the mount points a job needed once its
-    agent is gone."""
+    """Hand each job asked for to an idle agent, or to a new one forked as the init of a
+    new pid namespace (the zygote's own is reset after each fork); make the mount points
+    a job needs, and remove them once its namespaces are gone."""
     libc = _c()
     _name(b"pushgate-zygote")
     zygote = os.getpid()
@@ -380,77 +483,139 @@ def _zygote(zsock: socket.socket, host: str) -> None:
     gc.freeze()  # (disabled since the helper started; what came since, frozen too)
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     poller, wake_r, wake_w = _poller(zsock)
-    # A job's agent -> the mount points made for it, and the dirs it binds.
-    agents: dict[int, tuple[list[str], list[str]]] = {}
-    # Network namespaces for jobs off the network, each lent to one job at a time: one
-    # made and destroyed a job costs the kernel more than the rest of the sandbox, and
-    # its clean-up runs behind, slowing what comes after.
+    agents: dict[int, _Agent] = {}
+    by_ctl: dict[int, int] = {}  # control socket's fd -> agent's pid
+    idle: dict[bytes, list[int]] = {}
+    # Network namespaces for agents off the network, each lent to one agent for its life
+    # (and so to one job at a time): one made and destroyed a job costs the kernel more
+    # than the rest of the sandbox, and its clean-up runs behind, slowing what follows.
     own_net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     nets: list[int] = []
-    lent: dict[int, int] = {}
+
+    def job_gone(a: _Agent) -> None:
+        """Its job's namespaces are gone: so are its mount points."""
+        made, a.made, a.dirs = a.made, [], []
+        unmade(made)
+
+    def unmade(made: list[str]) -> None:
+        """Remove mount points, but those another job binds (a job's new sandbox, after
+        its agent was killed, binds the same dirs)."""
+        used = [d for other in agents.values() for d in other.dirs]
+        for m in reversed(made):
+            if any(_under(d, m) for d in used):
+                break
+            try:
+                os.rmdir(m)
+            except OSError:
+                break
+
+    def fork_agent(spec: tuple, key: bytes, job: socket.socket) -> int:
+        net = -1
+        if not spec[2]:
+            net = nets.pop() if nets else _new_net(own_net)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            _check(libc.unshare(_CLONE_NEWPID), "unshare pid")
+            try:
+                pid = os.fork()
+            finally:
+                # The next fork lands in our own pid namespace again.
+                if os.getpid() == zygote:
+                    _check(libc.setns(own_pid_ns, _CLONE_NEWPID), "setns back")
+        except OSError:
+            ours.close()
+            theirs.close()
+            if net >= 0:
+                nets.append(net)
+            raise
+        if pid == 0:
+            # Nothing of the zygote's, nor of the other agents'.
+            for f in (wake_r, wake_w, own_pid_ns, own_net, *nets):
+                os.close(f)
+            # (The job's socket too: it comes over `theirs`, and a copy held for our
+            # life would keep the runner from seeing the job's end.)
+            for other in (zsock, ours, job, *(o.ctl for o in agents.values())):
+                other.close()
+            _agent(theirs, host, spec, net)
+        theirs.close()
+        agents[pid] = _Agent(ours, key, net)
+        by_ctl[ours.fileno()] = pid
+        poller.register(ours, select.POLLIN)
+        return pid
+
+    def forget(pid: int) -> None:
+        a = agents.pop(pid, None)
+        if a is None:
+            return
+        if by_ctl.pop(a.ctl.fileno(), None) is not None:
+            poller.unregister(a.ctl)
+        a.ctl.close()
+        if pid in idle.get(a.key, []):
+            idle[a.key].remove(pid)
+        if a.net >= 0:  # its processes are gone: the next agent's, clean
+            nets.append(a.net)
+        job_gone(a)
+
     while True:
-        for fd, _ in poller.poll():
+        # A new job last: an agent's ("free",) that came with it is heard first.
+        for fd, _ in sorted(poller.poll(), key=lambda e: e[0] == zsock.fileno()):
             if fd == wake_r:
                 _drain(wake_r)
                 for pid, _ in _reaped():
-                    if pid in lent:  # its processes are gone: the next job's, clean
-                        nets.append(lent.pop(pid))
-                    made, _ = agents.pop(pid, ([], []))
-                    # Not one another job binds (a job's new sandbox, after its agent
-                    # was killed, binds the same dirs).
-                    used = [d for _, dirs in agents.values() for d in dirs]
-                    for m in reversed(made):
-                        if any(_under(d, m) for d in used):
-                            break
-                        try:
-                            os.rmdir(m)
-                        except OSError:
-                            break
+                    forget(pid)
                 continue
+            if fd in by_ctl:
+                pid = by_ctl[fd]
+                a = agents[pid]
+                try:
+                    said = a.ctl.recv(64, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    said = b""
+                if said:  # ("free",): its job has ended, its namespaces are gone
+                    job_gone(a)
+                    idle.setdefault(a.key, []).append(pid)
+                else:  # exiting: forgotten once reaped
+                    poller.unregister(a.ctl)
+                    by_ctl.pop(fd)
+                continue
+            if fd != zsock.fileno():
+                continue  # (an agent's forgotten since the poll)
             try:
                 data, fds = _receive(zsock)
             except InterruptedError:
                 continue
             if not data:
-                return  # the helper is gone
+                return  # the helper is gone (our agents see their sockets close)
             if len(fds) != 1:
                 for f in fds:
                     os.close(f)
                 continue
             job = socket.socket(fileno=fds[0])
             spec = marshal.loads(data)[2]
-            net = -1
+            key = marshal.dumps((spec[2], spec[3]))
+            made: list[str] = []
             try:
                 made = _mount_points(spec)
-                if not spec[2]:
-                    net = nets.pop() if nets else _new_net(own_net)
-                _check(libc.unshare(_CLONE_NEWPID), "unshare pid")
-                try:
-                    pid = os.fork()
-                finally:
-                    # The next fork lands in our own pid namespace again.
-                    if os.getpid() == zygote:
-                        _check(libc.setns(own_pid_ns, _CLONE_NEWPID), "setns back")
-                if pid == 0:
-                    zsock.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    os.close(own_pid_ns)
-                    os.close(own_net)
-                    for other in (*nets, *lent.values()):
-                        os.close(other)
-                    _agent(job, host, spec, net)
+                for attempt in (1, 2, 3):
+                    free = idle.get(key)
+                    pid = free.pop() if free else fork_agent(spec, key, job)
+                    try:
+                        socket.send_fds(agents[pid].ctl, [data], [job.fileno()])
+                        break
+                    except OSError as e:  # it died meanwhile: forgotten once reaped
+                        if attempt == 3:
+                            raise OSError(e.errno, f"no agent: {e.strerror}") from None
             except OSError as e:
                 _send(job, ("error", 0, e.errno or 0, e.strerror or str(e)))
                 job.close()
-                if net >= 0:
-                    nets.append(net)
+                unmade(made)
                 if "setns" in (e.strerror or ""):
                     return  # our forks would land in the wrong place: another zygote
                 continue
-            agents[pid] = (made, [d for _, d in [*spec[0], *spec[1]]])
-            if net >= 0:
-                lent[pid] = net
+            agents[pid].made = made
+            agents[pid].dirs = [d for _, d in [*spec[0], *spec[1]]]
             job.close()
 
 
@@ -711,21 +876,30 @@ def _reap(sock: socket.socket) -> None:
             _send(sock, ("exit", pid, os.waitstatus_to_exitcode(status), killed))
 
 
-def _poller(sock: socket.socket) -> tuple[select.poll, int, int]:
-    """A poll of sock and of a pipe that SIGCHLD wakes: (poll, the pipe's two ends)."""
+def _wake_pipe() -> tuple[int, int]:
+    """A pipe that SIGCHLD wakes: its two ends."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     # A handler (not SIG_IGN, which would stop children from being waitable)
     # so that SIGCHLD writes to the wakeup pipe.
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    return wake_r, wake_w
+
+
+def _poller(
+    sock: socket.socket, wake: tuple[int, int] | None = None
+) -> tuple[select.poll, int, int]:
+    """A poll of sock and of a pipe that SIGCHLD wakes (new, or `wake`): (poll, the
+    pipe's two ends)."""
+    wake_r, wake_w = wake or _wake_pipe()
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     return poller, wake_r, wake_w
 
 
-def serve(sock: socket.socket) -> None:
-    poller, wake_r, _ = _poller(sock)
+def serve(sock: socket.socket, wake: tuple[int, int] | None = None) -> None:
+    poller, wake_r, _ = _poller(sock, wake)
     for sig in IGNORED:
         signal.signal(sig, signal.SIG_IGN)
     os.chdir("/")
