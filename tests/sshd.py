@@ -175,7 +175,11 @@ def make_hosts(base: Path, n: int) -> list[SshHost]:
     for i in range(n):
         d = base / f"host{i}"
         d.mkdir()
-        pw = _user(f"pgssh{i}") if root else pwd.getpwuid(os.getuid())
+        # A user per host and per xdist worker: a test that kills a host's user's processes
+        # or removes its job dirs must not touch another worker's.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        name = f"pgssh{i}" + (f"-{worker}" if worker else "")
+        pw = _user(name) if root else pwd.getpwuid(os.getuid())
         home = Path(pw.pw_dir)
         ssh = home / ".ssh"
         ssh.mkdir(exist_ok=True)
