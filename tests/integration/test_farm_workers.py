@@ -166,6 +166,9 @@ def test_worker_killed_midway(project: Project) -> None:
                     victim = name
                     break
     assert victim is not None, "no worker held a job midway"
+    # Stopped first: between reading the jobs it holds and killing it, it could finish one
+    # (its commit made, the job then allocated once, not twice).
+    procs[victim].send_signal(signal.SIGSTOP)
     with db.read() as conn:
         victim_id = next(w for w, n in runners.items() if n == victim)
         lost_jobs = {
