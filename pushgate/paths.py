@@ -68,8 +68,8 @@ def attempt_dirs(loaded: Loaded, flight: int, job: str) -> list[Path]:
 
 
 def job_tmpdir(loaded: Loaded, flight: int, job: str, attempt: int | None = None) -> Path:
-    """A job's temporary dir: its steps' HOME (`home/`) and TMPDIR (`tmp/`), removed
-    when the job ends. One per attempt, like the work dir."""
+    """A job's temporary dir: its steps' HOME and TMPDIR, removed when the job ends.
+    One per attempt, like the work dir."""
     name = job if attempt is None else f"{job}@{attempt}"
     return loaded.state_dir / "tmp" / str(flight) / name
 

@@ -406,7 +406,8 @@ class JobRun:
         return True
 
     def _new_dirs(self) -> bool:
-        """Make the job's work, artifact and log dirs; False if one was there already.
+        """Make the job's work, artifact, log and temporary dirs; False if one was there
+        already.
 
         mkdir first, not a stat and then mkdir: a first attempt, the usual
         case, costs three system calls once the flight's parents exist.
@@ -416,8 +417,7 @@ class JobRun:
             (self.workdir, True),
             (self.artifacts, True),
             (logs, False),
-            (self.tmpdir / "home", True),
-            (self.tmpdir / "tmp", True),
+            (self.tmpdir, True),
         )
         for d, fresh in dirs:
             try:
@@ -505,10 +505,9 @@ class JobRun:
         )
 
     async def _cleanup_tmpdir(self) -> None:
-        """The job's HOME and TMPDIR go when it ends (at once when they are empty)."""
+        """The job's HOME and TMPDIR go when it ends (at once when empty)."""
         try:
-            for d in (self.tmpdir / "home", self.tmpdir / "tmp", self.tmpdir):
-                os.rmdir(d)
+            os.rmdir(self.tmpdir)
         except FileNotFoundError:
             pass
         except OSError:
@@ -551,8 +550,8 @@ class JobRun:
         allow-list (isolation.step_env_base), never pushgate's own environment."""
         ctx = self.ctx
         env = isolation.step_env_base(ctx.base_env)
-        env["HOME"] = str(self.tmpdir / "home")
-        env["TMPDIR"] = str(self.tmpdir / "tmp")
+        # One dir for both: each dir made and removed a job costs ~0.1 ms on ext4.
+        env["HOME"] = env["TMPDIR"] = str(self.tmpdir)
         for name, value in self.runvars.items():
             if name.isidentifier():
                 env[name] = value

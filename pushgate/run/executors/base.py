@@ -38,7 +38,7 @@ class JobFiles:
     key: str
     workdir: str
     artifacts: str
-    # Its HOME is tmpdir/home, its TMPDIR tmpdir/tmp.
+    # Its HOME and TMPDIR.
     tmpdir: str
     # Its buildjobs' artifact dirs (read-only inputs).
     inputs: tuple[str, ...] = ()

@@ -498,8 +498,8 @@ def _nul_list(names: list[str]) -> str:
 
 def _pack(files: JobFiles) -> str:
     """A tar of the job's files as its host gets them: work/ (the checkouts, without the
-    .git link of a worktree, which points into this machine's mirror), artifacts/, tmp/home,
-    tmp/tmp and in/<i>/ (its buildjobs' artifacts). Links are kept as links."""
+    .git link of a worktree, which points into this machine's mirror), artifacts/, tmp/
+    (HOME and TMPDIR) and in/<i>/ (its buildjobs' artifacts). Links are kept as links."""
     fd, path = tempfile.mkstemp(prefix="pushgate-send-", suffix=".tar")
     os.close(fd)
     work = Path(files.workdir)
@@ -511,7 +511,7 @@ def _pack(files: JobFiles) -> str:
         return ti
 
     with tarfile.open(path, "w") as tar:
-        for d in ("work", "artifacts", "tmp", "tmp/home", "tmp/tmp", "in"):
+        for d in ("work", "artifacts", "tmp", "in"):
             tar.addfile(_dir_info(d))
         if work.is_dir():
             for entry in sorted(os.listdir(work)):
