@@ -410,7 +410,7 @@ class JobRun:
         already.
 
         mkdir first, not a stat and then mkdir: a first attempt, the usual
-        case, costs three system calls once the flight's parents exist.
+        case, costs one system call a dir once the flight's parents exist.
         """
         logs = job_log_dir(self.ctx.loaded, self.ctx.flight, self.job)
         dirs = (

@@ -230,19 +230,33 @@ print("pids", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
 """
 
 
+def other_job(d: dict[str, Path], sb: Sandbox) -> Sandbox:
+    """Another job's sandbox beside sb's, in the same runner's sandbox: its own dir."""
+    return Sandbox(
+        key="k",
+        writable=(str(d["other"]),),
+        readonly=(),
+        hidden=sb.hidden,
+        hidden_files=sb.hidden_files,
+    )
+
+
+async def until_made(path: Path, step: asyncio.Task[StepOutcome], log: Path) -> None:
+    """Wait (10 s at most) until a running step has made path."""
+    for _ in range(500):
+        if path.exists() or step.done():
+            break
+        await asyncio.sleep(0.02)
+    assert path.exists(), log.read_text()
+
+
 def test_jobs_of_one_runner_cannot_reach_each_other(tmp_path: Path) -> None:
     """Two jobs' sandboxes at once on one executor (one runner's sandbox): neither sees
     the other's /tmp, /dev/shm, processes, loopback or abstract sockets."""
     d = layout(tmp_path)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     sb_a = sandbox(d, tmp_path)
-    sb_b = Sandbox(
-        key="k",
-        writable=(str(d["other"]),),
-        readonly=(),
-        hidden=sb_a.hidden,
-        hidden_files=sb_a.hidden_files,
-    )
+    sb_b = other_job(d, sb_a)
     listener = "echo A > /tmp/mine; echo A > /dev/shm/mine; exec python3 -c " + shlex.quote(
         LISTENER
     )
@@ -253,11 +267,7 @@ def test_jobs_of_one_runner_cannot_reach_each_other(tmp_path: Path) -> None:
             a = asyncio.create_task(
                 ex.run(StepRun(["/bin/sh", "-c", listener], ENV, d["work"], log_a, 30, sb_a))
             )
-            for _ in range(500):
-                if (d["work"] / "ready").exists() or a.done():
-                    break
-                await asyncio.sleep(0.02)
-            assert (d["work"] / "ready").exists(), log_a.read_text()
+            await until_made(d["work"] / "ready", a, log_a)
             probe = StepRun(["python3", "-c", PROBE], ENV, d["other"], log_b, 30, sb_b)
             assert (await ex.run(probe)).exit_code == 0, log_b.read_text()
             (d["work"] / "done").touch()
@@ -281,13 +291,7 @@ def test_a_job_after_another_on_the_same_agent_finds_nothing_of_it(tmp_path: Pat
     d = layout(tmp_path)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     sb_a = sandbox(d, tmp_path)
-    sb_b = Sandbox(
-        key="k",
-        writable=(str(d["other"]),),
-        readonly=(),
-        hidden=sb_a.hidden,
-        hidden_files=sb_a.hidden_files,
-    )
+    sb_b = other_job(d, sb_a)
     sleep = f"sleep 63.{os.getpid() % 1000:03d}"
     ns = "echo pid $(readlink /proc/self/ns/pid)"
     leave = (
@@ -305,11 +309,7 @@ def test_a_job_after_another_on_the_same_agent_finds_nothing_of_it(tmp_path: Pat
             a = asyncio.create_task(
                 ex.run(StepRun(["/bin/sh", "-c", leave], ENV, d["work"], log_a, 30, sb_a))
             )
-            for _ in range(500):
-                if (d["work"] / "started").exists() or a.done():
-                    break
-                await asyncio.sleep(0.02)
-            assert (d["work"] / "started").exists(), log_a.read_text()
+            await until_made(d["work"] / "started", a, log_a)
             # The job ends while its step runs: the step's process group is killed, and
             # the setsid child, not in it, is left to the agent.
             await ex.release(sb_a)
